@@ -1,0 +1,301 @@
+"""The training-job config: one marshmallow schema for the YAML file and the API's job body.
+
+The schema is the single source of truth for what a job may say. ``teacher train`` validates
+its ``--config`` file with it, and the API validates the HTTP body with the same class (and
+generates its OpenAPI document from it). Unknown keys are errors that name the key, numbers
+have ranges, and every path is relative to a root it may not escape.
+
+This module must not import torch: the API process loads it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+import yaml
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+    validates,
+    validates_schema,
+)
+
+# Architectures users may ask for. Each name is a torchvision classification builder
+# (tests check every entry against ``torchvision.models.list_models()``); models that need a
+# fixed input size or have auxiliary heads (ViT, Swin, MaxViT, Inception, GoogLeNet) are left out
+# because the training loop assumes ``logits = model(images)`` for any image size >= 32.
+ARCH_ALLOWLIST: frozenset[str] = frozenset(
+    [f"resnet{n}" for n in (18, 34, 50, 101, 152)]
+    + ["resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
+    + [f"convnext_{s}" for s in ("tiny", "small", "base", "large")]
+    + [f"efficientnet_b{i}" for i in range(8)]
+    + ["efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l"]
+    + ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
+    + ["mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3"]
+    + [f"regnet_{k}_{s}" for k in ("x", "y") for s in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf")]
+    + ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]
+    + ["densenet121", "densenet161", "densenet169", "densenet201"]
+    + ["vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
+)
+
+# Metrics the "best" checkpoint may be chosen by, and whether larger is better.
+BEST_METRICS: dict[str, str] = {
+    "val.top1": "max",
+    "val.top5": "max",
+    "val.loss": "min",
+    "train.loss": "min",
+    "train.top1": "max",
+}
+
+DEFAULT_DATA_ROOT = "volumes/datasets"
+DEFAULT_RUNS_ROOT = "volumes/runs"
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+_SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ConfigError(ValueError):
+    """A config failed validation. ``errors`` maps dotted field paths to messages."""
+
+    def __init__(self, errors: Mapping[str, list[str]] | str):
+        if isinstance(errors, str):
+            errors = {"_schema": [errors]}
+        self.errors = dict(errors)
+        super().__init__(format_errors(self.errors))
+
+
+class PathEscapeError(ConfigError):
+    """A path in a config points outside the root it must stay under."""
+
+
+def format_errors(errors: Mapping[str, Any]) -> str:
+    return "; ".join(f"{field}: {' '.join(map(str, msgs))}" for field, msgs in errors.items())
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """Turn marshmallow's nested error dict into ``{"optim.lr": ["..."]}``."""
+    out: dict[str, list[str]] = {}
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict):
+                out.update(flatten_errors(value, path))
+            else:
+                out[path] = [str(v) for v in (value if isinstance(value, list) else [value])]
+    else:
+        out[prefix or "_schema"] = [str(v) for v in (messages if isinstance(messages, list) else [messages])]
+    return out
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+        ordered = True
+
+
+def _finite_float(**kwargs: Any) -> fields.Float:
+    # allow_nan=False makes marshmallow reject NaN and +-inf with a clear message.
+    return fields.Float(allow_nan=False, **kwargs)
+
+
+def relative_path_field(**kwargs: Any) -> fields.String:
+    return fields.String(validate=validate_relative_path, **kwargs)
+
+
+def validate_relative_path(value: str) -> None:
+    """A path inside a config: relative, no '..', no backslashes or NUL. Symlinks are checked
+    later, against the real filesystem, by :func:`confine`."""
+    if not value or "\x00" in value or "\\" in value:
+        raise ValidationError("must be a non-empty relative path without NUL or backslashes")
+    p = PurePosixPath(value)
+    if p.is_absolute():
+        raise ValidationError("must be relative to its root, not absolute")
+    if any(part == ".." for part in p.parts):
+        raise ValidationError("must not contain '..'")
+
+
+def confine(root: str | os.PathLike[str], relative: str, *, what: str = "path") -> Path:
+    """Resolve ``relative`` under ``root`` following symlinks; refuse anything that escapes."""
+    validate_relative_or_raise(relative, what)
+    root_real = Path(root).resolve()
+    target = (root_real / relative).resolve()
+    if target != root_real and root_real not in target.parents:
+        raise PathEscapeError({what: [f"'{relative}' resolves outside its root {root_real}"]})
+    return target
+
+
+def validate_relative_or_raise(relative: str, what: str) -> None:
+    try:
+        validate_relative_path(relative)
+    except ValidationError as exc:
+        raise PathEscapeError({what: [str(m) for m in exc.messages]}) from None
+
+
+class ModelSchema(_Strict):
+    arch = fields.String(required=True, metadata={"description": "torchvision architecture (allowlisted)"})
+    num_classes = fields.Integer(
+        load_default=None, allow_none=True, validate=validate.Range(min=2, max=100_000),
+        metadata={"description": "number of classes; null derives it from the training data"},
+    )
+    pretrained = fields.Boolean(
+        load_default=False,
+        metadata={"description": "start from torchvision's default weights, read from the local TORCH_HOME cache only"},
+    )
+
+    @validates("arch")
+    def _arch_allowed(self, value: str, **_: Any) -> None:
+        if value not in ARCH_ALLOWLIST:
+            raise ValidationError(
+                f"unknown or unsupported architecture '{value}'; allowed: {', '.join(sorted(ARCH_ALLOWLIST))}"
+            )
+
+
+class FilterSchema(_Strict):
+    column = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$"))
+    values = fields.List(fields.String(), required=True, validate=validate.Length(min=1, max=10_000))
+
+
+class DataSchema(_Strict):
+    format = fields.String(required=True, validate=validate.OneOf(["imagefolder", "csv"]))
+    root = relative_path_field(required=True, metadata={"description": "dataset directory, relative to the data root"})
+    manifest = relative_path_field(
+        load_default="manifest.csv", metadata={"description": "csv format: manifest file relative to `root`"}
+    )
+    train_split = fields.String(load_default="train", validate=validate.Regexp(_SAFE_PART.pattern))
+    val_split = fields.String(load_default="val", validate=validate.Regexp(_SAFE_PART.pattern))
+    image_size = fields.Integer(load_default=224, validate=validate.Range(min=32, max=1024))
+    max_samples = fields.Integer(
+        load_default=None, allow_none=True, validate=validate.Range(min=1),
+        metadata={"description": "use at most this many samples from each split (a seeded, class-stratified subset)"},
+    )
+    filter = fields.Nested(
+        FilterSchema, load_default=None, allow_none=True,
+        metadata={"description": "csv format: keep rows whose `column` is one of `values` (regional subsets)"},
+    )
+    augment = fields.Boolean(load_default=True, metadata={"description": "random crop and flip for training"})
+
+    @validates_schema
+    def _filter_needs_csv(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("filter") and data.get("format") != "csv":
+            raise ValidationError("a filter needs format 'csv' (a manifest with the filter column)", "filter")
+
+
+class OptimSchema(_Strict):
+    epochs = fields.Integer(required=True, validate=validate.Range(min=1, max=10_000))
+    batch_size = fields.Integer(required=True, validate=validate.Range(min=1, max=65_536))
+    optimizer = fields.String(load_default="sgd", validate=validate.OneOf(["sgd", "adamw"]))
+    lr = _finite_float(required=True, validate=validate.Range(min=0, max=100, min_inclusive=False))
+    momentum = _finite_float(load_default=0.9, validate=validate.Range(min=0, max=1, max_inclusive=False))
+    weight_decay = _finite_float(load_default=0.0, validate=validate.Range(min=0, max=1))
+    scheduler = fields.String(load_default="cosine", validate=validate.OneOf(["cosine", "step", "none"]))
+    warmup_epochs = _finite_float(load_default=0.0, validate=validate.Range(min=0, max=1000))
+    step_size = fields.Integer(load_default=30, validate=validate.Range(min=1), metadata={"description": "step scheduler: epochs between decays"})
+    gamma = _finite_float(load_default=0.1, validate=validate.Range(min=0, max=1, min_inclusive=False))
+    label_smoothing = _finite_float(load_default=0.0, validate=validate.Range(min=0, max=1, max_inclusive=False))
+    grad_accum_steps = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1024))
+    grad_clip_norm = _finite_float(load_default=None, allow_none=True, validate=validate.Range(min=0, min_inclusive=False))
+    seed = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
+
+
+class RuntimeSchema(_Strict):
+    device = fields.String(load_default="auto", validate=validate.OneOf(["auto", "cpu", "cuda"]))
+    amp = fields.String(load_default="auto", validate=validate.OneOf(["auto", "bf16", "fp16", "off"]))
+    channels_last = fields.String(load_default="auto", validate=validate.OneOf(["auto", "on", "off"]))
+    num_workers = fields.Integer(load_default=4, validate=validate.Range(min=0, max=64))
+    log_interval = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1_000_000))
+
+
+class CheckpointSchema(_Strict):
+    every_epochs = fields.Integer(load_default=1, validate=validate.Range(min=1, max=10_000))
+    keep_last = fields.Integer(load_default=2, validate=validate.Range(min=1, max=1000))
+    best_metric = fields.String(load_default="val.top1", validate=validate.OneOf(sorted(BEST_METRICS)))
+
+
+class IntegritySchema(_Strict):
+    on_fail = fields.String(load_default="warn", validate=validate.OneOf(["warn", "stop"]))
+
+
+class TrainConfigSchema(_Strict):
+    name = fields.String(load_default="teacher", validate=validate.Regexp(_SAFE_PART.pattern, error="use letters, digits, '.', '_' and '-'"))
+    model = fields.Nested(ModelSchema, required=True)
+    data = fields.Nested(DataSchema, required=True)
+    optim = fields.Nested(OptimSchema, required=True)
+    runtime = fields.Nested(RuntimeSchema, load_default=lambda: RuntimeSchema().load({}))
+    checkpoint = fields.Nested(CheckpointSchema, load_default=lambda: CheckpointSchema().load({}))
+    integrity = fields.Nested(IntegritySchema, load_default=lambda: IntegritySchema().load({}))
+    init_from = relative_path_field(
+        load_default=None, allow_none=True,
+        metadata={"description": "checkpoint (relative to the runs root) whose backbone initialises this model; the head is rebuilt when the class count differs"},
+    )
+
+    @pre_load
+    def _must_be_mapping(self, data: Any, **_: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise ValidationError("a config must be a mapping of sections")
+        return data
+
+
+def load_config_dict(raw: Any) -> dict[str, Any]:
+    """Validate a config mapping and return it with every default filled in."""
+    try:
+        return TrainConfigSchema().load(copy.deepcopy(raw))
+    except ValidationError as exc:
+        raise ConfigError(flatten_errors(exc.messages)) from None
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    text = Path(path).read_text(encoding="utf-8")
+    return load_config_dict(parse_yaml(text, source=str(path)))
+
+
+def parse_yaml(text: str, *, source: str = "config") -> Any:
+    """``yaml.safe_load`` with errors turned into :class:`ConfigError` (no Python tags, ever)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError({"_schema": [f"{source} is not valid YAML: {exc}"]}) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply ``{"optim.lr": 0.1}`` style dotted overrides to a raw (unvalidated) config."""
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        node = out
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError({dotted: [f"'{part}' is not a section"]})
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def parse_set_option(item: str) -> tuple[str, Any]:
+    """``key.path=value`` from the command line; the value is parsed as a YAML scalar."""
+    if "=" not in item:
+        raise ConfigError({item: ["expected key=value"]})
+    key, value = item.split("=", 1)
+    return key.strip(), parse_yaml(value, source=f"value of {key}")
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("TEACHER_DATA_ROOT", DEFAULT_DATA_ROOT))
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("TEACHER_RUNS_ROOT", DEFAULT_RUNS_ROOT))
