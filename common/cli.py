@@ -17,6 +17,15 @@ COMMANDS: dict[str, str] = {
     "make-data": "worker.training.cli:make_data",
     "evaluate": "worker.training.cli:evaluate_cmd",
     "analyze": "common.analysis.cli:analyze",
+    # job-service client and operations (common/service_cli.py)
+    "submit": "common.service_cli:submit",
+    "status": "common.service_cli:status",
+    "logs": "common.service_cli:logs",
+    "cancel": "common.service_cli:cancel",
+    "download": "common.service_cli:download",
+    "tokens": "common.service_cli:tokens",
+    "serve": "common.service_cli:serve",
+    "db": "common.service_cli:db",
 }
 
 

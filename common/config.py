@@ -104,7 +104,6 @@ def _finite(value: float) -> bool:
 class _Strict(Schema):
     class Meta:
         unknown = RAISE
-        ordered = True
 
 
 def _finite_float(**kwargs: Any) -> fields.Float:

@@ -1,0 +1,71 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of either.
+
+The recipe is the classic one: write a temporary file in the *same* directory (so the rename
+stays on one filesystem), flush and fsync it, rename it over the target, then fsync the
+directory so the rename itself survives a power cut.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+TMP_PREFIX = ".tmp-"
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Never leave a stray temp file behind on failure (disk full, signal, ...).
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Strict JSON: NaN and infinities raise instead of becoming invalid ``NaN`` tokens."""
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False, sort_keys=False) + "\n")
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete temp files a killed writer left behind; return what was removed."""
+    removed = []
+    directory = Path(directory)
+    if directory.is_dir():
+        for p in directory.glob(f"{TMP_PREFIX}*"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append one line and flush it to disk. Readers must ignore an incomplete last line."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line.rstrip("\n") + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())

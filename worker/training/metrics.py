@@ -1,0 +1,127 @@
+"""Exact epoch metrics: per-sample sums and counts, kept on the device.
+
+The incident this product exists for recorded a mean of batch means, which is biased when the
+last batch is smaller, and zeros where a metric was never updated. Here every epoch value is
+``Σ per-sample value / N`` over the samples actually seen:
+
+* sums live in a float64 tensor on the training device, so updating them never synchronises
+  with the GPU (no ``.item()`` per step) and never keeps an autograd graph alive (``detach``);
+* :meth:`MetricSums.totals` synchronises once (one ``tolist``), optionally after summing the
+  per-process tensors with an all-reduce, so several processes give the full-dataset value;
+* a per-sample ``weight`` of 0 excludes padded duplicates (e.g. a distributed sampler's padding).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+# Order of the entries in the sums tensor.
+_LOSS, _TOP1, _TOP5, _COUNT = range(4)
+
+AllReduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Synchronised sums; the epoch metrics derive from these and nothing else."""
+
+    loss_sum: float
+    correct1: float
+    correct5: float
+    samples: float
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.samples if self.samples else math.nan
+
+    @property
+    def top1(self) -> float:
+        """Micro top-1 accuracy in percent."""
+        return 100.0 * self.correct1 / self.samples if self.samples else math.nan
+
+    @property
+    def top5(self) -> float:
+        return 100.0 * self.correct5 / self.samples if self.samples else math.nan
+
+    def as_record(self) -> dict[str, float | int]:
+        return {
+            "loss_sum": self.loss_sum,
+            "correct1": int(round(self.correct1)),
+            "correct5": int(round(self.correct5)),
+            "samples": int(round(self.samples)),
+        }
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean per sample: is the target among the top ``min(k, C)`` logits?"""
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return top.eq(targets.unsqueeze(1)).any(dim=1)
+
+
+class MetricSums:
+    def __init__(self, device: torch.device | str = "cpu"):
+        # float64: float32 sums of ~1e7 per-sample losses lose the 1e-6 relative accuracy we promise.
+        # (MPS has no float64; we do not support MPS.)
+        self._sums = torch.zeros(4, dtype=torch.float64, device=device)
+
+    def reset(self) -> None:
+        self._sums.zero_()
+
+    @torch.no_grad()
+    def update(
+        self,
+        per_sample_loss: torch.Tensor,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> None:
+        loss = per_sample_loss.detach().to(torch.float64)
+        logits = logits.detach()
+        c1 = topk_correct(logits, targets, 1).to(torch.float64)
+        c5 = topk_correct(logits, targets, 5).to(torch.float64)
+        if weight is None:
+            w_sum = torch.tensor(float(loss.numel()), dtype=torch.float64, device=loss.device)
+            update = torch.stack([loss.sum(), c1.sum(), c5.sum(), w_sum])
+        else:
+            w = weight.to(torch.float64)
+            update = torch.stack([(loss * w).sum(), (c1 * w).sum(), (c5 * w).sum(), w.sum()])
+        self._sums += update
+
+    def totals(self, all_reduce: AllReduce | None = None) -> Totals:
+        """One synchronisation: sum across processes (if given) and copy to the host."""
+        sums = self._sums.clone()
+        if all_reduce is not None:
+            sums = all_reduce(sums)
+        loss_sum, c1, c5, n = sums.tolist()
+        return Totals(loss_sum=loss_sum, correct1=c1, correct5=c5, samples=n)
+
+
+def torch_distributed_all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """All-reduce for real multi-process runs (``torch.distributed`` initialised)."""
+    import torch.distributed as dist
+
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def shard_indices(n: int, world_size: int, rank: int, *, pad: bool) -> tuple[list[int], int]:
+    """This rank's share of ``range(n)`` and how many of its entries are real (not padding).
+
+    Evaluation uses ``pad=False``: shards differ in length by at most one and no sample is
+    counted twice (torch's DistributedSampler pads with duplicates, which would bias metrics).
+    Training uses ``pad=True`` so every rank takes the same number of steps; padded positions
+    come last and get weight 0 in the metric sums.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError("rank must be in [0, world_size)")
+    mine = list(range(rank, n, world_size))
+    real = len(mine)
+    if pad:
+        per_rank = -(-n // world_size)
+        while len(mine) < per_rank:
+            mine.append(mine[len(mine) % max(real, 1)] if real else 0)
+    return mine, real
