@@ -10,7 +10,6 @@ This module must not import torch: the API process loads it.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -18,12 +17,10 @@ from typing import Any, Mapping
 
 import yaml
 from marshmallow import (
-    EXCLUDE,
     RAISE,
     Schema,
     ValidationError,
     fields,
-    post_load,
     pre_load,
     validate,
     validates,
@@ -95,10 +92,6 @@ def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     else:
         out[prefix or "_schema"] = [str(v) for v in (messages if isinstance(messages, list) else [messages])]
     return out
-
-
-def _finite(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 class _Strict(Schema):
@@ -210,10 +203,21 @@ class OptimSchema(_Strict):
     seed = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
 
 
+class OnOffString(fields.String):
+    """A string choice where YAML 1.1 turns the words into booleans: ``amp: off`` arrives as
+    ``False`` and ``channels_last: on`` as ``True``. Map them back instead of rejecting what
+    the user wrote."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class RuntimeSchema(_Strict):
     device = fields.String(load_default="auto", validate=validate.OneOf(["auto", "cpu", "cuda"]))
-    amp = fields.String(load_default="auto", validate=validate.OneOf(["auto", "bf16", "fp16", "off"]))
-    channels_last = fields.String(load_default="auto", validate=validate.OneOf(["auto", "on", "off"]))
+    amp = OnOffString(load_default="auto", validate=validate.OneOf(["auto", "bf16", "fp16", "off"]))
+    channels_last = OnOffString(load_default="auto", validate=validate.OneOf(["auto", "on", "off"]))
     num_workers = fields.Integer(load_default=4, validate=validate.Range(min=0, max=64))
     log_interval = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1_000_000))
 

@@ -62,6 +62,8 @@ def test_demo_learns_far_above_chance(demo_run):
         assert e["train"]["throughput"] > 0 and e["epoch_time_s"] > 0
     progress = strict_json(demo_run["dir"] / "progress.json")
     assert progress["status"] == "succeeded" and progress["percent"] == 100.0
+    # A healthy run passes the live integrity report with no warning at all.
+    assert progress["integrity"] == {"verdict": "pass", "failed": [], "warnings": []}
 
 
 def test_every_epoch_value_is_recomputable_from_the_step_stream(demo_run):

@@ -99,11 +99,8 @@ class RunFiles:
 
 def setup_logging(run_dir: Path, *, debug: bool) -> logging.Logger:
     """Console and ``train.log`` get the same lines, so the file is the console, as printed."""
+    teardown_logging()
     root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_teacher", False):
-            root.removeHandler(h)
-            h.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / LOG, encoding="utf-8")]
     for h in handlers:
@@ -114,3 +111,12 @@ def setup_logging(run_dir: Path, *, debug: bool) -> logging.Logger:
     for noisy in ("PIL", "matplotlib", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return logging.getLogger("teacher")
+
+
+def teardown_logging() -> None:
+    """Detach (and close) the handlers :func:`setup_logging` added."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_teacher", False):
+            root.removeHandler(h)
+            h.close()

@@ -33,7 +33,7 @@ from torch.utils.tensorboard import SummaryWriter
 from common.config import BEST_METRICS, confine, data_root as default_data_root, runs_root as default_runs_root
 
 from . import data as data_mod
-from .artifacts import HISTORY_FORMAT, RunFiles, sanitize, setup_logging
+from .artifacts import HISTORY_FORMAT, RunFiles, sanitize, setup_logging, teardown_logging
 from .checkpoints import CheckpointError, CheckpointManager, load_checkpoint_file, sha256_file
 from .metrics import MetricSums, Totals
 from .models import build_model, load_matching, load_pretrained
@@ -254,7 +254,8 @@ def train_one_epoch(st: TrainState, epoch: int) -> tuple[Totals, float, float]:
             st.step += 1
 
         final = batch_idx + 1 == num_batches
-        if final or (batch_idx + 1) % log_interval == 0:
+        # log_interval counts optimizer steps, so every record sits on a step boundary.
+        if final or (end_of_window and st.step % log_interval == 0):
             totals = sums.totals()  # the one synchronisation per interval
             now = time.perf_counter()
             interval_n = totals.samples - last_logged.samples
@@ -371,11 +372,11 @@ def check_integrity(st: TrainState) -> dict[str, Any] | None:
     from common.analysis.live import run_integrity
 
     report = run_integrity(st.files.dir, num_classes=len(st.class_names), dataset_sizes=st.dataset_sizes)
-    failed = [c.id for c in report.checks if c.status == "fail"]
-    warned = [c.id for c in report.checks if c.status == "warn"]
+    failed = sorted({c.id for c in report.checks if c.status == "fail"})
+    warned = sorted({c.id for c in report.checks if c.status == "warn"})
     for c in report.checks:
         if c.status in ("fail", "warn"):
-            log.warning("integrity %s: %s: %s", c.status, c.id, c.message)
+            log.warning("integrity: %s", c.summary_line())
     summary = {"verdict": report.verdict, "failed": failed, "warnings": warned}
     if failed and st.cfg["integrity"]["on_fail"] == "stop":
         raise IntegrityFailure(f"integrity check failed: {', '.join(failed)}")
@@ -404,7 +405,8 @@ def init_from_checkpoint(model: nn.Module, rel_path: str, runs_root: Path) -> No
     load_matching(model, state["model"], source=rel_path)
 
 
-def install_signal_handlers() -> Callable[[], bool]:
+def install_signal_handlers() -> tuple[Callable[[], bool], Callable[[], None]]:
+    """SIGTERM/SIGINT ask for a stop after the current step. Returns (stop requested?, restore)."""
     requested = {"signal": None}
 
     def handler(signum: int, _frame: Any) -> None:
@@ -413,9 +415,13 @@ def install_signal_handlers() -> Callable[[], bool]:
         requested["signal"] = signum
         log.warning("received %s: stopping after the current step", signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return lambda: requested["signal"] is not None
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return (lambda: requested["signal"] is not None), restore
 
 
 @dataclass
@@ -437,7 +443,7 @@ def train(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, debug: bo
     data_root = Path(data_root or default_data_root())
     runs_root = Path(runs_root or default_runs_root())
     faults = os.environ.get("TEACHER_FAULT", "")
-    stop = install_signal_handlers() if handle_signals else (lambda: False)
+    stop, restore_signals = install_signal_handlers() if handle_signals else ((lambda: False), (lambda: None))
     try:
         return _train(cfg, files, resume=resume, data_root=data_root, runs_root=runs_root, faults=faults, stop=stop)
     except StopRequested:
@@ -447,6 +453,9 @@ def train(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, debug: bo
     except BaseException as exc:
         _final_progress(files, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        restore_signals()
+        teardown_logging()
 
 
 def _final_progress(files: RunFiles, status: str, **extra: Any) -> None:

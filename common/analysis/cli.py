@@ -1,0 +1,60 @@
+"""``teacher analyze``: read metrics from any inputs, write report.json and plots, print a summary.
+
+Exit codes: 0 no check failed, 1 a check failed, 2 bad input (missing path, unknown format,
+malformed file). This is the only place that turns AnalysisInputError into an exit code.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from common.analysis.series import AnalysisInputError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def default_out_dir(paths: tuple[Path, ...]) -> Path:
+    return paths[0] / "analysis" if paths[0].is_dir() else Path("analysis")
+
+
+@click.command("analyze")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where report.json and the PNGs go (default: <first path>/analysis for a directory, else ./analysis)")
+@click.option("--num-classes", type=click.IntRange(min=2), default=None,
+              help="number of classes C (chance loss ln C); default from the run's config/history")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON on stdout (the summary goes to stderr)")
+@click.option("--pattern", "patterns", multiple=True,
+              help="extra console-log regex with named groups epoch/split/rest or metric names; repeatable")
+@click.option("--no-plots", is_flag=True, help="write report.json only")
+def analyze(paths: tuple[Path, ...], out_dir: Path | None, num_classes: int | None, as_json: bool,
+            patterns: tuple[str, ...], no_plots: bool) -> None:
+    """Check a run's metrics for integrity and plot them.
+
+    PATHS: run directories, history JSON, CSV (timm summary.csv), TensorBoard event files or
+    directories, console logs. Several at once are cross-checked against each other.
+    """
+    from common.analysis.checks import run_checks
+    from common.analysis.readers import load_inputs
+
+    try:
+        run = load_inputs(list(paths), num_classes=num_classes, patterns=patterns)
+    except AnalysisInputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    report = run_checks(run)
+    out = out_dir or default_out_dir(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(report.to_json() + "\n", encoding="utf-8")
+    plots = {}
+    if not no_plots:
+        from common.analysis.plots import write_plots
+
+        plots = write_plots(run, report, out)
+    click.echo(report.summary(), err=as_json)
+    click.echo(f"wrote {out / 'report.json'}" + (f" and {', '.join(sorted(plots))}" if plots else ""), err=as_json)
+    if as_json:
+        click.echo(report.to_json())
+    sys.exit(EXIT_FAILED if report.verdict == "fail" else EXIT_OK)

@@ -1,0 +1,113 @@
+"""TensorBoard event reader (no TensorFlow needed).
+
+``EventAccumulator`` keeps a reservoir sample of each tag by default; ``size_guidance`` of 0
+keeps every event, which the analysis needs (a sampled stream could hide a spike or a
+backwards step). TensorBoard is imported lazily: it costs ~0.2 s and the live check never
+needs it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from common.analysis.series import (
+    AnalysisInputError,
+    EpochSeries,
+    Source,
+    StepSeries,
+    map_metric_name,
+    normalise_accuracy_units,
+    shift_zero_based_epochs,
+)
+
+_SPLIT_DIRS = {"train", "training", "val", "valid", "validation", "eval", "test"}
+
+
+def find_event_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*tfevents*") if p.is_file())
+
+
+def read_tensorboard(path: Path, accuracy_unit: str | None = None) -> Source:
+    """``accuracy_unit`` ("percent"/"fraction") when the writer is known (our own tb/ logs
+    percent); otherwise guessed, which is ambiguous while every accuracy is still below 1%."""
+    files = find_event_files(path)
+    if not files:
+        raise AnalysisInputError(f"{path}: no TensorBoard event files (*tfevents*)")
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    source = Source(name=path.name or str(path), kind="tensorboard", path=str(path))
+    # EventAccumulator reads all event files of one directory as one stream (in file order).
+    groups = sorted({f.parent for f in files}) if path.is_dir() else [path]
+    raw: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for group in groups:
+        acc = ea.EventAccumulator(str(group), size_guidance={ea.SCALARS: 0})
+        try:
+            acc.Reload()
+        except Exception as exc:  # tensorboard raises assorted errors on corrupt files
+            raise AnalysisInputError(f"{group}: cannot read TensorBoard events ({exc})") from exc
+        prefix = split_prefix(group, path)
+        for tag in acc.Tags().get("scalars", []):
+            events = acc.Scalars(tag)
+            steps = np.fromiter((e.step for e in events), dtype=np.int64, count=len(events))
+            values = np.fromiter((e.value for e in events), dtype=np.float64, count=len(events))
+            name = f"{prefix}/{tag}" if prefix else tag
+            if name in raw:
+                source.notes.append(f"tag {name} found in several directories; kept the first")
+                continue
+            raw[name] = (steps, values)
+    build_tb_series(source, raw)
+    normalise_accuracy_units(source, accuracy_unit)
+    shift_zero_based_epochs(source)
+    return source
+
+
+def split_prefix(group: Path, root: Path) -> str:
+    """Keras writes ``train/`` and ``validation/`` subdirectories with the same tag names."""
+    if group == root or not group.is_dir():
+        return ""
+    return group.name if group.name.lower() in _SPLIT_DIRS else ""
+
+
+def build_tb_series(source: Source, raw: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    epoch_tag = next((t for t in raw if t.strip("/").split("/")[-1].lower() == "epoch"), None)
+    epoch_steps = epoch_values = None
+    if epoch_tag is not None:
+        steps, values = raw[epoch_tag]
+        order = np.argsort(steps, kind="stable")
+        epoch_steps, epoch_values = steps[order], np.rint(values[order]).astype(np.int64)
+        source.step_sequence = steps
+    for tag, (steps, values) in raw.items():
+        if tag == epoch_tag:
+            continue
+        mapped = map_metric_name(tag)
+        if mapped is None:
+            source.ignored.append(tag)
+            continue
+        name = mapped[0]
+        if epoch_steps is not None:
+            idx = np.searchsorted(epoch_steps, steps, side="right") - 1
+            epochs = np.where(idx >= 0, epoch_values[np.clip(idx, 0, None)], 0)
+        else:
+            epochs = np.arange(1, steps.size + 1, dtype=np.int64)
+        distinct = max(1, np.unique(epochs).size)
+        if name.startswith("step.") or steps.size > 1.5 * distinct:
+            add_step_level(source, tag, name, steps, values, epochs)
+            continue
+        source.add(EpochSeries(name, epochs, values, source.name, tag))
+
+
+def add_step_level(source: Source, tag: str, name: str, steps: np.ndarray, values: np.ndarray,
+                   epochs: np.ndarray) -> None:
+    step_name = {"train.loss": "step.train_loss", "lr": "step.lr"}.get(name, name)
+    if not step_name.startswith("step."):
+        source.ignored.append(tag)
+        source.notes.append(f"{tag}: logged several times per epoch and not a step metric we use; ignored")
+        return
+    if step_name in source.steps:
+        source.notes.append(f"{tag}: a second stream for {step_name}; ignored")
+        return
+    source.steps[step_name] = StepSeries(step_name, steps, values, source.name, epochs)
+    source.mapping[tag] = step_name
