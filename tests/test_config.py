@@ -177,3 +177,22 @@ def test_yaml_on_off_words_are_read_as_the_switch_values():
     with pytest.raises(ConfigError) as info:
         load_config_dict(apply_overrides(TINY_CONFIG, {"runtime.amp": True}))
     assert "runtime.amp" in info.value.errors
+
+
+def schema_keys(schema, prefix=""):
+    from marshmallow import fields
+
+    for name, f in schema.fields.items():
+        if isinstance(f, fields.Nested) and name != "filter":
+            yield from schema_keys(f.schema, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def test_readme_config_reference_covers_every_key():
+    from common.config import TrainConfigSchema
+
+    readme = (CONFIGS.parent / "README.md").read_text()
+    reference = readme.split("## Config reference", 1)[1].split("\n## ", 1)[0]
+    missing = [k for k in schema_keys(TrainConfigSchema()) if f"`{k}`" not in reference]
+    assert not missing, f"README config reference lacks {missing}"
