@@ -1,0 +1,62 @@
+"""The Flask application factory (served by ``gunicorn "api:create_app()"``)."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from flask import Flask, g, request
+
+from api import errors, health, jobs, metrics
+from api.config import Settings
+from api.extensions import Enqueue, init_services, services
+from api.smorest import Api
+from common.auth import authenticate
+
+# Endpoints reachable without a token; everything else (including unknown URLs) needs one.
+PUBLIC_ENDPOINTS = frozenset({"health.health", "api-docs.openapi_json"})
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """``config`` may hold ``TEACHER_SETTINGS`` (a Settings; default: from the environment),
+    ``TEACHER_ENQUEUE`` (a callable replacing Celery publishing, for tests) and Flask keys."""
+    config = dict(config or {})
+    settings: Settings = config.pop("TEACHER_SETTINGS", None) or Settings.from_env()
+    enqueue: Enqueue | None = config.pop("TEACHER_ENQUEUE", None)
+
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        API_TITLE="teacher job service",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "security": [{"bearerAuth": []}],
+            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+        },
+    )
+    app.config.update(config)
+    logging.getLogger("api").setLevel(logging.INFO)
+
+    init_services(app, settings, enqueue)
+    api = Api(app)
+    errors.register_error_handlers(app)  # after Api(): ours replace flask-smorest's handler
+    api.register_blueprint(jobs.blp)
+    api.register_blueprint(health.blp)
+    app.register_blueprint(metrics.blp)  # plain Flask: Prometheus text, not part of the JSON API
+
+    @app.before_request
+    def _authenticate() -> None:
+        if request.endpoint in PUBLIC_ENDPOINTS:
+            return
+        with services().sessions() as s:
+            g.user = authenticate(s, request.headers.get("Authorization"))
+
+    @app.after_request
+    def _security_headers(resp):  # type: ignore[no-untyped-def]
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    return app

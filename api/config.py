@@ -1,0 +1,101 @@
+"""Service settings, read once from the environment (shared by the API, worker and CLI).
+
+This module imports nothing heavy, so the Celery worker and the CLI can use it without pulling
+in Flask.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from common.store.db import DEFAULT_DATABASE_URL
+
+QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    jobs_root: Path = Path("volumes/jobs")
+    data_root: Path = Path("volumes/datasets")
+    torch_home: Path = Path("volumes/torch")
+    configs_dir: Path | None = None  # None: common.config.CONFIGS_DIR
+    max_content_length: int = 1 << 20
+    queues: tuple[str, ...] = ("default",)
+    max_attempts: int = 3
+    heartbeat_s: float = 5.0
+    stale_after_s: float = 60.0       # a running job whose heartbeat is older is presumed lost
+    cancel_grace_s: float = 120.0     # SIGTERM -> SIGKILL escalation for a training child
+    max_job_seconds: int = 7 * 24 * 3600
+    reconcile_interval_s: float = 30.0
+    lost_message_grace_s: float = 60.0  # a queued job with no broker message this long is re-sent
+    worker_beat_s: float = 10.0
+    sse_poll_s: float = 0.5
+    python: str = field(default="")  # interpreter for the training child; "" = sys.executable
+
+    @property
+    def default_queue(self) -> str:
+        return self.queues[0]
+
+    @property
+    def visibility_timeout(self) -> int:
+        # Longer than any job may run, so Redis never redelivers a job that is still running.
+        return self.max_job_seconds + 3600
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if env is None else env
+        queues = tuple(q.strip() for q in env.get("TEACHER_QUEUES", "default").split(",") if q.strip())
+        bad = [q for q in queues if not QUEUE_NAME.match(q)]
+        if not queues or bad:
+            raise ValueError(f"TEACHER_QUEUES must be comma-separated queue names, bad: {bad}")
+        s = cls(
+            database_url=env.get("TEACHER_DATABASE_URL", DEFAULT_DATABASE_URL),
+            redis_url=env.get("TEACHER_REDIS_URL", cls.redis_url),
+            jobs_root=Path(env.get("TEACHER_JOBS_ROOT", "volumes/jobs")),
+            data_root=Path(env.get("TEACHER_DATA_ROOT", "volumes/datasets")),
+            torch_home=Path(env.get("TORCH_HOME", "volumes/torch")),
+            configs_dir=Path(env["TEACHER_CONFIGS_DIR"]) if env.get("TEACHER_CONFIGS_DIR") else None,
+            max_content_length=_env_int(env, "TEACHER_MAX_CONTENT_LENGTH", cls.max_content_length),
+            queues=queues,
+            max_attempts=_env_int(env, "TEACHER_MAX_ATTEMPTS", cls.max_attempts),
+            heartbeat_s=_env_float(env, "TEACHER_HEARTBEAT_S", cls.heartbeat_s),
+            stale_after_s=_env_float(env, "TEACHER_STALE_AFTER_S", cls.stale_after_s),
+            cancel_grace_s=_env_float(env, "TEACHER_CANCEL_GRACE_S", cls.cancel_grace_s),
+            max_job_seconds=_env_int(env, "TEACHER_MAX_JOB_SECONDS", cls.max_job_seconds),
+            reconcile_interval_s=_env_float(env, "TEACHER_RECONCILE_INTERVAL_S", cls.reconcile_interval_s),
+            lost_message_grace_s=_env_float(env, "TEACHER_LOST_MESSAGE_GRACE_S", cls.lost_message_grace_s),
+            worker_beat_s=_env_float(env, "TEACHER_WORKER_BEAT_S", cls.worker_beat_s),
+            python=env.get("TEACHER_PYTHON", ""),
+        )
+        return replace(s, **overrides) if overrides else s
+
+    def as_flask_config(self) -> dict[str, Any]:
+        return {"TEACHER_SETTINGS": self, "MAX_CONTENT_LENGTH": self.max_content_length}
+
+
+__all__ = ["Settings", "QUEUE_NAME"]

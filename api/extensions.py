@@ -1,0 +1,76 @@
+"""The app's services (store, broker), attached per app like a Flask extension's init_app."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from flask import Flask, current_app, g
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.config import Settings
+from common.store import User, make_engine, make_sessionmaker, transaction, upgrade
+from common.store.jobs import mark_enqueued
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str, str, int], None]  # (job_id, queue, priority)
+
+
+def celery_enqueue(settings: Settings) -> Enqueue:
+    """Publish through Celery with these settings (imported on first use; tests replace it)."""
+
+    def enqueue(job_id: str, queue: str, priority: int) -> None:
+        from worker.celery_app import publish
+
+        publish(settings, job_id, queue, priority)
+
+    return enqueue
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    enqueue_fn: Enqueue
+    redis_client: object | None = field(default=None)
+
+    def enqueue(self, job_id: str, queue: str, priority: int) -> bool:
+        """Publish a job's message after its record is committed. A failure is logged, not
+        raised: the job stays queued without `enqueued_at`, and the reconciler re-sends it."""
+        try:
+            self.enqueue_fn(job_id, queue, priority)
+        except Exception:
+            log.exception("could not enqueue job %s; the reconciler will retry", job_id)
+            return False
+        with transaction(self.sessions) as s:
+            mark_enqueued(s, job_id)
+        return True
+
+    def redis(self):  # type: ignore[no-untyped-def]
+        if self.redis_client is None:
+            import redis
+
+            self.redis_client = redis.Redis.from_url(
+                self.settings.redis_url, socket_connect_timeout=2, socket_timeout=2
+            )
+        return self.redis_client
+
+
+def init_services(app: Flask, settings: Settings, enqueue: Enqueue | None = None) -> Services:
+    engine = make_engine(settings.database_url)
+    upgrade(engine)  # idempotent and locked; a fresh volume just works
+    services = Services(settings=settings, engine=engine, sessions=make_sessionmaker(engine),
+                        enqueue_fn=enqueue or celery_enqueue(settings))
+    app.extensions["teacher"] = services
+    return services
+
+
+def services() -> Services:
+    return current_app.extensions["teacher"]
+
+
+def current_user() -> User:
+    return g.user

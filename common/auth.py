@@ -1,0 +1,59 @@
+"""Bearer tokens: minted once, shown once, stored only as sha256 hashes.
+
+A token is 32 random bytes (``secrets``), so a plain sha256 is enough (no password stretching
+needed) and lets us look the hash up by index. The final comparison is still constant-time so
+the check does not depend on how the database compares strings.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.store.models import Token, User
+
+TOKEN_PREFIX = "tch_"
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class AuthError(Exception):
+    """The request carries no valid credentials."""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create_token(session: Session, user_name: str, *, admin: bool = False) -> str:
+    """Create the user if needed and mint a new token for them; returns the plaintext token."""
+    if not USER_NAME.match(user_name):
+        raise ValueError("user names use letters, digits, '.', '_' and '-' (at most 64)")
+    user = session.scalar(select(User).where(User.name == user_name))
+    if user is None:
+        user = User(name=user_name, is_admin=admin)
+        session.add(user)
+    elif admin and not user.is_admin:
+        user.is_admin = True
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(Token(user=user, token_hash=hash_token(token)))
+    session.flush()
+    return token
+
+
+def authenticate(session: Session, authorization: str | None) -> User:
+    """The user behind an ``Authorization: Bearer <token>`` header, or :class:`AuthError`."""
+    if not authorization:
+        raise AuthError("missing bearer token")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 512:
+        raise AuthError("expected 'Authorization: Bearer <token>'")
+    presented = hash_token(token)
+    row = session.scalar(select(Token).where(Token.token_hash == presented, Token.revoked.is_(False)))
+    if row is None or not hmac.compare_digest(row.token_hash, presented):
+        raise AuthError("invalid or revoked token")
+    return row.user

@@ -1,0 +1,390 @@
+"""`teacher` commands of the job service: an HTTP client (submit, status, logs, cancel,
+download) and local operations (tokens, serve, db). Imports nothing heavy: no torch, no Flask
+unless `serve` needs it."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+from common.config import CONFIGS_DIR, ConfigError, apply_overrides, parse_set_option, parse_yaml
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+class ApiClient:
+    def __init__(self, url: str, token: str | None):
+        import requests
+
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 202), **kw: Any) -> Any:
+        import requests
+
+        kw.setdefault("timeout", 60)
+        try:
+            r = self.session.request(method, self.url + "/api/v1" + path, **kw)
+        except requests.ConnectionError as exc:
+            raise click.ClickException(f"cannot reach {self.url}: {exc}") from None
+        if r.status_code not in ok:
+            try:
+                body = r.json()
+                message = body.get("message", r.reason)
+                details = "".join(f"\n  {k}: {' '.join(v)}" for k, v in (body.get("errors") or {}).items())
+            except ValueError:
+                message, details = r.text[:500] or r.reason, ""
+            exc = click.ClickException(f"{r.status_code}: {message}{details}")
+            exc.exit_code = 2 if r.status_code in (400, 413, 415, 422) else 1
+            raise exc
+        return r
+
+
+def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    @click.option("--url", envvar="TEACHER_URL", default=DEFAULT_URL, show_default=True, help="Server URL (env TEACHER_URL).")
+    @click.option("--token", envvar="TEACHER_TOKEN", help="Bearer token (env TEACHER_TOKEN).")
+    @functools.wraps(func)
+    def wrapper(url: str, token: str | None, **kwargs: Any) -> Any:
+        if not token:
+            raise click.UsageError("no token: pass --token or set TEACHER_TOKEN (mint one with `teacher tokens create`)")
+        return func(ApiClient(url, token), **kwargs)
+
+    return wrapper
+
+
+def _fmt_progress(job: dict[str, Any]) -> str:
+    p = job.get("progress") or {}
+    parts = [f"{job['id'][:12]} {job['status']:<11}"]
+    if p.get("epochs"):
+        parts.append(f"epoch {p.get('epoch') or 0}/{p['epochs']}")
+    if p.get("total_steps"):
+        parts.append(f"step {p.get('step') or 0}/{p['total_steps']}")
+    if p.get("percent") is not None:
+        done = int(min(100.0, float(p["percent"])) / 5)
+        parts.append(f"[{'#' * done}{'.' * (20 - done)}] {float(p['percent']):5.1f}%")
+    if p.get("throughput"):
+        parts.append(f"{float(p['throughput']):.0f} img/s")
+    if p.get("eta_s") is not None and job["status"] == "running":
+        parts.append(f"ETA {int(p['eta_s'])}s")
+    latest = p.get("latest") or {}
+    parts.extend(f"{k}={v:.4g}" for k, v in list(latest.items())[:3] if isinstance(v, (int, float)))
+    return "  ".join(parts)
+
+
+def _wait(api: ApiClient, job_id: str, interval: float = 1.0) -> dict[str, Any]:
+    tty = sys.stderr.isatty()
+    last = ""
+    while True:
+        job = api.request("GET", f"/jobs/{job_id}").json()
+        line = _fmt_progress(job)
+        if line != last:
+            click.echo(("\r\033[K" if tty else "") + line, err=True, nl=not tty)
+            last = line
+        if job["status"] in FINISHED:
+            if tty:
+                click.echo("", err=True)
+            return job
+        time.sleep(interval)
+
+
+# ------------------------------------------------------------------------------ client
+@click.command()
+@click.argument("config")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value (repeatable).")
+@click.option("--name", help="Job (and run) name.")
+@click.option("--queue", help="Queue name.")
+@click.option("--priority", type=click.IntRange(0, 9), help="0..9, higher first.")
+@click.option("--after", "after", help="Start only after this job succeeded.")
+@click.option("--init-from", "init_from", metavar="JOB[:CHECKPOINT]", help="Initialise from another job's checkpoint (default best).")
+@click.option("--idempotency-key", help="Resubmitting with the same key returns the same job.")
+@click.option("--wait", is_flag=True, help="Show live progress until the job ends; exit 1 unless it succeeded.")
+@client_options
+def submit(api: ApiClient, config: str, sets: tuple[str, ...], name: str | None, queue: str | None,
+           priority: int | None, after: str | None, init_from: str | None, idempotency_key: str | None, wait: bool) -> None:
+    """Submit CONFIG (a YAML file, or the name of a file under configs/) as a training job."""
+    try:
+        overrides = dict(parse_set_option(item) for item in sets)
+        path = Path(config)
+        if path.is_file():
+            raw = parse_yaml(path.read_text(encoding="utf-8"), source=config)
+            if not isinstance(raw, dict):
+                raise ConfigError({"_schema": [f"{config} is not a mapping"]})
+            body: dict[str, Any] = apply_overrides(raw, overrides)
+        elif (CONFIGS_DIR / f"{config}.yaml").is_file() or "/" not in config and not config.endswith((".yaml", ".yml")):
+            body = {"config": config, "overrides": overrides}
+        else:
+            raise click.BadParameter(f"no such file: {config}", param_hint="CONFIG")
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid config: {exc}") from None
+    if name:
+        body["name"] = name
+    for key, value in (("queue", queue), ("priority", priority), ("after", after)):
+        if value is not None:
+            body[key] = value
+    if init_from:
+        job, _, ckpt = init_from.partition(":")
+        body["init_from"] = {"job": job, "checkpoint": ckpt or "best"}
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    job = api.request("POST", "/jobs", json=body, headers=headers).json()
+    click.echo(job["id"])
+    if wait:
+        final = _wait(api, job["id"])
+        if final["status"] != "succeeded":
+            raise click.ClickException(f"job {final['status']}: {final.get('failure_reason') or ''}")
+
+
+@click.command()
+@click.argument("job_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.option("--limit", type=click.IntRange(1, 200), default=20, show_default=True)
+@client_options
+def status(api: ApiClient, job_id: str | None, as_json: bool, limit: int) -> None:
+    """Show one job, or list your newest jobs."""
+    if job_id:
+        job = api.request("GET", f"/jobs/{job_id}").json()
+        if as_json:
+            click.echo(json.dumps(job, indent=2))
+            return
+        click.echo(_fmt_progress(job))
+        for key in ("name", "queue", "attempts", "created_at", "started_at", "finished_at", "failure_reason"):
+            if job.get(key) is not None:
+                click.echo(f"  {key}: {job[key]}")
+        return
+    data = api.request("GET", "/jobs", params={"limit": limit}).json()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for job in data["jobs"]:
+        click.echo(f"{job['id']}  {job['status']:<11} {job['name']:<20} {job['created_at']}")
+
+
+def _sse_lines(resp: Any) -> Iterator[tuple[str, str]]:
+    event, data = "message", []
+    for raw in resp.iter_lines(decode_unicode=True):
+        if raw is None:
+            continue
+        if raw == "":
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif raw.startswith("event:"):
+            event = raw[6:].strip()
+        elif raw.startswith("data:"):
+            data.append(raw[5:][1:] if raw[5:].startswith(" ") else raw[5:])
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines until the job ends.")
+@click.option("--tail", type=click.IntRange(1, 10_000), default=200, show_default=True)
+@client_options
+def logs(api: ApiClient, job_id: str, follow: bool, tail: int) -> None:
+    """Print a job's log."""
+    if not follow:
+        for line in api.request("GET", f"/jobs/{job_id}/logs", params={"tail": tail}).json()["lines"]:
+            click.echo(line)
+        return
+    resp = api.request("GET", f"/jobs/{job_id}/logs", params={"tail": tail, "follow": "true"}, stream=True, timeout=None)
+    for event, data in _sse_lines(resp):
+        if event == "end":
+            click.echo(f"-- job {data}", err=True)
+            return
+        click.echo(data)
+
+
+@click.command()
+@click.argument("job_id")
+@client_options
+def cancel(api: ApiClient, job_id: str) -> None:
+    """Cancel a job (a running one stops within one step and keeps its last checkpoint)."""
+    job = api.request("POST", f"/jobs/{job_id}/cancel").json()
+    click.echo(f"{job['id']} {job['status']}{' (stopping)' if job['status'] == 'running' else ''}")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--checkpoint", default="best", show_default=True, help="best, last, epoch_0003 ...")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+@client_options
+def download(api: ApiClient, job_id: str, checkpoint: str, out: Path) -> None:
+    """Download a checkpoint and verify its sha256 against the job's manifest."""
+    filename = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
+    listing = api.request("GET", f"/jobs/{job_id}/checkpoints").json()["checkpoints"]
+    expected = next((c.get("sha256") for c in listing if c["name"] == filename), None)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{job_id}-{filename}"
+    tmp = target.with_name(target.name + ".part")
+    digest = hashlib.sha256()
+    with api.request("GET", f"/jobs/{job_id}/checkpoints/{filename}", stream=True) as resp, tmp.open("wb") as fh:
+        for chunk in resp.iter_content(1 << 20):
+            fh.write(chunk)
+            digest.update(chunk)
+    if expected and digest.hexdigest() != expected:
+        tmp.unlink()
+        raise click.ClickException(f"sha256 mismatch for {filename}: the file changed during download; retry")
+    os.replace(tmp, target)
+    click.echo(str(target))
+
+
+# ------------------------------------------------------------------------------ operations
+def _settings():  # type: ignore[no-untyped-def]
+    from api.config import Settings
+
+    return Settings.from_env()
+
+
+@click.group()
+def tokens() -> None:
+    """Manage API tokens (runs against the job store directly)."""
+
+
+@tokens.command("create")
+@click.option("--user", required=True, help="User name (created if new).")
+@click.option("--admin", is_flag=True, help="The user may see and manage every job.")
+def tokens_create(user: str, admin: bool) -> None:
+    """Mint a token for USER; it is shown once and stored only as a hash."""
+    from common.auth import create_token
+    from common.store import make_engine, make_sessionmaker, transaction, upgrade
+
+    engine = make_engine(_settings().database_url)
+    upgrade(engine)
+    try:
+        with transaction(make_sessionmaker(engine)) as s:
+            token = create_token(s, user, admin=admin)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--user") from None
+    finally:
+        engine.dispose()
+    click.echo(token)
+
+
+@click.group()
+def db() -> None:
+    """Job-store maintenance."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending schema migrations (safe to run concurrently)."""
+    from common.store import LATEST_VERSION, make_engine, upgrade
+
+    engine = make_engine(_settings().database_url)
+    try:
+        version = upgrade(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"job store at schema version {version} (latest {LATEST_VERSION})")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--queues", default=None, help="Queues the worker consumes (default: TEACHER_QUEUES).")
+def serve(host: str, port: int, queues: str | None) -> None:
+    """Run the whole service on this machine: a private Redis (unless TEACHER_REDIS_URL is set),
+    the API under gunicorn, one worker and the reconciler. Ctrl-C stops everything; a running
+    job is interrupted (keeping its checkpoint) and resumes on the next start."""
+    from common.store import make_engine, upgrade
+
+    env = dict(os.environ)
+    settings = _settings()
+    state = Path(settings.database_url.removeprefix("sqlite:///")).parent if settings.database_url.startswith("sqlite") else Path("volumes/state")
+    state.mkdir(parents=True, exist_ok=True)
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        # Own sessions: Ctrl-C reaches only us, and we stop the children in order.
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        procs.append((name, proc))
+        click.echo(f"serve: started {name} (pid {proc.pid})", err=True)
+        return proc
+
+    stopping = False
+    crashed = False
+
+    def request_stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        if not env.get("TEACHER_REDIS_URL"):
+            rport = _free_port()
+            (state / "redis").mkdir(exist_ok=True)
+            start("redis", ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--dir", str((state / "redis").resolve()),
+                            "--appendonly", "yes", "--save", ""])
+            env["TEACHER_REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
+            _wait_port(rport, 20)
+        engine = make_engine(settings.database_url)
+        upgrade(engine)
+        engine.dispose()
+        py = sys.executable
+        start("worker", [py, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues or ",".join(settings.queues),
+                         "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO", "--without-gossip", "--without-mingle"])
+        start("reconciler", [py, "-m", "worker.reconciler"])
+        start("api", [py, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", "2", "-k", "gthread", "--threads", "8",
+                      "--graceful-timeout", "10", "api:create_app()"])
+        click.echo(f"serve: API on http://{host}:{port}/api/v1  (Ctrl-C to stop)", err=True)
+        while not stopping:
+            for name, proc in procs:
+                if proc.poll() is not None:
+                    click.echo(f"serve: {name} exited with {proc.returncode}; stopping", err=True)
+                    stopping = crashed = True
+            time.sleep(0.5)
+    finally:
+        # Worker first (it stops its training child and records the job as interrupted), then
+        # the rest; Redis last so that the worker can still re-send the interrupted job.
+        order = {"worker": 0, "reconciler": 1, "api": 2, "redis": 3}
+        for name, proc in sorted(procs, key=lambda p: order[p[0]]):
+            _stop(proc, timeout=settings.cancel_grace_s + 30 if name == "worker" else 20)
+            click.echo(f"serve: stopped {name}", err=True)
+    if crashed:
+        sys.exit(1)
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise click.ClickException(f"nothing listens on port {port} after {timeout}s")
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()

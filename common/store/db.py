@@ -1,0 +1,107 @@
+"""Engine, sessions and versioned migrations of the job store.
+
+SQLite (the default, one file on the data volume) runs in WAL mode with a busy timeout, and every
+transaction starts with ``BEGIN IMMEDIATE``: the API's gunicorn workers and the Celery worker all
+write, and a deferred transaction that upgrades from a read to a write lock can fail with
+"database is locked" regardless of the busy timeout. PostgreSQL uses row locks instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.store.models import Base, SchemaVersion
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE_URL = "sqlite:///volumes/state/teacher.db"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def database_url() -> str:
+    return os.environ.get("TEACHER_DATABASE_URL", DEFAULT_DATABASE_URL)
+
+
+def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
+    url = url or database_url()
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None}, **kwargs
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        url = str(parsed.set(drivername="postgresql+psycopg"))  # psycopg 3 is what we ship
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    # expire_on_commit=False: rows are read after the transaction that loaded them ends.
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    with factory() as session, session.begin():
+        yield session
+
+
+# ---------------------------------------------------------------------------------- migrations
+# Each entry upgrades the schema from version N-1 to N. Never edit an applied migration; append.
+def _v1_initial(conn: Connection) -> None:
+    # The v1 tables exactly as the models define them today; later migrations must ALTER.
+    tables = [Base.metadata.tables[n] for n in ("users", "tokens", "jobs", "idempotency_keys", "worker_beats")]
+    Base.metadata.create_all(conn, tables=tables)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "initial schema", _v1_initial),
+]
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def current_version(conn: Connection) -> int:
+    if not inspect(conn).has_table("schema_version"):
+        return 0
+    return conn.execute(select(text("max(version)")).select_from(SchemaVersion.__table__)).scalar() or 0
+
+
+def upgrade(engine: Engine) -> int:
+    """Apply pending migrations; safe to call from several processes at once."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # One migrator at a time across hosts; released at commit.
+            conn.execute(text("SELECT pg_advisory_xact_lock(7263201)"))
+        # (SQLite: BEGIN IMMEDIATE already serialises this transaction.)
+        SchemaVersion.__table__.create(conn, checkfirst=True)
+        version = current_version(conn)
+        for number, description, apply in MIGRATIONS:
+            if number > version:
+                log.info("job store: applying migration %d (%s)", number, description)
+                apply(conn)
+                conn.execute(SchemaVersion.__table__.insert().values(version=number))
+                version = number
+    return version

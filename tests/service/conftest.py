@@ -1,0 +1,342 @@
+"""Fixtures for the job service: an in-process Flask app with a fake broker for API tests, and
+real processes (redis-server, a Celery worker, gunicorn) for end-to-end tests. Every wait is a
+poll with a deadline; every process is torn down by its own pid/process group."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import requests
+
+from api.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the thing polled may not be up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
+
+
+def stop_process(proc: subprocess.Popen[Any], *, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    """Signal the process group we started (start_new_session=True), then SIGKILL it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+# ----------------------------------------------------------------------- in-process API tests
+class FakeBroker:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, int]] = []
+
+    def __call__(self, job_id: str, queue: str, priority: int) -> None:
+        self.sent.append((job_id, queue, priority))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'state' / 'teacher.db'}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens: no accidental broker
+        jobs_root=tmp_path / "jobs", data_root=tmp_path / "data", torch_home=tmp_path / "torch",
+        max_content_length=64 * 1024, queues=("default", "gpu-large"),
+    )
+
+
+@pytest.fixture
+def broker() -> FakeBroker:
+    return FakeBroker()
+
+
+@pytest.fixture
+def app(settings: Settings, broker: FakeBroker):  # type: ignore[no-untyped-def]
+    from api import create_app
+
+    app = create_app({"TEACHER_SETTINGS": settings, "TEACHER_ENQUEUE": broker, "TESTING": True})
+    yield app
+    app.extensions["teacher"].engine.dispose()
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+def mint(app, user: str, admin: bool = False) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    from common.auth import create_token
+    from common.store import transaction
+
+    with transaction(app.extensions["teacher"].sessions) as s:
+        token = create_token(s, user, admin=admin)
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def alice(app) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return mint(app, "alice")
+
+
+@pytest.fixture
+def bob(app) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return mint(app, "bob")
+
+
+@pytest.fixture
+def admin(app) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return mint(app, "root", admin=True)
+
+
+# ----------------------------------------------------------------------- real processes
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+         "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
+        stdout=(workdir / "redis.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    import redis
+
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    wait_until(client.ping, 20, "redis-server")
+    yield f"redis://127.0.0.1:{port}/0"
+    stop_process(proc)
+
+
+@pytest.fixture
+def pg_database_url() -> Iterator[str]:
+    """A uniquely named PostgreSQL database for one test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"teacher_test_{uuid.uuid4().hex[:12]}"
+    admin_engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin_engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin_engine.dispose()
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not usable: {exc}")
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin_engine.dispose()
+
+
+@dataclass
+class Stack:
+    """A real service: gunicorn API + Celery worker(s) sharing one store, one Redis, one disk."""
+
+    base: Path
+    env: dict[str, str]
+    settings: Settings
+    api_url: str = ""
+    api: subprocess.Popen[Any] | None = None
+    workers: list[subprocess.Popen[Any]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def start_api(self) -> None:
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}"
+        self.api = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "-w", "1", "-k", "gthread", "--threads", "8",
+             "--graceful-timeout", "5", "api:create_app()"],
+            env=self.env, cwd=ROOT, stdout=(self.base / "gunicorn.log").open("ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(lambda: requests.get(self.api_url + "/api/v1/health", timeout=2).status_code in (200, 503),
+                   60, "gunicorn")
+
+    def start_worker(self) -> subprocess.Popen[Any]:
+        n = len(self.workers)
+        log = self.base / f"worker{n}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "default",
+             "--concurrency", "1", "-n", f"w{n}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            env=self.env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.workers.append(proc)
+        wait_until(lambda: proc.poll() is not None or b" ready." in log.read_bytes(), 60, "celery worker ready")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        return proc
+
+    def reconcile(self) -> dict[str, Any]:
+        """One reconciler pass against this stack's store and broker (what beat would run)."""
+        from worker.reconciler import reconcile_once
+
+        return reconcile_once(self.settings)
+
+    def kill_worker(self, proc: subprocess.Popen[Any]) -> None:
+        stop_process(proc, sig=signal.SIGKILL, timeout=5)
+
+    def token(self, user: str, admin: bool = False) -> dict[str, str]:
+        from common.auth import create_token
+        from common.store import transaction
+        from worker.store import sessions_for
+
+        with transaction(sessions_for(self.settings.database_url)) as s:
+            token = create_token(s, user, admin=admin)
+        return {"Authorization": f"Bearer {token}"}
+
+    _doc: dict[str, Any] | None = None
+
+    def _checked(self, method: str, path: str, r: requests.Response) -> requests.Response:
+        """Every response the tests see must match the served OpenAPI document."""
+        from .openapi_check import check_response
+
+        if self._doc is None:
+            self._doc = requests.get(self.api_url + "/api/v1/openapi.json", timeout=30).json()
+        if path.startswith("/api/v1/") and not path.endswith("/openapi.json"):
+            ctype = r.headers.get("Content-Type", "")
+            body = r.json() if ctype.startswith("application/json") else None
+            check_response(self._doc, method, path, r.status_code, ctype, body)
+        return r
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        r = requests.get(self.api_url + path, headers=self.headers, timeout=30, **kw)
+        return self._checked("get", path, r)
+
+    def post(self, path: str, **kw: Any) -> requests.Response:
+        r = requests.post(self.api_url + path, headers={**self.headers, **kw.pop("headers", {})}, timeout=30, **kw)
+        return self._checked("post", path, r)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        r = self.get(f"/api/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_status(self, job_id: str, statuses: set[str], timeout: float = 240,
+                    tick: Callable[[], None] | None = None) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            if tick:
+                tick()
+            for proc in self.workers:
+                assert proc.poll() is None or proc.returncode == -signal.SIGKILL, self.logs()
+            job = self.job(job_id)
+            return job if job["status"] in statuses else None
+
+        try:
+            return wait_until(check, timeout, f"job {job_id} in {statuses}", interval=0.5)
+        except AssertionError:
+            print(self.logs())
+            raise
+
+    def logs(self) -> str:
+        out = []
+        for p in sorted(self.base.glob("*.log")):
+            out.append(f"----- {p.name}\n{p.read_text(errors='replace')[-4000:]}")
+        for p in sorted((self.base / "jobs").glob("*/child.log")):
+            out.append(f"----- {p}\n{p.read_text(errors='replace')[-4000:]}")
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            stop_process(proc, sig=signal.SIGKILL, timeout=5)
+        if self.api is not None:
+            stop_process(self.api)
+
+
+def make_stack(base: Path, redis_url: str, dataset_root: Path, database_url: str, **extra_env: str) -> Stack:
+    env = dict(os.environ)
+    env.pop("TEACHER_FAULT", None)
+    env.update(
+        TEACHER_DATABASE_URL=database_url,
+        TEACHER_REDIS_URL=redis_url,
+        TEACHER_JOBS_ROOT=str(base / "jobs"),
+        TEACHER_DATA_ROOT=str(dataset_root),
+        TORCH_HOME=str(base / "torch"),
+        TEACHER_HEARTBEAT_S="0.5",
+        TEACHER_STALE_AFTER_S="6",
+        TEACHER_CANCEL_GRACE_S="60",
+        TEACHER_WORKER_BEAT_S="1",
+        TEACHER_LOST_MESSAGE_GRACE_S="3",
+        TEACHER_MAX_ATTEMPTS="3",
+    )
+    env.update(extra_env)
+    settings = Settings.from_env(env)
+    return Stack(base=base, env=env, settings=settings)
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path, redis_server: str, service_dataset_root: Path) -> Iterator[Callable[..., Stack]]:
+    stacks: list[Stack] = []
+
+    def factory(database_url: str | None = None, **extra_env: str) -> Stack:
+        base = tmp_path / f"stack{len(stacks)}"
+        base.mkdir()
+        # A private Redis database number per stack: no messages leak between tests.
+        db = 1 + len(stacks) + (abs(hash(tmp_path)) % 12)
+        stack = make_stack(base, redis_server.rsplit("/", 1)[0] + f"/{db}", service_dataset_root,
+                           database_url or f"sqlite:///{base / 'state' / 'teacher.db'}", **extra_env)
+        import redis
+
+        redis.Redis.from_url(stack.settings.redis_url).flushdb()
+        stacks.append(stack)
+        return stack
+
+    yield factory
+    for stack in stacks:
+        stack.stop()
+
+
+# ----------------------------------------------------------------------- data and configs
+@pytest.fixture(scope="session")
+def service_dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smaller synthetic dataset than the shared `dataset_root` (4 classes, 64 train / 32 val
+    images): the service tests run several trainings and must fit in minutes on 2 shared cores.
+    Same generator, same layout (`synthetic/` imagefolder + manifest.csv)."""
+    from worker.training.synthetic import SyntheticSpec, make_dataset
+
+    root = tmp_path_factory.mktemp("service-data")
+    make_dataset(root / "synthetic", SyntheticSpec(num_classes=4, train_per_class=16, val_per_class=8))
+    return root
+
+
+@pytest.fixture
+def service_config(tiny_config: dict[str, Any]) -> dict[str, Any]:
+    """The shared `tiny_config`, with small batches so an epoch has several steps to observe,
+    cancel or kill in the middle of."""
+    cfg = tiny_config
+    cfg["optim"]["batch_size"] = 16
+    cfg["runtime"]["log_interval"] = 1
+    return cfg

@@ -1,0 +1,129 @@
+"""The Celery application: JSON-only messages on Redis, one job at a time per worker.
+
+Run a worker per GPU:   celery -A worker.celery_app worker -Q default --concurrency 1
+Optional beat:          celery -A worker.celery_app beat   (sends `reconcile` to the `control`
+                        queue; serve it with a small `-Q control` worker, or run
+                        `python -m worker.reconciler` instead, which is what `teacher serve` does)
+
+Messages carry only job ids. The job store is the truth; a lost or duplicated message is
+repaired by the reconciler and ignored by the supervisor's claim, respectively.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from celery import Celery, signals
+from kombu import Queue
+
+from api.config import Settings
+
+log = logging.getLogger(__name__)
+
+RUN_JOB = "worker.tasks.run_job"
+RECONCILE = "worker.tasks.reconcile"
+CONTROL_QUEUE = "control"
+
+
+def broker_priority(api_priority: int) -> int:
+    """API priorities are 0..9 with 9 first; kombu's Redis transport serves 0 first."""
+    return 9 - max(0, min(9, int(api_priority)))
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("teacher", include=["worker.tasks"])
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
+    }
+    app.conf.update(
+        broker_url=settings.redis_url,
+        result_backend=settings.redis_url,
+        task_ignore_result=True,  # results live in the job store, not in Redis
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        broker_transport_options=transport,
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+        task_default_queue=settings.default_queue,
+        task_queues=[Queue(q) for q in settings.queues] + [Queue(CONTROL_QUEUE)],
+        task_routes={RECONCILE: {"queue": CONTROL_QUEUE}},
+        beat_schedule={
+            "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval_s, "options": {"expires": settings.reconcile_interval_s}},
+        },
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    app.conf.teacher_settings = settings
+    return app
+
+
+settings = Settings.from_env()
+celery_app = make_celery(settings)
+
+
+def send_job(app: Celery, job_id: str, queue: str, priority: int) -> None:
+    app.send_task(RUN_JOB, args=[job_id], queue=queue, priority=broker_priority(priority))
+
+
+_publishers: dict[Settings, Celery] = {}
+_publishers_lock = threading.Lock()
+
+
+def publish(settings_: Settings, job_id: str, queue: str, priority: int) -> None:
+    """Send a job's message with a Celery app configured from ``settings_`` (one per settings)."""
+    with _publishers_lock:
+        app = _publishers.get(settings_)
+        if app is None:
+            app = _publishers[settings_] = celery_app if settings_ == settings else make_celery(settings_)
+    send_job(app, job_id, queue, priority)
+
+
+# ---------------------------------------------------------------- worker liveness for /health
+_beat_stop = threading.Event()
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _beat_loop(name: str, queues: str) -> None:
+    from common.store import WorkerBeat, transaction, utcnow
+    from worker.store import sessions_for
+
+    factory = sessions_for(settings.database_url)  # also applies pending migrations
+    while not _beat_stop.is_set():
+        try:
+            with transaction(factory) as s:
+                beat = s.get(WorkerBeat, name)
+                if beat is None:
+                    s.add(WorkerBeat(name=name, queues=queues, seen_at=utcnow()))
+                else:
+                    beat.seen_at = utcnow()
+        except Exception:  # keep beating through a database blip; /health shows the gap
+            log.exception("worker heartbeat failed")
+        _beat_stop.wait(settings.worker_beat_s)
+
+
+@signals.worker_ready.connect
+def _start_worker_beat(sender: object = None, **_: object) -> None:
+    app = getattr(sender, "app", celery_app)
+    queues = ",".join(sorted(app.amqp.queues.consume_from or ()))
+    threading.Thread(target=_beat_loop, args=(worker_name(), queues), name="teacher-worker-beat", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_worker_beat(**_: object) -> None:
+    _beat_stop.set()

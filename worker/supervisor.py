@@ -1,0 +1,409 @@
+"""Runs one job: claim it in the store, run `teacher train` as a supervised child process,
+forward its progress, heartbeat, honour cancel requests and record the outcome.
+
+The child runs in its own process group (cancel = SIGTERM to the group, SIGKILL after a grace
+period) and is started through a tiny guard that asks the kernel to SIGTERM it if this process
+dies (PR_SET_PDEATHSIG), so a SIGKILLed worker never leaves an orphan training into a run
+directory that the next attempt resumes. This module never imports torch: CUDA must not be
+initialised in the worker's parent process.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from sqlalchemy.exc import OperationalError
+
+from api.config import Settings
+from common.store import Job, JobStatus, transaction, utcnow
+from common.store.jobs import JobPaths, age_s, finish_dependents, init_from_path, lock_job
+from worker.store import sessions_for
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
+
+# Runs in the child before exec: die with the parent, and bail out if the parent is already gone.
+_GUARD = (
+    "import ctypes, os, signal, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(3)\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'common.cli'] + sys.argv[2:])\n"
+)
+
+
+_PRIVATE_ENV = frozenset({"TEACHER_DATABASE_URL", "TEACHER_REDIS_URL", "TEACHER_TOKEN"})
+
+
+class StopReason(str, enum.Enum):
+    cancel = "cancel"
+    shutdown = "shutdown"
+    lost = "lost"          # another worker claimed the job (we were presumed dead)
+    timeout = "timeout"
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    attempt: int
+    token: str
+    config: dict[str, Any]
+
+
+Enqueue = Callable[[str, str, int], None]
+
+
+def _publisher(settings: Settings) -> Enqueue:
+    from worker.celery_app import publish
+
+    return lambda job_id, queue, priority: publish(settings, job_id, queue, priority)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, enqueue: Enqueue | None = None,
+                 shutdown_requested: Callable[[], bool] | None = None):
+        self.settings = settings
+        self.sessions = sessions_for(settings.database_url)
+        self.enqueue_fn = enqueue or _publisher(settings)
+        self._stop_flag = threading.Event()
+        self._shutdown_requested = shutdown_requested or self._celery_stopping
+
+    # ---------------------------------------------------------------------------- claim
+    def claim(self, job_id: str) -> Claim | None:
+        """Take the job if it may run now. Returns None (and changes nothing) for a finished,
+        waiting or live job, so duplicate deliveries are harmless."""
+        released: list[Job] = []
+        try:
+            with transaction(self.sessions) as s:
+                job = lock_job(s, job_id)
+                if job is None:
+                    log.warning("job %s: not in the store; dropping the message", job_id)
+                    return None
+                status = job.job_status
+                if status.finished or status == JobStatus.waiting:
+                    log.info("job %s: %s; nothing to do", job_id, status.value)
+                    return None
+                if job.cancel_requested:
+                    self._finish(job, JobStatus.cancelled, None)
+                    released = finish_dependents(s, job)
+                    return None
+                stale = age_s(job.heartbeat_at)
+                if status == JobStatus.running and stale is not None and stale < self.settings.stale_after_s:
+                    log.info("job %s: running elsewhere (heartbeat %.1fs ago); duplicate message", job_id, stale)
+                    return None
+                if job.attempts >= job.max_attempts:
+                    self._finish(job, JobStatus.failed, None,
+                                 f"worker lost: gave up after {job.attempts} attempts "
+                                 "(each one was interrupted: its worker or training process died)")
+                    released = finish_dependents(s, job)
+                    return None
+                if job.init_from:
+                    ckpt = self.settings.jobs_root / init_from_path(job.init_from["job"], job.init_from["checkpoint"])
+                    if not ckpt.is_file():
+                        self._finish(job, JobStatus.failed, None, f"init_from checkpoint not found: {ckpt.name} "
+                                     f"of job {job.init_from['job']}")
+                        released = finish_dependents(s, job)
+                        return None
+                now = utcnow()
+                job.attempts += 1
+                job.status = JobStatus.running.value
+                job.claim_token = uuid.uuid4().hex
+                job.worker = worker_name()
+                job.heartbeat_at = now
+                job.started_at = job.started_at or now
+                job.exit_code = None
+                job.failure_reason = None
+                return Claim(job.id, job.attempts, job.claim_token, dict(job.config))
+        finally:
+            self._enqueue_all(released)
+
+    # ---------------------------------------------------------------------------- run
+    def run(self, job_id: str) -> str:
+        claim = self.claim(job_id)
+        if claim is None:
+            return "skipped"
+        try:
+            return self._run_claimed(claim)
+        except BaseException as exc:
+            # Record the supervisor's own failure on the job, then let it propagate to Celery.
+            self._record_crash(claim, exc)
+            raise
+
+    def _run_claimed(self, claim: Claim) -> str:
+        paths = JobPaths.of(self.settings.jobs_root, claim.job_id)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        _write_atomic(paths.config, yaml.safe_dump(claim.config, sort_keys=False).encode())
+        if (paths.run / "config.yaml").is_file():
+            train_args = ["train", "--resume", str(paths.run)]
+        else:
+            if paths.run.exists():  # started but died before writing anything resumable
+                _remove_tree(paths.run)
+            train_args = ["train", "--config", str(paths.config), "--run-dir", str(paths.run)]
+
+        # The child gets no service credentials: it needs only its data, runs and weights roots.
+        env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+        env.update(
+            TEACHER_DATA_ROOT=str(self.settings.data_root.resolve()),
+            TEACHER_RUNS_ROOT=str(self.settings.jobs_root.resolve()),
+            TORCH_HOME=str(self.settings.torch_home.resolve()),
+            PYTHONUNBUFFERED="1",
+        )
+        python = self.settings.python or sys.executable
+        with paths.log.open("ab") as logf:
+            logf.write(f"=== attempt {claim.attempt} on {worker_name()}: teacher {' '.join(train_args)}\n".encode())
+            logf.flush()
+            proc = subprocess.Popen(
+                [python, "-c", _GUARD, str(os.getpid()), *train_args],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                env=env, cwd=str(paths.root), start_new_session=True,
+            )
+        log.info("job %s: attempt %d started child pid %d", claim.job_id, claim.attempt, proc.pid)
+        with self._signals_forwarded():
+            rc, reason = self._supervise(claim, proc, paths)
+        _kill_group(proc.pid, signal.SIGKILL)  # leftovers such as data-loader workers
+        return self._record_outcome(claim, paths, rc, reason)
+
+    def _supervise(self, claim: Claim, proc: subprocess.Popen[bytes], paths: JobPaths) -> tuple[int, StopReason | None]:
+        reason: StopReason | None = None
+        term_sent: float | None = None
+        started = time.monotonic()
+        next_beat = 0.0
+        while True:
+            try:
+                return proc.wait(timeout=0.2), reason
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if now >= next_beat:
+                beat = self._heartbeat(claim, paths, proc.pid)
+                reason = reason or beat
+                next_beat = now + self.settings.heartbeat_s
+            if reason is None and (self._stop_flag.is_set() or self._shutdown_requested()):
+                reason = StopReason.shutdown
+            if reason is None and now - started > self.settings.max_job_seconds:
+                reason = StopReason.timeout
+            if reason is not None and term_sent is None:
+                log.info("job %s: stopping child (%s)", claim.job_id, reason.value)
+                _kill_group(proc.pid, signal.SIGTERM)
+                term_sent = now
+            elif term_sent is not None and now - term_sent > self.settings.cancel_grace_s:
+                log.warning("job %s: child ignored SIGTERM for %.0fs; killing", claim.job_id, now - term_sent)
+                _kill_group(proc.pid, signal.SIGKILL)
+                term_sent = float("inf")  # escalate once
+
+    def _heartbeat(self, claim: Claim, paths: JobPaths, pid: int) -> StopReason | None:
+        progress = _read_progress(paths.progress)
+        try:
+            with transaction(self.sessions) as s:
+                job = lock_job(s, claim.job_id)
+                if job is None or job.claim_token != claim.token:
+                    return StopReason.lost
+                job.heartbeat_at = utcnow()
+                job.child_pid = pid
+                if progress is not None:
+                    job.progress = progress
+                return StopReason.cancel if job.cancel_requested else None
+        except OperationalError:
+            # The store is unreachable: keep training. If this lasts past stale_after_s the
+            # reconciler may hand the job to another worker, and we stop at our next beat.
+            log.exception("job %s: heartbeat failed", claim.job_id)
+            return None
+
+    # ---------------------------------------------------------------------------- outcome
+    def _record_outcome(self, claim: Claim, paths: JobPaths, rc: int, reason: StopReason | None) -> str:
+        progress = _read_progress(paths.progress)
+        requeue = False
+        released: list[Job] = []
+        with transaction(self.sessions) as s:
+            job = lock_job(s, claim.job_id)
+            if job is None or job.claim_token != claim.token:
+                log.warning("job %s: claimed by another worker meanwhile; leaving it alone", claim.job_id)
+                return "lost"
+            if progress is not None:
+                job.progress = progress
+            job.child_pid = None
+            job.exit_code = rc
+            if rc == EXIT_OK:
+                job.result = _summary(paths)
+                self._finish(job, JobStatus.succeeded, rc)
+            elif job.cancel_requested:
+                self._finish(job, JobStatus.cancelled, rc)
+            elif reason == StopReason.timeout:
+                self._finish(job, JobStatus.failed, rc, f"exceeded the maximum job time of {self.settings.max_job_seconds}s")
+            elif rc == EXIT_STOPPED or rc < 0 or reason in (StopReason.shutdown, StopReason.lost):
+                # Stopped from outside (worker shutdown, a signal, OOM kill): resumable.
+                job.status = JobStatus.interrupted.value
+                job.claim_token = None
+                job.failure_reason = f"interrupted (exit {rc}); will resume from the last checkpoint"
+                requeue = True
+            elif rc == EXIT_BAD_INPUT:
+                self._finish(job, JobStatus.failed, rc, "invalid config or input: " + _failure_reason(paths, progress, rc))
+            else:
+                self._finish(job, JobStatus.failed, rc, _failure_reason(paths, progress, rc))
+            if job.job_status.finished:
+                released = finish_dependents(s, job)
+            status, queue, priority = job.status, job.queue, job.priority
+        log.info("job %s: attempt %d ended with exit %d -> %s", claim.job_id, claim.attempt, rc, status)
+        if requeue:
+            self._enqueue(claim.job_id, queue, priority)
+        self._enqueue_all(released)
+        return status
+
+    def _record_crash(self, claim: Claim, exc: BaseException) -> None:
+        with transaction(self.sessions) as s:
+            job = lock_job(s, claim.job_id)
+            if job is not None and job.claim_token == claim.token and not job.job_status.finished:
+                self._finish(job, JobStatus.failed, None, f"supervisor error: {type(exc).__name__}: {exc}")
+                finish_dependents(s, job)
+
+    @staticmethod
+    def _finish(job: Job, status: JobStatus, rc: int | None, reason: str | None = None) -> None:
+        job.status = status.value
+        job.finished_at = utcnow()
+        job.claim_token = None
+        if rc is not None:
+            job.exit_code = rc
+        job.failure_reason = reason
+
+    # ---------------------------------------------------------------------------- helpers
+    def _enqueue(self, job_id: str, queue: str, priority: int) -> None:
+        try:
+            self.enqueue_fn(job_id, queue, priority)
+        except Exception:
+            log.exception("job %s: could not enqueue; the reconciler will", job_id)
+            return
+        with transaction(self.sessions) as s:
+            from common.store.jobs import mark_enqueued
+
+            mark_enqueued(s, job_id)
+
+    def _enqueue_all(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._enqueue(job.id, job.queue, job.priority)
+
+    @staticmethod
+    def _celery_stopping() -> bool:
+        try:
+            from celery.worker import state
+        except ImportError:  # pragma: no cover
+            return False
+        # Set by Celery's own SIGTERM/SIGINT handler in the process running the task (solo
+        # pool). The exit code stored there may be 0, so test for "set", not truthiness.
+        return state.should_stop not in (None, False) or state.should_terminate not in (None, False)
+
+    def _signals_forwarded(self) -> "_SignalScope":
+        return _SignalScope(self._stop_flag)
+
+
+class _SignalScope:
+    """While a child runs, SIGTERM/SIGINT to this process mean "stop the child and record the job
+    as interrupted" instead of dying with the child orphaned. (Only possible in the main thread.)"""
+
+    def __init__(self, flag: threading.Event):
+        self.flag = flag
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_SignalScope":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.flag.set()
+        previous = self.previous.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:  # e.g. Celery's warm-shutdown handler (solo pool): let it know too
+            previous(signum, frame)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _read_progress(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        # Written atomically, so this means a corrupt file; report it, keep supervising.
+        log.exception("unreadable %s", path)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _failure_reason(paths: JobPaths, progress: dict[str, Any] | None, rc: int) -> str:
+    if progress and progress.get("error"):
+        return str(progress["error"])
+    from api.runfiles import tail_lines
+
+    lines = [ln for ln in tail_lines(paths.log, 20, include_partial=True)[0] if ln.strip() and not ln.startswith("=== attempt")]
+    return lines[-1].strip()[:2000] if lines else f"training exited with code {rc}"
+
+
+def _summary(paths: JobPaths) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        history = json.loads(paths.history.read_bytes())
+        epochs = history.get("epochs") or []
+        if epochs:
+            out["epochs"] = len(epochs)
+            out["final"] = {k: epochs[-1].get(k) for k in ("epoch", "step", "train", "val")}
+    except FileNotFoundError:
+        pass
+    try:
+        manifest = json.loads(paths.manifest.read_bytes())
+        for entry in manifest.get("checkpoints", []):
+            if entry.get("name") == "best.pt":
+                out["best"] = {k: entry.get(k) for k in ("epoch", "step", "metrics", "sha256")}
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def run_job(job_id: str, settings: Settings | None = None) -> str:
+    if settings is None:
+        from worker.celery_app import settings as app_settings
+
+        settings = app_settings
+    return Supervisor(settings).run(job_id)
