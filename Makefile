@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast bench lint clean
+.PHONY: install test test-fast bench demo run clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+# The whole product on this machine: generated data, private Redis, SQLite job store, one CPU
+# worker; submits configs/demo.yaml over HTTP and prints where the checkpoint, plots and report are.
+demo: $(STAMP)
+	$(BIN)/teacher demo
+
+# The local stack for development (Ctrl-C stops it): private Redis, API on :8000, one worker.
+run: $(STAMP)
+	$(BIN)/teacher serve
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "tokens": "common.service_cli:tokens",
     "serve": "common.service_cli:serve",
     "db": "common.service_cli:db",
+    "demo": "common.demo:demo",
 }
 
 

@@ -265,10 +265,15 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return load_config_dict(parse_yaml(text, source=str(path)))
 
 
+# libyaml's C parser when available: the pure-Python one takes seconds on pathological input
+# (e.g. thousands of nested brackets). Both are "safe" loaders: no Python tags, ever.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_yaml(text: str, *, source: str = "config") -> Any:
-    """``yaml.safe_load`` with errors turned into :class:`ConfigError` (no Python tags, ever)."""
+    """Safe YAML loading with errors turned into :class:`ConfigError`."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise ConfigError({"_schema": [f"{source} is not valid YAML: {exc}"]}) from None
 

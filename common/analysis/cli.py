@@ -10,9 +10,30 @@ from pathlib import Path
 
 import click
 
+from common.analysis.report import Report
 from common.analysis.series import AnalysisInputError
+from common.atomic import atomic_write_text
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def write_analysis(paths: list[Path], out: Path, *, num_classes: int | None = None,
+                   patterns: tuple[str, ...] = (), plots: bool = True) -> tuple[Report, dict]:
+    """Read ``paths``, run every check, write ``out/report.json`` (atomically) and the PNGs.
+    Raises :class:`AnalysisInputError` on bad input."""
+    from common.analysis.checks import run_checks
+    from common.analysis.readers import load_inputs
+
+    run = load_inputs(list(paths), num_classes=num_classes, patterns=patterns)
+    report = run_checks(run)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.json", report.to_json() + "\n")
+    written: dict = {}
+    if plots:
+        from common.analysis.plots import write_plots
+
+        written = write_plots(run, report, out)
+    return report, written
 
 
 def default_out_dir(paths: tuple[Path, ...]) -> Path:
@@ -36,23 +57,12 @@ def analyze(paths: tuple[Path, ...], out_dir: Path | None, num_classes: int | No
     PATHS: run directories, history JSON, CSV (timm summary.csv), TensorBoard event files or
     directories, console logs. Several at once are cross-checked against each other.
     """
-    from common.analysis.checks import run_checks
-    from common.analysis.readers import load_inputs
-
+    out = out_dir or default_out_dir(paths)
     try:
-        run = load_inputs(list(paths), num_classes=num_classes, patterns=patterns)
+        report, plots = write_analysis(list(paths), out, num_classes=num_classes, patterns=patterns, plots=not no_plots)
     except AnalysisInputError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    report = run_checks(run)
-    out = out_dir or default_out_dir(paths)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(report.to_json() + "\n", encoding="utf-8")
-    plots = {}
-    if not no_plots:
-        from common.analysis.plots import write_plots
-
-        plots = write_plots(run, report, out)
     click.echo(report.summary(), err=as_json)
     click.echo(f"wrote {out / 'report.json'}" + (f" and {', '.join(sorted(plots))}" if plots else ""), err=as_json)
     if as_json:
