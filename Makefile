@@ -24,6 +24,7 @@ test-fast: $(STAMP)
 # The whole product on this machine: generated data, private Redis, SQLite job store, one CPU
 # worker; submits configs/demo.yaml over HTTP and prints where the checkpoint, plots and report are.
 demo: $(STAMP)
+	@command -v redis-server >/dev/null || { echo "make demo needs redis-server (Debian/Ubuntu: apt-get install redis-server)"; exit 1; }
 	$(BIN)/teacher demo
 
 # The local stack for development (Ctrl-C stops it): private Redis, API on :8000, one worker.
