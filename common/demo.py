@@ -9,9 +9,6 @@ everything is, and stops the stack. Exit 0 only when the job succeeded and no ch
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,12 +17,6 @@ from pathlib import Path
 import click
 
 from common.config import CONFIGS_DIR, data_root, load_config_file
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
@@ -44,16 +35,6 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise click.ClickException(f"the API at {url} was not healthy after {timeout:.0f}s")
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 120) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)  # serve's Ctrl-C path: stops worker, API, Redis in order
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @click.command("demo")
 @click.option("--port", type=int, default=0, help="API port (default: a free one).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -62,7 +43,7 @@ def demo(port: int, config_path: Path) -> None:
     """Run the demo job end to end on the local stack and print where its outputs are."""
     from api.config import Settings
     from common.analysis.cli import write_analysis
-    from common.service_cli import ApiClient, _wait
+    from common.service_cli import ApiClient, _free_port, _stop, _wait
     from common.store.jobs import JobPaths
 
     dataset = data_root() / load_config_file(config_path)["data"]["root"]
@@ -99,7 +80,7 @@ def demo(port: int, config_path: Path) -> None:
              "--out", str(paths.root / "download"), "--url", url, "--token", token],
             check=True, capture_output=True, text=True).stdout.strip())
     finally:
-        _stop(stack)
+        _stop(stack, timeout=settings.cancel_grace_s + 60)  # serve stops worker, API, Redis in order
     report, plots = write_analysis([paths.run], paths.run / "analysis")
     history = json.loads((paths.run / "history.json").read_text())
     last = history["epochs"][-1]
