@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "serve": "common.service_cli:serve",
     "db": "common.service_cli:db",
     "demo": "common.demo:demo",
+    "doctor": "common.doctor:doctor",
 }
 
 
