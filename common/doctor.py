@@ -27,9 +27,6 @@ import click
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 CHECKS = ("redis", "database", "workers", "cuda", "data", "jobs")
 GIB = 1 << 30
-# A worker counts as alive while its last beat is younger than this many beat intervals: the
-# same rule as /api/v1/health (api/health.py).
-WORKER_ALIVE_BEATS = 3
 
 
 @dataclass
@@ -199,7 +196,7 @@ def check_workers(url: str, queues: Iterable[str], beat_s: float, timeout: float
 
     from common.store import WorkerBeat, utcnow
 
-    limit = WORKER_ALIVE_BEATS * beat_s
+    limit = WorkerBeat.ALIVE_BEATS * beat_s  # the /api/v1/health rule (WorkerBeat.is_alive)
     engine = _open_engine(url, timeout)
     try:
         with engine.connect() as conn:

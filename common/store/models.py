@@ -151,13 +151,20 @@ class IdempotencyKey(Base):
 
 
 class WorkerBeat(Base):
-    """Liveness of Celery worker processes, for /health."""
+    """Liveness of Celery worker processes, for /health and `teacher doctor`."""
 
     __tablename__ = "worker_beats"
+
+    # A worker counts as alive while its last beat is younger than this many beat intervals.
+    ALIVE_BEATS = 3
 
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     queues: Mapped[str] = mapped_column(String(255), default="")
     seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    @classmethod
+    def is_alive(cls, age_s: float, beat_s: float) -> bool:
+        return age_s < cls.ALIVE_BEATS * beat_s
 
 
 class SchemaVersion(Base):
