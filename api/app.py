@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from flask import Flask, g, request
 
-from api import errors, health, jobs, metrics
+from api import analysis, errors, health, jobs, metrics
 from api.config import Settings
 from api.extensions import Enqueue, init_services, services
 from api.smorest import Api
@@ -43,6 +43,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api = Api(app)
     errors.register_error_handlers(app)  # after Api(): ours replace flask-smorest's handler
     api.register_blueprint(jobs.blp)
+    api.register_blueprint(analysis.blp)  # /jobs/{id}/report, /jobs/{id}/plots, /analyses
     api.register_blueprint(health.blp)
     app.register_blueprint(metrics.blp)  # plain Flask: Prometheus text, not part of the JSON API
 

@@ -44,7 +44,9 @@ class Settings:
     data_root: Path = Path("volumes/datasets")
     torch_home: Path = Path("volumes/torch")
     configs_dir: Path | None = None  # None: common.config.CONFIGS_DIR
-    max_content_length: int = 1 << 20
+    max_content_length: int = 1 << 20          # request bodies (job submissions)
+    max_upload_length: int = 64 << 20          # POST /api/v1/analyses (uploaded training artifacts)
+    analyses_root: Path | None = None          # None: <jobs_root>/analyses
     queues: tuple[str, ...] = ("default",)
     max_attempts: int = 3
     heartbeat_s: float = 5.0
@@ -56,6 +58,10 @@ class Settings:
     worker_beat_s: float = 10.0
     sse_poll_s: float = 0.5
     python: str = field(default="")  # interpreter for the training child; "" = sys.executable
+
+    @property
+    def analyses_dir(self) -> Path:
+        return self.analyses_root if self.analyses_root is not None else self.jobs_root / "analyses"
 
     @property
     def default_queue(self) -> str:
@@ -81,6 +87,8 @@ class Settings:
             torch_home=Path(env.get("TORCH_HOME", "volumes/torch")),
             configs_dir=Path(env["TEACHER_CONFIGS_DIR"]) if env.get("TEACHER_CONFIGS_DIR") else None,
             max_content_length=_env_int(env, "TEACHER_MAX_CONTENT_LENGTH", cls.max_content_length),
+            max_upload_length=_env_int(env, "TEACHER_MAX_UPLOAD_LENGTH", cls.max_upload_length),
+            analyses_root=Path(env["TEACHER_ANALYSES_ROOT"]) if env.get("TEACHER_ANALYSES_ROOT") else None,
             queues=queues,
             max_attempts=_env_int(env, "TEACHER_MAX_ATTEMPTS", cls.max_attempts),
             heartbeat_s=_env_float(env, "TEACHER_HEARTBEAT_S", cls.heartbeat_s),

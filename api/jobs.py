@@ -68,14 +68,17 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "logs": url_for("jobs.logs", job_id=job.id),
         "metrics": url_for("jobs.metrics", job_id=job.id),
         "checkpoints": url_for("jobs.checkpoints", job_id=job.id),
+        "report": url_for("analysis.job_report", job_id=job.id),
+        "plots": url_for("analysis.job_plots", job_id=job.id),
     }
+    integrity = (job.progress or {}).get("integrity") if isinstance(job.progress, dict) else None
     return {
         "id": job.id, "name": job.name, "user": job.user.name, "status": job.status, "queue": job.queue,
         "priority": job.priority, "attempts": job.attempts, "max_attempts": job.max_attempts,
         "cancel_requested": job.cancel_requested, "after": job.after_id, "init_from": job.init_from,
         "created_at": job.created_at, "updated_at": job.updated_at, "started_at": job.started_at,
         "heartbeat_at": job.heartbeat_at, "finished_at": job.finished_at, "exit_code": job.exit_code,
-        "failure_reason": job.failure_reason, "progress": job.progress, "result": job.result,
+        "failure_reason": job.failure_reason, "progress": job.progress, "integrity": integrity, "result": job.result,
         "config": job.config, "links": links,
     }
 

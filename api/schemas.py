@@ -66,6 +66,14 @@ class NamedConfigSpecSchema(_Strict):
     init_from = fields.Nested(InitFromSchema, allow_none=True)
 
 
+class IntegritySummarySchema(ma.Schema):
+    """The live metrics-integrity check the trainer runs after every epoch (progress.json)."""
+
+    verdict = fields.String(required=True, validate=validate.OneOf(["pass", "warn", "fail"]))
+    failed = fields.List(fields.String(), required=True, metadata={"description": "ids of failed checks"})
+    warnings = fields.List(fields.String(), required=True, metadata={"description": "ids of checks that warned"})
+
+
 class ProgressSchema(ma.Schema):
     status = fields.String(allow_none=True)
     phase = fields.String(allow_none=True)
@@ -81,6 +89,7 @@ class ProgressSchema(ma.Schema):
     latest = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), allow_none=True)
     updated_at = fields.Float(allow_none=True)
     error = fields.String(allow_none=True)
+    integrity = fields.Nested(IntegritySummarySchema, allow_none=True)
 
 
 class LinksSchema(ma.Schema):
@@ -89,6 +98,8 @@ class LinksSchema(ma.Schema):
     logs = fields.String()
     metrics = fields.String()
     checkpoints = fields.String()
+    report = fields.String()
+    plots = fields.String()
 
 
 class JobSchema(ma.Schema):
@@ -111,6 +122,8 @@ class JobSchema(ma.Schema):
     exit_code = fields.Integer(allow_none=True)
     failure_reason = fields.String(allow_none=True)
     progress = fields.Nested(ProgressSchema, allow_none=True)
+    integrity = fields.Nested(IntegritySummarySchema, allow_none=True, metadata={
+        "description": "the latest live integrity check (after the last finished epoch); null before the first"})
     result = fields.Dict(allow_none=True, metadata={"description": "final metrics of a succeeded job"})
     config = fields.Dict(metadata={"description": "the resolved training config"})
     links = fields.Nested(LinksSchema)
@@ -163,3 +176,66 @@ class CheckpointListSchema(ma.Schema):
 class HealthSchema(ma.Schema):
     status = fields.String(required=True, validate=validate.OneOf(["ok", "degraded", "down"]))
     checks = fields.Dict(keys=fields.String(), values=fields.Dict(), required=True)
+
+
+# ---------------------------------------------------------------------------- analysis
+PLOT_NAMES = ("loss", "accuracy", "lr", "throughput", "step_loss")
+
+
+class CheckResultSchema(ma.Schema):
+    id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(["pass", "warn", "fail", "skipped"]))
+    message = fields.String(required=True)
+    metric = fields.String(allow_none=True)
+    source = fields.String(allow_none=True)
+    epochs = fields.List(fields.Integer(), required=True)
+    values = fields.List(fields.Raw(allow_none=True), required=True,
+                         metadata={"description": "non-finite numbers appear as the strings nan, inf, -inf"})
+    reason = fields.String(allow_none=True, metadata={"description": "why a check was skipped"})
+    details = fields.Dict(required=True)
+
+
+class ReportSchema(ma.Schema):
+    """The integrity report (``teacher analyze``'s report.json), strict JSON."""
+
+    format = fields.String(required=True)
+    verdict = fields.String(required=True, validate=validate.OneOf(["pass", "warn", "fail"]))
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    num_classes = fields.Integer(allow_none=True)
+    chance_loss = fields.Float(allow_none=True)
+    dataset_sizes = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    last_epoch = fields.Integer(allow_none=True)
+    checks = fields.List(fields.Nested(CheckResultSchema), required=True)
+    sources = fields.List(fields.Dict(), required=True)
+
+
+class PlotLinkSchema(ma.Schema):
+    name = fields.String(required=True, validate=validate.OneOf(PLOT_NAMES))
+    url = fields.String(required=True)
+
+
+class PlotListSchema(ma.Schema):
+    plots = fields.List(fields.Nested(PlotLinkSchema), required=True)
+
+
+class UploadedFileSchema(ma.Schema):
+    field = fields.String(required=True, metadata={"description": "the multipart field it came in"})
+    filename = fields.String(allow_none=True, metadata={"description": "the client's file name (display only)"})
+    stored_as = fields.String(required=True, metadata={"description": "the server's name for it (upload_0.json ...)"})
+    kind = fields.String(required=True, validate=validate.OneOf(["history", "csv", "steps", "tensorboard", "log"]))
+    size = fields.Integer(required=True)
+
+
+class AnalysisLinksSchema(ma.Schema):
+    self = fields.String(required=True)
+
+
+class AnalysisSchema(ma.Schema):
+    id = fields.String(required=True)
+    user = fields.String(required=True)
+    created_at = fields.DateTime(required=True)
+    num_classes = fields.Integer(allow_none=True)
+    files = fields.List(fields.Nested(UploadedFileSchema), required=True)
+    report = fields.Nested(ReportSchema, required=True)
+    plots = fields.List(fields.Nested(PlotLinkSchema), required=True)
+    links = fields.Nested(AnalysisLinksSchema, required=True)

@@ -162,6 +162,11 @@ def status(api: ApiClient, job_id: str | None, as_json: bool, limit: int) -> Non
         for key in ("name", "queue", "attempts", "created_at", "started_at", "finished_at", "failure_reason"):
             if job.get(key) is not None:
                 click.echo(f"  {key}: {job[key]}")
+        integrity = job.get("integrity")
+        if isinstance(integrity, dict):
+            found = "; ".join(f"{what}: {', '.join(ids)}" for what, ids in
+                              (("failed", integrity.get("failed") or []), ("warnings", integrity.get("warnings") or [])) if ids)
+            click.echo(f"  integrity: {str(integrity.get('verdict')).upper()}" + (f" ({found})" if found else ""))
         return
     data = api.request("GET", "/jobs", params={"limit": limit}).json()
     if as_json:

@@ -52,7 +52,9 @@ class NonFiniteLossError(TrainingError):
 
 
 class IntegrityFailure(TrainingError):
-    pass
+    def __init__(self, message: str, summary: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.summary = summary  # the live integrity summary that failed (kept in progress.json)
 
 
 class StopRequested(Exception):
@@ -379,7 +381,7 @@ def check_integrity(st: TrainState) -> dict[str, Any] | None:
             log.warning("integrity: %s", c.summary_line())
     summary = {"verdict": report.verdict, "failed": failed, "warnings": warned}
     if failed and st.cfg["integrity"]["on_fail"] == "stop":
-        raise IntegrityFailure(f"integrity check failed: {', '.join(failed)}")
+        raise IntegrityFailure(f"integrity check failed: {', '.join(failed)}", summary)
     return summary
 
 
@@ -451,7 +453,8 @@ def train(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, debug: bo
         _final_progress(files, "stopped")
         raise
     except BaseException as exc:
-        _final_progress(files, "failed", error=f"{type(exc).__name__}: {exc}")
+        extra = {"integrity": exc.summary} if isinstance(exc, IntegrityFailure) and exc.summary else {}
+        _final_progress(files, "failed", error=f"{type(exc).__name__}: {exc}", **extra)
         raise
     finally:
         restore_signals()
