@@ -6,6 +6,8 @@ min/max envelope per bucket (numpy only), which keeps every extreme at a fixed c
 """
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from common.analysis.report import CheckResult, Report  # noqa: E402
+from common.atomic import atomic_write_bytes  # noqa: E402
 from common.analysis.series import EpochSeries, RunData, StepSeries  # noqa: E402
 
 FIGSIZE = (8.0, 4.5)
@@ -87,12 +90,7 @@ def plot_epoch_metrics(run: RunData, problems: list[CheckResult], names: tuple[s
             x, y = minmax_downsample(stream.steps, stream.values)
             ax.plot(x, y, lw=0.8, label=f"{stream.name} ({stream.source})")
             ax.set_xlabel("optimizer step")
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
-        fig.tight_layout()
-        fig.savefig(path)
+        save_figure(fig, ax, path, title=title, ylabel=ylabel)
     finally:
         plt.close(fig)
     return path
@@ -151,13 +149,20 @@ def plot_step_loss(stream: StepSeries | None, problems: list[CheckResult], path:
         if bad.any():
             ax.plot(stream.steps[bad][:1000], np.zeros(min(int(bad.sum()), 1000)), "x", color="red",
                     label="non-finite (drawn at 0)")
-        ax.set_title("Training loss per log interval")
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
-        fig.tight_layout()
-        fig.savefig(path)
+        save_figure(fig, ax, path, title="Training loss per log interval", ylabel="loss")
     finally:
         plt.close(fig)
     return path
+
+
+def save_figure(fig, ax, path: Path, *, title: str, ylabel: str) -> None:
+    """The finishing touches every plot shares, then the PNG."""
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())  # a reader (the API) never sees half a PNG
