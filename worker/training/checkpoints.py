@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -78,6 +79,15 @@ def load_checkpoint_file(path: Path, *, expected_sha256: str | None = None) -> d
         raise CheckpointError(f"{path.name}: cannot be loaded safely: {exc}") from exc
 
 
+def manifest_sha256(path: Path) -> str | None:
+    """The sha256 that the manifest beside ``path`` records for it, if there is one."""
+    manifest = path.parent / MANIFEST
+    if not manifest.is_file():
+        return None
+    entries = json.loads(manifest.read_text()).get("checkpoints", [])
+    return next((e["sha256"] for e in entries if e.get("name") == path.name), None)
+
+
 def _maybe_fault(name: str, data: bytes, path: Path) -> None:
     """Test-only fault injection (``TEACHER_FAULT=kill_in_checkpoint:EPOCH``): write half the
     file's bytes to its temp name, then SIGKILL this process, as a power cut would."""
@@ -109,8 +119,6 @@ class CheckpointManager:
         path = self.dir / MANIFEST
         if not path.exists():
             return
-        import json
-
         try:
             data = json.loads(path.read_text())
             self.entries = {e["name"]: CheckpointEntry(**e) for e in data.get("checkpoints", [])}

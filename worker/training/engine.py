@@ -12,6 +12,7 @@ Design notes (the *why*):
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -34,7 +35,7 @@ from common.config import BEST_METRICS, confine, data_root as default_data_root,
 
 from . import data as data_mod
 from .artifacts import HISTORY_FORMAT, RunFiles, sanitize, setup_logging, teardown_logging
-from .checkpoints import CheckpointError, CheckpointManager, load_checkpoint_file, sha256_file
+from .checkpoints import CheckpointError, CheckpointManager, load_checkpoint_file, manifest_sha256, sha256_file
 from .metrics import MetricSums, Totals
 from .models import build_model, load_matching, load_pretrained
 
@@ -394,14 +395,7 @@ def init_from_checkpoint(model: nn.Module, rel_path: str, runs_root: Path) -> No
     path = confine(runs_root, rel_path, what="init_from")
     if not path.is_file():
         raise TrainingError(f"init_from: checkpoint '{rel_path}' not found under {runs_root.resolve()}")
-    expected = None
-    manifest = path.parent / "manifest.json"
-    if manifest.is_file():
-        import json
-
-        entries = {e["name"]: e for e in json.loads(manifest.read_text()).get("checkpoints", [])}
-        expected = entries.get(path.name, {}).get("sha256")
-    state = load_checkpoint_file(path, expected_sha256=expected)
+    state = load_checkpoint_file(path, expected_sha256=manifest_sha256(path))
     if "model" not in state:
         raise CheckpointError(f"{path.name}: not a teacher checkpoint (no 'model' entry)")
     load_matching(model, state["model"], source=rel_path)
@@ -462,8 +456,6 @@ def train(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, debug: bo
 
 
 def _final_progress(files: RunFiles, status: str, **extra: Any) -> None:
-    import json
-
     path = files.dir / "progress.json"
     try:
         current = json.loads(path.read_text()) if path.exists() else {}
@@ -567,13 +559,7 @@ def _train(cfg: dict[str, Any], files: RunFiles, *, resume: bool, data_root: Pat
 
 def evaluate_checkpoint(path: Path, *, data_root: Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """Re-evaluate a saved checkpoint on its run's validation split with a fresh model."""
-    expected = None
-    manifest = path.parent / "manifest.json"
-    if manifest.is_file():
-        import json
-
-        expected = {e["name"]: e["sha256"] for e in json.loads(manifest.read_text())["checkpoints"]}.get(path.name)
-    state = load_checkpoint_file(path, expected_sha256=expected)
+    state = load_checkpoint_file(path, expected_sha256=manifest_sha256(path))
     cfg = state["config"]
     bundle = data_mod.load_data(cfg["data"], Path(data_root or default_data_root()), seed=cfg["optim"]["seed"],
                                 num_classes=len(state["class_names"]))
