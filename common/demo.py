@@ -27,10 +27,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
         if proc.poll() is not None:
             raise click.ClickException(f"the local stack exited with {proc.returncode} while starting")
         try:
-            if requests.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+            if requests.get(f"{url}/api/v1/health", timeout=5).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except requests.RequestException:
+            pass  # not listening yet, or too busy starting to answer in time: ask again
         time.sleep(0.3)
     raise click.ClickException(f"the API at {url} was not healthy after {timeout:.0f}s")
 
