@@ -38,7 +38,7 @@ class ApiClient:
         kw.setdefault("timeout", 60)
         try:
             r = self.session.request(method, self.url + "/api/v1" + path, **kw)
-        except requests.ConnectionError as exc:
+        except (requests.ConnectionError, requests.Timeout) as exc:
             raise click.ClickException(f"cannot reach {self.url}: {exc}") from None
         if r.status_code not in ok:
             try:
