@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -82,30 +81,14 @@ def test_killed_between_epochs_then_resumed_equals_uninterrupted(resume_setup):
 
 
 def test_killed_mid_epoch_then_resumed_equals_uninterrupted(resume_setup):
-    """SIGKILL from outside while epoch 2 is training: the partial epoch's step records are
-    dropped on resume and the epoch is replayed exactly."""
+    """SIGKILL inside epoch 2, right after its first optimizer step was recorded (test-only
+    fault ``kill_at_step``; 200 samples / 64 per batch / 3 batches per step = 2 steps an
+    epoch): the partial epoch's step records are dropped on resume and the epoch is replayed
+    exactly. (The service tests kill a training child from outside at an arbitrary point.)"""
     run_dir = resume_setup["base"] / "midepoch"
-    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "train", "--config", str(resume_setup["config"]),
-                             "--run-dir", str(run_dir)], env=resume_setup["env"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            try:
-                progress = json.loads((run_dir / "progress.json").read_text())
-            except (FileNotFoundError, ValueError):
-                progress = {}
-            if progress.get("epoch") == 2 and progress.get("phase") == "train":
-                break
-            assert proc.poll() is None, "training ended before it could be interrupted"
-            time.sleep(0.02)
-        else:
-            pytest.fail("epoch 2 never started")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    env = {**resume_setup["env"], "TEACHER_FAULT": "kill_at_step:3"}
+    proc = run_teacher(["train", "--config", str(resume_setup["config"]), "--run-dir", str(run_dir)], env)
+    assert proc.returncode == -signal.SIGKILL
     partial = [s for s in steps(run_dir) if s["epoch"] == 2]
     assert partial and not any(s["final"] for s in partial), "the kill should land inside epoch 2"
     run_teacher(["train", "--resume", str(run_dir)], resume_setup["env"], check=True)
@@ -163,25 +146,20 @@ def test_resume_of_a_finished_run_changes_nothing(resume_setup, tmp_path):
 
 
 def test_sigterm_stops_within_a_step_and_exits_resumable(resume_setup):
+    """SIGTERM (delivered by the test-only fault at epoch 2's first optimizer step, so the
+    moment is deterministic; the service tests send it from outside): the run stops after that
+    step, exits 3, keeps epoch 1's checkpoint, and resumes to the uninterrupted result."""
     run_dir = resume_setup["base"] / "sigterm"
     proc = subprocess.Popen([sys.executable, "-m", "common.cli", "train", "--config", str(resume_setup["config"]),
-                             "--run-dir", str(run_dir)], env=resume_setup["env"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if json.loads((run_dir / "progress.json").read_text()).get("epoch") == 2:
-                break
-        except (FileNotFoundError, ValueError):
-            pass
-        assert proc.poll() is None
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+                             "--run-dir", str(run_dir)], env={**resume_setup["env"], "TEACHER_FAULT": "sigterm_at_step:3"},
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 3, err
     assert "resume with: teacher train --resume" in err
     progress = json.loads((run_dir / "progress.json").read_text())
     assert progress["status"] == "stopped"
     assert len(history(run_dir)["epochs"]) == 1  # the last checkpoint (epoch 1) is kept
+    epoch2 = [s for s in steps(run_dir) if s["epoch"] == 2]
+    assert [s["step"] for s in epoch2] == [3] and not epoch2[0]["final"]  # stopped right after step 3
     run_teacher(["train", "--resume", str(run_dir)], resume_setup["env"], check=True)
     assert_same_run(resume_setup["reference"], run_dir)

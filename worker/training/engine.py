@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import random
-import re
 import signal
 import time
 from contextlib import nullcontext
@@ -276,6 +275,10 @@ def train_one_epoch(st: TrainState, epoch: int) -> tuple[Totals, float, float]:
                            throughput=throughput, latest={"train.loss": interval_loss})
             log.debug("epoch %d batch %d/%d loss %.4f", epoch, batch_idx + 1, num_batches, interval_loss)
             last_logged, last_t = totals, now
+            if f"kill_at_step:{st.step}" in st.faults.split(","):
+                os.kill(os.getpid(), signal.SIGKILL)  # test-only: a crash in the middle of an epoch
+            if f"sigterm_at_step:{st.step}" in st.faults.split(","):
+                os.kill(os.getpid(), signal.SIGTERM)  # test-only: a preemption at a known step
         if st.stop():
             raise StopRequested()
     return sums.totals(), last_lr, time.perf_counter() - t0
@@ -544,7 +547,7 @@ def _train(cfg: dict[str, Any], files: RunFiles, *, resume: bool, data_root: Pat
             st.integrity = check_integrity(st)
             write_progress(st, epoch=epoch, phase="epoch_end", batch=len(train_loader), batches=len(train_loader),
                            throughput=rec["train"]["throughput"] or 0.0, latest=epoch_metrics(rec), integrity=st.integrity)
-            if "kill_after_epoch" in faults and re.search(rf"kill_after_epoch:{epoch}\b", faults):
+            if f"kill_after_epoch:{epoch}" in faults.split(","):
                 os.kill(os.getpid(), signal.SIGKILL)  # test-only: a crash between epochs
     finally:
         writer.close()
