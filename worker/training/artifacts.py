@@ -53,9 +53,6 @@ class RunFiles:
     def write_config(self, cfg: dict[str, Any]) -> None:
         atomic_write_text(self.dir / CONFIG, yaml.safe_dump(cfg, sort_keys=False))
 
-    def read_config(self) -> dict[str, Any]:
-        return yaml.safe_load((self.dir / CONFIG).read_text())
-
     # -- history -----------------------------------------------------------------------------
     def write_history(self, history: dict[str, Any]) -> None:
         atomic_write_json(self.dir / HISTORY, history)

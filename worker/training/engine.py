@@ -20,7 +20,7 @@ import random
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -178,7 +178,6 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     stop: Callable[[], bool] = lambda: False
     faults: str = ""
-    started_at: float = field(default_factory=time.time)
     integrity: dict[str, Any] | None = None  # the latest live integrity summary
 
     @property

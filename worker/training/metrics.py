@@ -68,9 +68,6 @@ class MetricSums:
         # (MPS has no float64; we do not support MPS.)
         self._sums = torch.zeros(4, dtype=torch.float64, device=device)
 
-    def reset(self) -> None:
-        self._sums.zero_()
-
     @torch.no_grad()
     def update(
         self,
