@@ -91,6 +91,9 @@ def test_killed_child_and_killed_worker_resume_each_epoch_once(stack_factory, se
     worker = stack.start_worker()
     cfg = copy.deepcopy(service_config)
     cfg["optim"]["epochs"] = 3
+    # 16 batches an epoch (64 images / 4): the mid-epoch window must outlast a few 0.5 s
+    # heartbeats even on an idle machine, or the waits below can miss it.
+    cfg["optim"]["batch_size"] = 4
     job_id = stack.post("/api/v1/jobs", json=cfg).json()["id"]
 
     def mid_epoch(epoch: int, attempts: int) -> bool:
