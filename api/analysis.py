@@ -156,6 +156,8 @@ def job_report(job_id: str) -> Any:
 
 
 @blp.route("/jobs/<string:job_id>/plots", methods=["GET"], endpoint="job_plots")
+@blp.doc(responses={200: {"links": {"GetPlot": {"operationId": "analysis_job_plot", "parameters": {
+    "job_id": "$request.path.job_id", "name": "$response.body#/plots/0/name"}}}}})
 @blp.response(200, PlotListSchema)
 @blp.alt_response(404, description="no such job (or not yours)")
 @blp.alt_response(409, description="the job has no metrics yet")
@@ -343,7 +345,11 @@ ANALYSIS_REQUEST = {
 
 
 @blp.route("/analyses", methods=["POST"], endpoint="analyses")
-@blp.doc(summary="Analyse uploaded training artifacts", requestBody=ANALYSIS_REQUEST)
+@blp.doc(summary="Analyse uploaded training artifacts", requestBody=ANALYSIS_REQUEST, responses={201: {
+    "headers": {"Location": {"description": "the analysis's URL", "schema": {"type": "string"}}},
+    "links": {"GetAnalysis": {"operationId": "analysis_analysis", "parameters": {"analysis_id": "$response.body#/id"}},
+              "GetPlot": {"operationId": "analysis_analysis_plot",
+                          "parameters": {"analysis_id": "$response.body#/id", "name": "$response.body#/plots/0/name"}}}}})
 @blp.response(201, AnalysisSchema)
 @blp.alt_response(400, description="no files, an unknown or malformed file (errors name the field)")
 @blp.alt_response(413, description="upload too large")

@@ -9,6 +9,7 @@ from flask import Flask, g, request
 from api import analysis, errors, health, jobs, metrics
 from api.config import Settings
 from api.extensions import Enqueue, init_services, services
+from api.limits import enforce_rate_limits
 from api.smorest import Api
 from common.auth import authenticate
 
@@ -40,7 +41,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     logging.getLogger("api").setLevel(logging.INFO)
 
     init_services(app, settings, enqueue)
-    api = Api(app)
+    api = Api(app, public_endpoints=PUBLIC_ENDPOINTS)  # the others document 429 (rate limits)
     errors.register_error_handlers(app)  # after Api(): ours replace flask-smorest's handler
     api.register_blueprint(jobs.blp)
     api.register_blueprint(analysis.blp)  # /jobs/{id}/report, /jobs/{id}/plots, /analyses
@@ -51,8 +52,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def _authenticate() -> None:
         if request.endpoint in PUBLIC_ENDPOINTS:
             return
-        with services().sessions() as s:
+        svc = services()
+        with svc.sessions() as s:
             g.user = authenticate(s, request.headers.get("Authorization"))
+            if request.path.startswith("/api/v1/"):  # per-token rate limits (429 + Retry-After)
+                enforce_rate_limits(svc.limiter, svc.settings, s, request.headers["Authorization"],
+                                    submit=request.endpoint == "jobs.submit")
 
     @app.after_request
     def _security_headers(resp):  # type: ignore[no-untyped-def]

@@ -37,6 +37,57 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """At most ``requests`` requests per ``seconds``-second window."""
+
+    requests: int
+    seconds: int
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.seconds}"
+
+
+def parse_rate_limit(name: str, raw: str) -> RateLimit | None:
+    """``"<requests>/<seconds>"`` (e.g. ``"600/60"``); ``"0"`` or ``"off"`` disables (None)."""
+    text = raw.strip().lower()
+    if text in ("0", "off"):
+        return None
+    requests, sep, seconds = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError(text)
+        limit = RateLimit(int(requests), int(seconds))
+    except ValueError:
+        raise ValueError(f"{name} must be '<requests>/<seconds>' (e.g. '600/60'), '0' or 'off'; got {raw!r}") from None
+    if limit.requests < 1 or limit.seconds < 1:
+        raise ValueError(f"{name}: requests and seconds must both be at least 1 (or '0'/'off' to disable); got {raw!r}")
+    return limit
+
+
+def _env_rate_limit(env: Mapping[str, str], name: str, default: RateLimit | None) -> RateLimit | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return parse_rate_limit(name, raw)
+
+
+def _env_cap(env: Mapping[str, str], name: str, default: int) -> int:
+    """A non-negative count; ``0`` or ``off`` disables (0)."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if raw.strip().lower() == "off":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, '0' or 'off'; got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative (use '0' or 'off' to disable); got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -58,6 +109,12 @@ class Settings:
     worker_beat_s: float = 10.0
     sse_poll_s: float = 0.5
     python: str = field(default="")  # interpreter for the training child; "" = sys.executable
+    # Per API token, every authenticated /api/v1 request (None: off); counted in Redis.
+    rate_limit: RateLimit | None = RateLimit(600, 60)
+    # Per API token, additionally POST /api/v1/jobs (None: off).
+    submit_rate_limit: RateLimit | None = RateLimit(60, 60)
+    # Per user, jobs not yet running (queued, waiting, interrupted); 0: no cap.
+    max_queued_per_user: int = 100
 
     @property
     def analyses_dir(self) -> Path:
@@ -99,6 +156,9 @@ class Settings:
             lost_message_grace_s=_env_float(env, "TEACHER_LOST_MESSAGE_GRACE_S", cls.lost_message_grace_s),
             worker_beat_s=_env_float(env, "TEACHER_WORKER_BEAT_S", cls.worker_beat_s),
             python=env.get("TEACHER_PYTHON", ""),
+            rate_limit=_env_rate_limit(env, "TEACHER_RATE_LIMIT", cls.rate_limit),
+            submit_rate_limit=_env_rate_limit(env, "TEACHER_SUBMIT_RATE_LIMIT", cls.submit_rate_limit),
+            max_queued_per_user=_env_cap(env, "TEACHER_MAX_QUEUED_PER_USER", cls.max_queued_per_user),
         )
         return replace(s, **overrides) if overrides else s
 
@@ -106,4 +166,4 @@ class Settings:
         return {"TEACHER_SETTINGS": self, "MAX_CONTENT_LENGTH": self.max_content_length}
 
 
-__all__ = ["Settings", "QUEUE_NAME"]
+__all__ = ["Settings", "QUEUE_NAME", "RateLimit", "parse_rate_limit"]

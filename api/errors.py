@@ -16,6 +16,7 @@ from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from api.limits import TooManyRequests
 from common.auth import AuthError
 from common.config import ConfigError, flatten_errors
 from common.store.jobs import IdempotencyMismatch, JobConflict, JobNotFound
@@ -86,6 +87,9 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ConfigError, lambda e: error_response(400, f"invalid job: {e}", e.errors))
     app.register_error_handler(JobNotFound, lambda e: error_response(404, f"job {e} not found"))
     app.register_error_handler(JobConflict, lambda e: error_response(409, str(e)))
+    app.register_error_handler(  # a rate limit or the queued-jobs cap (api.limits)
+        TooManyRequests, lambda e: error_response(429, e.message, headers={"Retry-After": str(e.retry_after)})
+    )
     app.register_error_handler(
         IdempotencyMismatch,
         lambda e: error_response(422, "Idempotency-Key was already used with a different request body",

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.config import Settings
+from api.limits import RateLimiter, limiter_redis_client
 from common.store import User, make_engine, make_sessionmaker, transaction, upgrade
 from common.store.jobs import mark_enqueued
 
@@ -36,6 +37,11 @@ class Services:
     sessions: sessionmaker[Session]
     enqueue_fn: Enqueue
     redis_client: object | None = field(default=None)
+    limiter_client: object | None = field(default=None)
+    limiter: RateLimiter = field(init=False, repr=False)  # per-token rate limits (api.limits)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.limiter_redis)
 
     def enqueue(self, job_id: str, queue: str, priority: int) -> bool:
         """Publish a job's message after its record is committed. A failure is logged, not
@@ -57,6 +63,12 @@ class Services:
                 self.settings.redis_url, socket_connect_timeout=2, socket_timeout=2
             )
         return self.redis_client
+
+    def limiter_redis(self):  # type: ignore[no-untyped-def]
+        """The same Redis, through a client with short timeouts and no retries (api.limits)."""
+        if self.limiter_client is None:
+            self.limiter_client = limiter_redis_client(self.settings)
+        return self.limiter_client
 
 
 def init_services(app: Flask, settings: Settings, enqueue: Enqueue | None = None) -> Services:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.errors import ApiError
 from api.extensions import current_user, services
+from api.limits import check_queued_cap
 from api.runfiles import read_json, read_new_lines, tail_lines
 from api.schemas import (
     CHECKPOINT_REF,
@@ -59,6 +60,26 @@ blp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs", description="Traini
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml"}
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 
+# OpenAPI: example bodies, and links to what can follow a response that holds a job (clients and
+# schemathesis's stateful tests follow them; the operationIds come from api.smorest.ServiceDocs).
+JOB_EXAMPLE = {
+    "name": "tiny", "model": {"arch": "resnet18"},
+    "data": {"format": "imagefolder", "root": "synthetic", "image_size": 32},
+    "optim": {"epochs": 1, "batch_size": 8, "lr": 0.01}, "priority": 5,
+}
+NAMED_CONFIG_EXAMPLE = {"config": "demo", "overrides": {"optim": {"epochs": 1}}, "name": "demo-short"}
+_JOB_ID = {"job_id": "$response.body#/id"}
+JOB_LINKS = {
+    "GetJob": {"operationId": "jobs_job", "parameters": _JOB_ID},
+    "CancelJob": {"operationId": "jobs_cancel", "parameters": _JOB_ID},
+    "GetJobLogs": {"operationId": "jobs_logs", "parameters": _JOB_ID},
+    "GetJobMetrics": {"operationId": "jobs_metrics", "parameters": _JOB_ID},
+    "ListJobCheckpoints": {"operationId": "jobs_checkpoints", "parameters": _JOB_ID},
+    "DownloadBestCheckpoint": {"operationId": "jobs_checkpoint", "parameters": {**_JOB_ID, "name": "best"}},
+    "GetJobReport": {"operationId": "analysis_job_report", "parameters": _JOB_ID},
+    "ListJobPlots": {"operationId": "analysis_job_plots", "parameters": _JOB_ID},
+}
+
 
 # ---------------------------------------------------------------------------------- helpers
 def job_to_dict(job: Job) -> dict[str, Any]:
@@ -75,6 +96,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     return {
         "id": job.id, "name": job.name, "user": job.user.name, "status": job.status, "queue": job.queue,
         "priority": job.priority, "attempts": job.attempts, "max_attempts": job.max_attempts,
+        "run_seconds": round(job.run_seconds or 0.0, 3),
         "cancel_requested": job.cancel_requested, "after": job.after_id, "init_from": job.init_from,
         "created_at": job.created_at, "updated_at": job.updated_at, "started_at": job.started_at,
         "heartbeat_at": job.heartbeat_at, "finished_at": job.finished_at, "exit_code": job.exit_code,
@@ -233,11 +255,18 @@ def _decode_cursor(cursor: str) -> int:
     requestBody={
         "required": True,
         "content": {
-            "application/json": {"schema": {"oneOf": [JobSpecSchema, NamedConfigSpecSchema]}},
-            "application/yaml": {"schema": JobSpecSchema},
+            "application/json": {"schema": {"oneOf": [JobSpecSchema, NamedConfigSpecSchema]}, "examples": {
+                "config": {"summary": "a training config", "value": JOB_EXAMPLE},
+                "named": {"summary": "a file under configs/, with overrides", "value": NAMED_CONFIG_EXAMPLE}}},
+            "application/yaml": {"schema": JobSpecSchema, "example": JOB_EXAMPLE},
         },
     },
     parameters=[{"in": "header", "name": "Idempotency-Key", "required": False, "schema": {"type": "string", "maxLength": 255}}],
+    responses={202: {"links": JOB_LINKS, "headers": {
+        "Location": {"description": "the job's URL", "schema": {"type": "string"}},
+        "Idempotent-Replayed": {"description": "true when an earlier job with this Idempotency-Key and body is returned",
+                                "schema": {"type": "string", "enum": ["true"]}},
+    }}},
 )
 @blp.response(202, JobSchema)
 @blp.alt_response(400, description="invalid job (per-field errors)")
@@ -271,6 +300,8 @@ def submit() -> Any:
                     if init_from:
                         config["init_from"] = init_from_path(init_from["job"], init_from["checkpoint"])
                         after_id = after_id or init_from["job"]  # its checkpoint must exist first
+                    # 429 (nothing inserted, nothing enqueued) when the user has too many pending jobs
+                    check_queued_cap(s, user, svc.settings.max_queued_per_user)
                     job = create_job(
                         s, user=user, config=config, name=config["name"],
                         queue=opts.get("queue") or svc.settings.default_queue, priority=opts["priority"],
@@ -308,6 +339,7 @@ def index(args: dict[str, Any]) -> Any:
 
 
 @blp.route("/<string:job_id>", methods=["GET"], endpoint="job")
+@blp.doc(responses={200: {"links": JOB_LINKS}})  # int: merged with @blp.response's 200
 @blp.response(200, JobSchema)
 @blp.alt_response(404, description="no such job (or not yours)")
 def get_job(job_id: str) -> Any:
@@ -315,6 +347,7 @@ def get_job(job_id: str) -> Any:
 
 
 @blp.route("/<string:job_id>/cancel", methods=["POST"], endpoint="cancel")
+@blp.doc(responses={202: {"links": JOB_LINKS}})
 @blp.response(202, JobSchema)
 @blp.alt_response(404, description="no such job")
 @blp.alt_response(409, description="the job already finished")
@@ -327,8 +360,11 @@ def cancel(job_id: str) -> Any:
 
 
 @blp.route("/<string:job_id>/logs", methods=["GET"], endpoint="logs")
+@blp.doc(responses={200: {"content": {"text/event-stream": {"schema": {
+    "type": "string", "description": "with follow=true: one `data:` event per line, then `event: end` with the final status"}}}}})
 @blp.arguments(LogsQuerySchema, location="query")
 @blp.response(200, LogsSchema, description="the last lines; with follow=true a text/event-stream")
+@blp.alt_response(404, description="no such job (or not yours)")
 def logs(args: dict[str, Any], job_id: str) -> Any:
     job = _load_job(job_id)
     paths = JobPaths.of(services().settings.jobs_root, job.id)
@@ -379,6 +415,8 @@ def metrics(job_id: str) -> Any:
 
 
 @blp.route("/<string:job_id>/checkpoints", methods=["GET"], endpoint="checkpoints")
+@blp.doc(responses={200: {"links": {"DownloadCheckpoint": {"operationId": "jobs_checkpoint", "parameters": {
+    "job_id": "$request.path.job_id", "name": "$response.body#/checkpoints/0/name"}}}}})
 @blp.response(200, CheckpointListSchema)
 @blp.alt_response(404, description="no such job")
 def checkpoints(job_id: str) -> Any:

@@ -111,6 +111,8 @@ class JobSchema(ma.Schema):
     priority = fields.Integer(required=True)
     attempts = fields.Integer(required=True)
     max_attempts = fields.Integer(required=True)
+    run_seconds = fields.Float(required=True, metadata={
+        "description": "Training time so far, summed over attempts (counts against TEACHER_MAX_JOB_SECONDS)"})
     cancel_requested = fields.Boolean(required=True)
     after = fields.String(allow_none=True)
     init_from = fields.Nested(InitFromSchema, allow_none=True)
