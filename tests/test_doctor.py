@@ -26,6 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from common.doctor import doctor
+from common.store import LATEST_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_PASSWORD = "s3cret-doctor"
@@ -170,7 +171,7 @@ def test_healthy_deployment_passes_every_check(deploy: Deployment) -> None:
         "redis": "OK", "database": "OK", "workers[default]": "OK", "workers[gpu-large]": "OK",
         "data": "OK", "jobs": "OK", "disk": "OK"}, out
     assert re.search(r"Redis \d+\.\d+\.\d+ at redis://127\.0\.0\.1:\d+/0, no password required", lines["redis"][1])
-    assert "schema version 1 (latest)" in lines["database"][1]
+    assert f"schema version {LATEST_VERSION} (latest)" in lines["database"][1]
     assert "1 live worker(s): gpu1:100" in lines["workers[default]"][1]
     assert "2 dataset(s) (flowers, synthetic)" in lines["data"][1]
     assert "no problems found" in out
@@ -293,15 +294,16 @@ def test_redis_eviction_policy_warns(deploy: Deployment, redis_open: int) -> Non
 
 
 def test_database_behind_latest_says_run_db_upgrade(deploy: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Code one migration ahead of the store (there is only one migration today, so the code's
-    LATEST_VERSION is raised rather than the store lowered below 1)."""
+    """Code one migration ahead of the store (the code's LATEST_VERSION is raised rather than the
+    store built at an older version)."""
     import common.store
 
     monkeypatch.setattr(common.store, "LATEST_VERSION", common.store.LATEST_VERSION + 1)
     code, out, lines = invoke(deploy, "--only", "database", "--only", "workers")
     assert code == 1, out
     assert lines["database"][0] == "FAIL"
-    assert re.search(r"is at schema version 1, behind this code's 2: run `teacher db upgrade`", lines["database"][1]), out
+    assert (f"is at schema version {LATEST_VERSION}, behind this code's {LATEST_VERSION + 1}: run `teacher db upgrade`"
+            in lines["database"][1]), out
     assert lines["workers[default]"][0] == "OK"  # heartbeats are still readable
 
 
@@ -388,7 +390,7 @@ def test_postgresql_store(deploy: Deployment, pg_database: str) -> None:
     upgrade(engine)
     engine.dispose()
     code, out, lines = invoke(deploy, "--only", "database")
-    assert code == 0 and lines["database"][0] == "OK" and "schema version 1 (latest)" in lines["database"][1], out
+    assert code == 0 and lines["database"][0] == "OK" and f"schema version {LATEST_VERSION} (latest)" in lines["database"][1], out
 
     deploy.set(TEACHER_DATABASE_URL=f"{PG}/{pg_database}_absent")
     code, out, lines = invoke(deploy, "--only", "database")

@@ -39,6 +39,16 @@ def make_celery(settings: Settings) -> Celery:
         "priority_steps": list(range(10)),
         "sep": ":",
         "queue_order_strategy": "priority",
+        # A Redis that stops answering without closing the connection (frozen, failed over, a
+        # network cut, a NAT dropping the flow) must not hang a publisher forever: without a
+        # socket timeout a publish blocks on the dead socket, so a job POST never returned and
+        # each one pinned a gunicorn thread until the API answered nothing at all. With it, the
+        # publish fails (about 20 s at worst: 5 s a try, with the publish retries), the job stays
+        # recorded for the reconciler, and the POST answers 202.
+        # (The worker's consumer runs in the event loop, where this does not apply; kombu's
+        # health_check_interval drops a BRPOP connection that stopped answering.)
+        "socket_timeout": 5,
+        "socket_connect_timeout": 3,
     }
     app.conf.update(
         broker_url=settings.redis_url,
@@ -56,6 +66,19 @@ def make_celery(settings: Settings) -> Celery:
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
+        # Redis outages (restart, failover, a long network cut) must never end a worker: Celery's
+        # default gives up after 100 reconnect attempts (~45 min at kombu's 30 s back-off cap),
+        # and the worker then exits, which also takes down `teacher serve`. Retry forever; the
+        # job store keeps the truth meanwhile. (The back-off cap is kombu's: after a long outage
+        # a worker may take up to ~30 s to notice that Redis is back.)
+        broker_connection_max_retries=None,
+        # Pinned, not left to the default, which Celery 6 flips to True: on a broker connection
+        # loss Celery would then cancel every running acks-late task, i.e. kill a training
+        # that is fine (its supervisor only needs the job store) on every Redis restart, and
+        # run it again. A running job's message is acknowledged once the connection is back
+        # (tests/service/test_service_infra_faults.py: Redis killed or restarted mid-job, each
+        # job runs exactly once, nothing left unacknowledged).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         task_default_queue=settings.default_queue,
         task_queues=[Queue(q) for q in settings.queues] + [Queue(CONTROL_QUEUE)],
@@ -75,7 +98,13 @@ celery_app = make_celery(settings)
 
 
 def send_job(app: Celery, job_id: str, queue: str, priority: int) -> None:
-    app.send_task(RUN_JOB, args=[job_id], queue=queue, priority=broker_priority(priority))
+    # ignore_result: nobody waits for a Celery result (the job store has the outcome), but
+    # send_task does not apply task_ignore_result to a task it only knows by name. Without it,
+    # every publish also subscribed this process to the task's result channel on the result
+    # backend's own pub/sub connection, whose timeouts are not the broker's: with Redis frozen
+    # or unreachable without a reset (failover, network cut) a job POST hung there instead of
+    # failing within the broker's socket timeout and leaving the job to the reconciler.
+    app.send_task(RUN_JOB, args=[job_id], queue=queue, priority=broker_priority(priority), ignore_result=True)
 
 
 _publishers: dict[Settings, Celery] = {}

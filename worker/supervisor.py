@@ -6,10 +6,19 @@ period) and is started through a tiny guard that asks the kernel to SIGTERM it i
 dies (PR_SET_PDEATHSIG), so a SIGKILLed worker never leaves an orphan training into a run
 directory that the next attempt resumes. This module never imports torch: CUDA must not be
 initialised in the worker's parent process.
+
+How an attempt ends (:func:`classify_exit`): exit 0 succeeded; a cancel request cancelled;
+over TEACHER_MAX_JOB_SECONDS (training time summed over all attempts, kept in
+``jobs.run_seconds``) failed with "time limit: ..."; exit 4 (no space left on the job volume)
+failed with "no space left on device ..." -- neither is retried, as a retry cannot fix them;
+exit 3 or a signal (worker shutdown, OOM kill, another worker took over) interrupted and
+requeued to resume from the last checkpoint; exit 2 failed as invalid input; anything else
+failed with the child's reason.
 """
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import logging
 import os
@@ -34,7 +43,9 @@ from worker.store import sessions_for
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
+# `teacher train` exit codes (worker/training/engine.py; copied: this module must not import torch).
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_NO_SPACE = 0, 1, 2, 3, 4
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 # Runs in the child before exec: die with the parent, and bail out if the parent is already gone.
 _GUARD = (
@@ -56,12 +67,55 @@ class StopReason(str, enum.Enum):
     timeout = "timeout"
 
 
+class Outcome(str, enum.Enum):
+    """What an attempt's end means for the job."""
+
+    succeeded = "succeeded"
+    cancelled = "cancelled"
+    time_limit = "time_limit"      # failed, not retried
+    no_space = "no_space"          # failed, not retried: a full disk is not fixed by retrying
+    interrupted = "interrupted"    # requeued; resumes from the last checkpoint
+    bad_input = "bad_input"        # failed
+    failed = "failed"
+
+
+def classify_exit(rc: int, stop: StopReason | None, cancel_requested: bool) -> Outcome:
+    """Map a training child's exit code, and why the supervisor stopped it (if it did), to the
+    job's outcome. Order matters: a run that finished wins over a stop request that came too
+    late, a cancel or the time limit over the exit code the stop produced (3)."""
+    if rc == EXIT_OK:
+        return Outcome.succeeded
+    if cancel_requested:
+        return Outcome.cancelled
+    if stop == StopReason.timeout:
+        return Outcome.time_limit
+    if rc == EXIT_NO_SPACE:
+        return Outcome.no_space
+    if rc == EXIT_STOPPED or rc < 0 or stop in (StopReason.shutdown, StopReason.lost):
+        return Outcome.interrupted  # stopped from outside (worker shutdown, a signal, OOM kill)
+    if rc == EXIT_BAD_INPUT:
+        return Outcome.bad_input
+    return Outcome.failed
+
+
+def time_limit_reason(run_seconds: float, max_seconds: int) -> str:
+    return (f"time limit: training ran {run_seconds:.0f}s in total, over the maximum of {max_seconds}s "
+            "(TEACHER_MAX_JOB_SECONDS, counted over all attempts); stopped, its last epoch checkpoint is kept")
+
+
+def no_space_reason(detail: str | None = None) -> str:
+    """``detail``: what the child or the supervisor could not write, when known."""
+    return (f"{detail or 'no space left on device while writing the run files'}: the job volume is full; "
+            "checkpoints written before are intact (free space, then resubmit)")
+
+
 @dataclass(frozen=True)
 class Claim:
     job_id: str
     attempt: int
     token: str
     config: dict[str, Any]
+    run_seconds: float = 0.0  # training time of the earlier attempts
 
 
 Enqueue = Callable[[str, str, int], None]
@@ -109,6 +163,12 @@ class Supervisor:
                 if status == JobStatus.running and stale is not None and stale < self.settings.stale_after_s:
                     log.info("job %s: running elsewhere (heartbeat %.1fs ago); duplicate message", job_id, stale)
                     return None
+                if (job.run_seconds or 0.0) >= self.settings.max_job_seconds:
+                    # e.g. its worker died after the limit passed, before it could record it
+                    self._finish(job, JobStatus.failed, None,
+                                 time_limit_reason(job.run_seconds, self.settings.max_job_seconds))
+                    released = finish_dependents(s, job)
+                    return None
                 if job.attempts >= job.max_attempts:
                     self._finish(job, JobStatus.failed, None,
                                  f"worker lost: gave up after {job.attempts} attempts "
@@ -131,7 +191,7 @@ class Supervisor:
                 job.started_at = job.started_at or now
                 job.exit_code = None
                 job.failure_reason = None
-                return Claim(job.id, job.attempts, job.claim_token, dict(job.config))
+                return Claim(job.id, job.attempts, job.claim_token, dict(job.config), job.run_seconds or 0.0)
         finally:
             self._enqueue_all(released)
 
@@ -140,6 +200,11 @@ class Supervisor:
         claim = self.claim(job_id)
         if claim is None:
             return "skipped"
+        if "worker_exit" in os.environ.get("TEACHER_FAULT", "").split(","):
+            # Test-only fault (like the training engine's): this worker process dies right after
+            # claiming, as an OOM kill or a crash would, leaving the job `running` and its
+            # message unacknowledged. Inert unless TEACHER_FAULT names it.
+            os._exit(1)
         try:
             return self._run_claimed(claim)
         except BaseException as exc:
@@ -149,14 +214,16 @@ class Supervisor:
 
     def _run_claimed(self, claim: Claim) -> str:
         paths = JobPaths.of(self.settings.jobs_root, claim.job_id)
-        paths.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(paths.config, yaml.safe_dump(claim.config, sort_keys=False).encode())
-        if (paths.run / "config.yaml").is_file():
-            train_args = ["train", "--resume", str(paths.run)]
-        else:
-            if paths.run.exists():  # started but died before writing anything resumable
-                _remove_tree(paths.run)
-            train_args = ["train", "--config", str(paths.config), "--run-dir", str(paths.run)]
+        try:
+            train_args = self._prepare(claim, paths)
+            logf = paths.log.open("ab", buffering=0)  # unbuffered: a failed write leaves nothing pending
+        except OSError as exc:
+            if exc.errno not in NO_SPACE_ERRNOS:
+                raise
+            # The job volume is full: fail this job (a retry cannot help) and keep the worker.
+            log.error("job %s: %s", claim.job_id, exc)
+            what = Path(str(exc.filename)).name if exc.filename else "the job directory"
+            return self._fail_claimed(claim, no_space_reason(f"no space left on device while writing {what}"))
 
         # The child gets no service credentials: it needs only its data, runs and weights roots.
         env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
@@ -167,9 +234,12 @@ class Supervisor:
             PYTHONUNBUFFERED="1",
         )
         python = self.settings.python or sys.executable
-        with paths.log.open("ab") as logf:
-            logf.write(f"=== attempt {claim.attempt} on {worker_name()}: teacher {' '.join(train_args)}\n".encode())
-            logf.flush()
+        attempt_started = time.time()
+        with logf:
+            try:
+                logf.write(f"=== attempt {claim.attempt} on {worker_name()}: teacher {' '.join(train_args)}\n".encode())
+            except OSError as exc:  # a full volume: the child will find out and say so (exit 4)
+                log.warning("job %s: could not write the attempt banner to %s: %s", claim.job_id, paths.log, exc)
             proc = subprocess.Popen(
                 [python, "-c", _GUARD, str(os.getpid()), *train_args],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
@@ -177,28 +247,43 @@ class Supervisor:
             )
         log.info("job %s: attempt %d started child pid %d", claim.job_id, claim.attempt, proc.pid)
         with self._signals_forwarded():
-            rc, reason = self._supervise(claim, proc, paths)
+            rc, reason, run_seconds = self._supervise(claim, proc, paths)
         _kill_group(proc.pid, signal.SIGKILL)  # leftovers such as data-loader workers
-        return self._record_outcome(claim, paths, rc, reason)
+        return self._record_outcome(claim, paths, rc, reason, run_seconds, attempt_started)
 
-    def _supervise(self, claim: Claim, proc: subprocess.Popen[bytes], paths: JobPaths) -> tuple[int, StopReason | None]:
+    def _prepare(self, claim: Claim, paths: JobPaths) -> list[str]:
+        """Write the job's config and choose fresh start or resume; returns `teacher` args."""
+        paths.root.mkdir(parents=True, exist_ok=True)
+        _write_atomic(paths.config, yaml.safe_dump(claim.config, sort_keys=False).encode())
+        if (paths.run / "config.yaml").is_file():
+            return ["train", "--resume", str(paths.run)]
+        if paths.run.exists():  # started but died before writing anything resumable
+            _remove_tree(paths.run)
+        return ["train", "--config", str(paths.config), "--run-dir", str(paths.run)]
+
+    def _supervise(self, claim: Claim, proc: subprocess.Popen[bytes],
+                   paths: JobPaths) -> tuple[int, StopReason | None, float]:
+        """Wait for the child; returns (exit code, why we stopped it, total run seconds). The
+        time limit counts this attempt plus the earlier ones (``claim.run_seconds``)."""
         reason: StopReason | None = None
         term_sent: float | None = None
         started = time.monotonic()
         next_beat = 0.0
         while True:
             try:
-                return proc.wait(timeout=0.2), reason
+                rc = proc.wait(timeout=0.2)
+                return rc, reason, claim.run_seconds + (time.monotonic() - started)
             except subprocess.TimeoutExpired:
                 pass
             now = time.monotonic()
+            run_seconds = claim.run_seconds + (now - started)
             if now >= next_beat:
-                beat = self._heartbeat(claim, paths, proc.pid)
+                beat = self._heartbeat(claim, paths, proc.pid, run_seconds)
                 reason = reason or beat
                 next_beat = now + self.settings.heartbeat_s
             if reason is None and (self._stop_flag.is_set() or self._shutdown_requested()):
                 reason = StopReason.shutdown
-            if reason is None and now - started > self.settings.max_job_seconds:
+            if reason is None and run_seconds > self.settings.max_job_seconds:
                 reason = StopReason.timeout
             if reason is not None and term_sent is None:
                 log.info("job %s: stopping child (%s)", claim.job_id, reason.value)
@@ -209,7 +294,7 @@ class Supervisor:
                 _kill_group(proc.pid, signal.SIGKILL)
                 term_sent = float("inf")  # escalate once
 
-    def _heartbeat(self, claim: Claim, paths: JobPaths, pid: int) -> StopReason | None:
+    def _heartbeat(self, claim: Claim, paths: JobPaths, pid: int, run_seconds: float) -> StopReason | None:
         progress = _read_progress(paths.progress)
         try:
             with transaction(self.sessions) as s:
@@ -218,6 +303,7 @@ class Supervisor:
                     return StopReason.lost
                 job.heartbeat_at = utcnow()
                 job.child_pid = pid
+                job.run_seconds = run_seconds  # a dead worker loses at most one beat of it
                 if progress is not None:
                     job.progress = progress
                 return StopReason.cancel if job.cancel_requested else None
@@ -228,7 +314,8 @@ class Supervisor:
             return None
 
     # ---------------------------------------------------------------------------- outcome
-    def _record_outcome(self, claim: Claim, paths: JobPaths, rc: int, reason: StopReason | None) -> str:
+    def _record_outcome(self, claim: Claim, paths: JobPaths, rc: int, reason: StopReason | None,
+                        run_seconds: float, attempt_started: float) -> str:
         progress = _read_progress(paths.progress)
         requeue = False
         released: list[Job] = []
@@ -241,20 +328,28 @@ class Supervisor:
                 job.progress = progress
             job.child_pid = None
             job.exit_code = rc
-            if rc == EXIT_OK:
+            job.run_seconds = run_seconds
+            outcome = classify_exit(rc, reason, job.cancel_requested)
+            if outcome == Outcome.succeeded:
                 job.result = _summary(paths)
                 self._finish(job, JobStatus.succeeded, rc)
-            elif job.cancel_requested:
+            elif outcome == Outcome.cancelled:
                 self._finish(job, JobStatus.cancelled, rc)
-            elif reason == StopReason.timeout:
-                self._finish(job, JobStatus.failed, rc, f"exceeded the maximum job time of {self.settings.max_job_seconds}s")
-            elif rc == EXIT_STOPPED or rc < 0 or reason in (StopReason.shutdown, StopReason.lost):
-                # Stopped from outside (worker shutdown, a signal, OOM kill): resumable.
+            elif outcome == Outcome.time_limit:
+                self._finish(job, JobStatus.failed, rc, time_limit_reason(run_seconds, self.settings.max_job_seconds))
+            elif outcome == Outcome.no_space:
+                # progress.json is on the full volume: use its error only if this attempt wrote it
+                detail = None
+                if progress and progress.get("status") == "failed" and progress.get("error") \
+                        and (progress.get("updated_at") or 0) >= attempt_started:
+                    detail = str(progress["error"])
+                self._finish(job, JobStatus.failed, rc, no_space_reason(detail))
+            elif outcome == Outcome.interrupted:
                 job.status = JobStatus.interrupted.value
                 job.claim_token = None
                 job.failure_reason = f"interrupted (exit {rc}); will resume from the last checkpoint"
                 requeue = True
-            elif rc == EXIT_BAD_INPUT:
+            elif outcome == Outcome.bad_input:
                 self._finish(job, JobStatus.failed, rc, "invalid config or input: " + _failure_reason(paths, progress, rc))
             else:
                 self._finish(job, JobStatus.failed, rc, _failure_reason(paths, progress, rc))
@@ -266,6 +361,19 @@ class Supervisor:
             self._enqueue(claim.job_id, queue, priority)
         self._enqueue_all(released)
         return status
+
+    def _fail_claimed(self, claim: Claim, reason: str) -> str:
+        """Fail a claimed job before its child started (nothing to resume, no requeue)."""
+        released: list[Job] = []
+        with transaction(self.sessions) as s:
+            job = lock_job(s, claim.job_id)
+            if job is None or job.claim_token != claim.token:
+                return "lost"
+            self._finish(job, JobStatus.failed, None, reason)
+            released = finish_dependents(s, job)
+        log.info("job %s: attempt %d failed before starting: %s", claim.job_id, claim.attempt, reason)
+        self._enqueue_all(released)
+        return JobStatus.failed.value
 
     def _record_crash(self, claim: Claim, exc: BaseException) -> None:
         with transaction(self.sessions) as s:
@@ -387,12 +495,21 @@ def _summary(paths: JobPaths) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename. On failure (a full disk) the temp file is removed and the
+    error names ``path``, not the temp file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _remove_tree(path: Path) -> None:

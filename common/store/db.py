@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Engine, Float, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -77,8 +77,18 @@ def _v1_initial(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=tables)
 
 
+def _v2_job_run_seconds(conn: Connection) -> None:
+    # A store created at v1 by today's models already has the column (v1 creates the tables
+    # as the models define them), so add it only where it is missing.
+    if "run_seconds" in {c["name"] for c in inspect(conn).get_columns("jobs")}:
+        return
+    column_type = Float().compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE jobs ADD COLUMN run_seconds {column_type} DEFAULT 0 NOT NULL"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _v1_initial),
+    (2, "jobs.run_seconds: training time summed over attempts", _v2_job_run_seconds),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

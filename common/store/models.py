@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -118,6 +119,9 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     child_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Seconds its training processes have run, summed over attempts (updated at every heartbeat):
+    # TEACHER_MAX_JOB_SECONDS limits this total, so a requeued job does not get a fresh budget.
+    run_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -9,20 +9,24 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
-from common.atomic import append_line, atomic_write_json, atomic_write_text
+from common.atomic import TMP_PREFIX, append_line, atomic_write_json, atomic_write_text
 
 HISTORY = "history.json"
 STEPS = "steps.jsonl"
 PROGRESS = "progress.json"
 CONFIG = "config.yaml"
 LOG = "train.log"
+RESERVE = ".space-reserve"
+RESERVE_BYTES = 256 * 1024
 HISTORY_FORMAT = "teacher-history/1"
 
 
@@ -45,17 +49,32 @@ def sanitize(obj: Any, flags: dict[str, str], prefix: str = "") -> Any:
     return obj
 
 
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Name ``path`` in an OSError raised while writing it. A failed write(2) or fsync(2)
+    reports no file name, and an atomic write's temp file is an internal name; so a full disk
+    would otherwise say only "No space left on device", not what was being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is not None and (exc.filename is None or Path(str(exc.filename)).name.startswith(TMP_PREFIX)):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
 class RunFiles:
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
 
     # -- config ------------------------------------------------------------------------------
     def write_config(self, cfg: dict[str, Any]) -> None:
-        atomic_write_text(self.dir / CONFIG, yaml.safe_dump(cfg, sort_keys=False))
+        with naming(self.dir / CONFIG):
+            atomic_write_text(self.dir / CONFIG, yaml.safe_dump(cfg, sort_keys=False))
 
     # -- history -----------------------------------------------------------------------------
     def write_history(self, history: dict[str, Any]) -> None:
-        atomic_write_json(self.dir / HISTORY, history)
+        with naming(self.dir / HISTORY):
+            atomic_write_json(self.dir / HISTORY, history)
 
     # -- step stream -------------------------------------------------------------------------
     def append_step(self, record: dict[str, Any]) -> None:
@@ -63,7 +82,8 @@ class RunFiles:
         clean = sanitize(record, flags)
         if flags:
             clean["nonfinite"] = flags
-        append_line(self.dir / STEPS, json.dumps(clean, allow_nan=False))
+        with naming(self.dir / STEPS):
+            append_line(self.dir / STEPS, json.dumps(clean, allow_nan=False))
 
     def truncate_steps(self, last_step: int, last_epoch: int) -> int:
         """Drop records written after the checkpoint being resumed (an interrupted epoch), so
@@ -82,8 +102,31 @@ class RunFiles:
                 kept.append(line)
             else:
                 dropped += 1
-        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+        with naming(path):
+            atomic_write_text(path, "".join(f"{line}\n" for line in kept))
         return dropped
+
+    # -- room for the last words on a full disk -----------------------------------------------
+    def reserve_space(self) -> bool:
+        """Set aside a little space (a hidden ballast file) so that when the volume fills up,
+        releasing it leaves room to record why the run failed (progress.json, train.log).
+        Best effort: on an already full disk there is nothing to reserve."""
+        path = self.dir / RESERVE
+        try:
+            with open(path, "wb") as fh:
+                fh.write(bytes(RESERVE_BYTES))
+                fh.flush()
+                os.fsync(fh.fileno())
+            return True
+        except OSError:
+            path.unlink(missing_ok=True)
+            return False
+
+    def release_reserve(self) -> None:
+        try:
+            (self.dir / RESERVE).unlink(missing_ok=True)
+        except OSError:
+            pass
 
     # -- progress ----------------------------------------------------------------------------
     def write_progress(self, progress: dict[str, Any]) -> None:
@@ -91,7 +134,8 @@ class RunFiles:
         clean = sanitize({**progress, "updated_at": time.time()}, flags)
         if flags:
             clean["nonfinite"] = flags
-        atomic_write_json(self.dir / PROGRESS, clean)
+        with naming(self.dir / PROGRESS):
+            atomic_write_json(self.dir / PROGRESS, clean)
 
 
 def setup_logging(run_dir: Path, *, debug: bool) -> logging.Logger:

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import re
 import signal
 import time
@@ -24,6 +25,8 @@ from typing import Any
 import torch
 
 from common.atomic import atomic_write_bytes, atomic_write_json, remove_stale_temp_files
+
+from .artifacts import naming
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,22 @@ def load_checkpoint_file(path: Path, *, expected_sha256: str | None = None) -> d
             raise CheckpointError(f"{path.name}: sha256 mismatch (file is truncated or corrupt)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # translated: unpickling errors, truncated zip archives, ...
+    except pickle.UnpicklingError as exc:
+        # weights_only refused an object (a `__reduce__` payload, a class, a function): the
+        # file is not a checkpoint this code wrote. Never retry without weights_only.
+        raise CheckpointError(f"{path.name}: cannot be loaded safely: refused by weights-only loading, it holds "
+                              f"objects other than tensors and plain data (not a teacher checkpoint; possibly "
+                              f"tampered with): {_unpickling_detail(exc)}") from exc
+    except Exception as exc:  # translated: truncated zip archives, ...
         raise CheckpointError(f"{path.name}: cannot be loaded safely: {exc}") from exc
+
+
+def _unpickling_detail(exc: BaseException) -> str:
+    """The line of torch's weights_only error that names what was refused (its other lines
+    suggest loading with weights_only=False, which is exactly what must not happen)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation"))]
+    return " ".join(useful or lines)[:500]
 
 
 def manifest_sha256(path: Path) -> str | None:
@@ -130,12 +147,13 @@ class CheckpointManager:
 
     def _write_manifest(self) -> None:
         ordered = sorted(self.entries.values(), key=lambda e: (e.step, e.name))
-        atomic_write_json(self.dir / MANIFEST, {
-            "format": "teacher-checkpoints/1",
-            "best_metric": self.best_metric,
-            "best": self.best,
-            "checkpoints": [e.to_dict() for e in ordered],
-        })
+        with naming(self.dir / MANIFEST):
+            atomic_write_json(self.dir / MANIFEST, {
+                "format": "teacher-checkpoints/1",
+                "best_metric": self.best_metric,
+                "best": self.best,
+                "checkpoints": [e.to_dict() for e in ordered],
+            })
 
     # -- saving -----------------------------------------------------------------------------
     def is_better(self, value: float | None) -> bool:
@@ -146,12 +164,26 @@ class CheckpointManager:
         return value > self.best["value"] if self.best_mode == "max" else value < self.best["value"]
 
     def save(self, state: dict[str, Any], *, epoch: int, step: int, metrics: dict[str, Any]) -> list[str]:
+        """Write this epoch's checkpoints. If a write fails (a full disk), it raises with the
+        file's name, leaves no temp file, and every file the manifest lists stays intact: the
+        manifest is only rewritten after the files it describes are complete."""
+        try:
+            return self._save(state, epoch=epoch, step=step, metrics=metrics)
+        except BaseException:
+            try:
+                remove_stale_temp_files(self.dir)  # atomic writes clean up after themselves; belt and braces
+            except OSError:
+                pass
+            raise
+
+    def _save(self, state: dict[str, Any], *, epoch: int, step: int, metrics: dict[str, Any]) -> list[str]:
         data = serialize(state)
         digest, now = sha256_bytes(data), time.time()
 
         def write(name: str) -> None:
             _maybe_fault(name, data, self.dir / name)
-            atomic_write_bytes(self.dir / name, data)
+            with naming(self.dir / name):
+                atomic_write_bytes(self.dir / name, data)
             self.entries[name] = CheckpointEntry(name, epoch, step, len(data), digest, metrics, now)
 
         epoch_name = f"epoch_{epoch:04d}.pt"

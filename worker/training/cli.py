@@ -1,8 +1,11 @@
 """``teacher train``, ``teacher make-data`` and ``teacher evaluate``: the edge where the
 training core's errors become messages and exit codes.
 
-Exit codes: 0 succeeded, 1 training failed, 2 bad config or input, 3 stopped by a signal
-(resumable with ``--resume``).
+Exit codes of ``teacher train``: 0 succeeded, 1 training failed, 2 bad config or input, 3
+stopped by a signal (resumable with ``--resume``), 4 no space left on the device (or disk quota
+exceeded) while writing the run's files: the checkpoints written before are intact, and the
+run is resumable once there is space again. Exit code 4 is the one report of a full disk that
+always arrives: progress.json and train.log are on the full volume too.
 """
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ from common.config import (
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    try:
+        click.echo(f"error: {message}", err=True)
+    except OSError:
+        pass  # stderr is a file on a full disk: the exit code must still get out
     sys.exit(code)
 
 
@@ -87,17 +93,27 @@ def train(config_path: str | None, run_dir: Path | None, resume_dir: Path | None
 
     # Imported here so `teacher --help` and config errors do not pay for importing torch.
     from .checkpoints import CheckpointError
-    from .engine import EXIT_FAILED, EXIT_STOPPED, StopRequested, TrainingError, train as run_training
+    from .engine import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NO_SPACE, EXIT_STOPPED, TrainingError, exit_code_for,
+                         find_no_space, no_space_message, train as run_training)
 
     try:
         result = run_training(cfg, run_dir, resume=resume_dir is not None, debug=debug)
-    except ConfigError as exc:  # includes data and model errors found before the first step
-        _fail(str(exc), 2)
-    except StopRequested:
-        _fail(f"stopped; resume with: teacher train --resume {run_dir}", EXIT_STOPPED)
-    except (TrainingError, CheckpointError, OSError) as exc:
-        _fail(f"training failed: {exc}", EXIT_FAILED)
-    click.echo(f"run directory: {result.run_dir}")
+    except Exception as exc:
+        code = exit_code_for(exc)
+        if code == EXIT_STOPPED:
+            _fail(f"stopped; resume with: teacher train --resume {run_dir}", EXIT_STOPPED)
+        if code == EXIT_NO_SPACE:  # whatever wrapped it: a full disk is its own outcome
+            _fail(f"training failed: {no_space_message(find_no_space(exc), run_dir)}; free space, then resume "
+                  f"with: teacher train --resume {run_dir}", EXIT_NO_SPACE)
+        if code == EXIT_BAD_INPUT:  # includes data and model errors found before the first step
+            _fail(str(exc), EXIT_BAD_INPUT)
+        if isinstance(exc, (TrainingError, CheckpointError, OSError)):
+            _fail(f"training failed: {exc}", EXIT_FAILED)
+        raise  # a bug: keep its traceback (exit 1)
+    try:
+        click.echo(f"run directory: {result.run_dir}")
+    except OSError:
+        pass
 
 
 @click.command("make-data")

@@ -9,9 +9,13 @@ Design notes (the *why*):
 * SIGTERM/SIGINT set a flag that is checked after every step: the run stops within one step,
   keeps its last epoch checkpoint and exits with :data:`EXIT_STOPPED` so a supervisor can
   requeue it.
+* A full disk (ENOSPC/EDQUOT anywhere in the failure's cause chain) is its own outcome,
+  :data:`EXIT_NO_SPACE`: progress.json and train.log live on the full volume too, so the exit
+  code is the one channel that always reaches a supervisor. Retrying does not fix it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -30,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from common.config import BEST_METRICS, confine, data_root as default_data_root, runs_root as default_runs_root
+from common.config import BEST_METRICS, ConfigError, confine, data_root as default_data_root, runs_root as default_runs_root
 
 from . import data as data_mod
 from .artifacts import HISTORY_FORMAT, RunFiles, sanitize, setup_logging, teardown_logging
@@ -40,7 +44,9 @@ from .models import build_model, load_matching, load_pretrained
 
 log = logging.getLogger("teacher")
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
+# Exit codes of `teacher train` (documented in README.md and docs/run-directory.md; the
+# supervisor in worker/supervisor.py keeps its own copy because it must not import torch).
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_NO_SPACE = 0, 1, 2, 3, 4
 
 
 class TrainingError(RuntimeError):
@@ -59,6 +65,48 @@ class IntegrityFailure(TrainingError):
 
 class StopRequested(Exception):
     """A signal asked the run to stop; the last epoch checkpoint stays the resume point."""
+
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def find_no_space(exc: BaseException | None) -> OSError | None:
+    """The "no space left on device" (or "disk quota exceeded") error in ``exc``'s cause or
+    context chain, if there is one."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def no_space_message(exc: OSError, run_dir: Path | None = None) -> str:
+    """'no space left on device while writing checkpoints/epoch_0002.pt' (the file relative to
+    the run directory when it lies inside it)."""
+    what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+    if exc.filename is None:
+        return f"{what} while writing the run's files"
+    name = Path(str(exc.filename))
+    if run_dir is not None:
+        try:
+            name = name.resolve().relative_to(Path(run_dir).resolve())
+        except ValueError:
+            pass
+    return f"{what} while writing {name}"
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The `teacher train` exit code for an exception that ended a run (pure; unit-tested).
+    A full disk wins over everything but a stop request: it is what a retry cannot fix."""
+    if isinstance(exc, StopRequested):
+        return EXIT_STOPPED
+    if find_no_space(exc) is not None:
+        return EXIT_NO_SPACE
+    if isinstance(exc, ConfigError):
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,9 +445,12 @@ def init_from_checkpoint(model: nn.Module, rel_path: str, runs_root: Path) -> No
     path = confine(runs_root, rel_path, what="init_from")
     if not path.is_file():
         raise TrainingError(f"init_from: checkpoint '{rel_path}' not found under {runs_root.resolve()}")
-    state = load_checkpoint_file(path, expected_sha256=manifest_sha256(path))
+    try:
+        state = load_checkpoint_file(path, expected_sha256=manifest_sha256(path))
+    except CheckpointError as exc:  # no fallback: the config names this one file
+        raise CheckpointError(f"init_from {rel_path}: {exc}") from exc
     if "model" not in state:
-        raise CheckpointError(f"{path.name}: not a teacher checkpoint (no 'model' entry)")
+        raise CheckpointError(f"init_from {rel_path}: not a teacher checkpoint (no 'model' entry)")
     load_matching(model, state["model"], source=rel_path)
 
 
@@ -438,6 +489,7 @@ def train(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, debug: bo
     run_dir.mkdir(parents=True, exist_ok=True)
     files = RunFiles(run_dir)
     setup_logging(run_dir, debug=debug)
+    files.reserve_space()
     data_root = Path(data_root or default_data_root())
     runs_root = Path(runs_root or default_runs_root())
     faults = os.environ.get("TEACHER_FAULT", "")
@@ -450,21 +502,35 @@ def train(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, debug: bo
         raise
     except BaseException as exc:
         extra = {"integrity": exc.summary} if isinstance(exc, IntegrityFailure) and exc.summary else {}
-        _final_progress(files, "failed", error=f"{type(exc).__name__}: {exc}", **extra)
+        nospace = find_no_space(exc)
+        if nospace is not None:
+            files.release_reserve()  # room to write why, below
+            error = no_space_message(nospace, run_dir)
+            log.error("%s; the checkpoints written before are intact", error)
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+        # Best effort: on a full disk this write fails too (the exit code still tells).
+        _final_progress(files, "failed", error=error, **extra)
         raise
     finally:
+        files.release_reserve()
         restore_signals()
         teardown_logging()
 
 
 def _final_progress(files: RunFiles, status: str, **extra: Any) -> None:
+    """Record how the run ended in progress.json. Best effort: it runs while an error (often a
+    full disk) is already propagating, and must not replace that error with its own."""
     path = files.dir / "progress.json"
     try:
         current = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
+    except (OSError, ValueError):
         current = {}
     current.pop("nonfinite", None)
-    files.write_progress({**current, "status": status, **extra})
+    try:
+        files.write_progress({**current, "status": status, **extra})
+    except OSError as exc:
+        log.warning("could not record the final status in progress.json: %s", exc)
 
 
 def _train(cfg: dict[str, Any], files: RunFiles, *, resume: bool, data_root: Path, runs_root: Path,

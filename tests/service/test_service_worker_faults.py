@@ -1,0 +1,306 @@
+"""The worker process itself under faults, with real processes: SIGTERM during a job (the Celery
+worker started exactly as deployed, and with Celery's default prefork pool), and a job that kills
+its worker every time it is claimed (test-only fault `worker_exit`)."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from common.store import Job
+from common.store.jobs import JobPaths
+from .conftest import ROOT, Stack, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def deployed_worker_argv(pool: str | None = None) -> list[str]:
+    """The worker command of docker-compose.yml, verbatim, with its queue variable at its default
+    (and the pool swapped for `pool` when given)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    argv = [str(a) for a in compose["services"]["worker"]["command"]]
+    assert argv[0] == "celery" and "--pool" in argv, argv
+    argv = [sys.executable, "-m", *argv]
+    argv = ["default" if a == "${TEACHER_WORKER_QUEUES:-default}" else a for a in argv]
+    if pool is not None:
+        argv[argv.index("--pool") + 1] = pool
+    return argv
+
+
+def start_deployed_worker(stack: Stack, pool: str | None = None, *, may_exit: bool = False) -> subprocess.Popen[Any]:
+    """Like Stack.start_worker, but with the deployed command line (`--pool solo` unless `pool`
+    says otherwise). Registered in stack.workers, so stack.stop() kills it. `may_exit`: a worker
+    that takes a queued job which kills it may be gone by the time it has said "ready"."""
+    log = stack.base / f"worker{len(stack.workers)}.log"
+    proc = subprocess.Popen(deployed_worker_argv(pool), env=stack.env, cwd=ROOT, stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    stack.workers.append(proc)
+    wait_until(lambda: proc.poll() is not None or b" ready." in log.read_bytes(), 60, "celery worker ready")
+    assert b" ready." in log.read_bytes() if may_exit else proc.poll() is None, log.read_text()[-3000:]
+    return proc
+
+
+def db_job(stack: Stack, job_id: str) -> Job:
+    from sqlalchemy import select
+
+    from worker.store import sessions_for
+
+    with sessions_for(stack.settings.database_url)() as s:
+        return s.scalar(select(Job).where(Job.id == job_id))
+
+
+def broker_keys(stack: Stack) -> dict[str, list[bytes]]:
+    """What this stack's Redis db holds for messages: every list (the queues, one key per priority
+    step with sep ":"), kombu's `unacked` hash and its `unacked_index` sorted set, found by SCAN."""
+    r = redis.Redis.from_url(stack.settings.redis_url)
+    out: dict[str, list[bytes]] = {}
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key).decode()
+        name = key.decode()
+        if kind == "list":
+            out[name] = r.lrange(key, 0, -1)
+        elif name.startswith("unacked") and kind == "hash":
+            out[name] = r.hvals(key)
+        elif name.startswith("unacked") and kind == "zset":
+            out[name] = r.zrange(key, 0, -1)
+    return {k: v for k, v in out.items() if v}
+
+
+def queued_bodies(stack: Stack) -> list[bytes]:
+    return [body for key, bodies in broker_keys(stack).items() if not key.startswith("unacked") for body in bodies]
+
+
+def manifest_epochs(stack: Stack, job_id: str) -> set[int]:
+    path = JobPaths.of(stack.settings.jobs_root, job_id).manifest
+    return {c["epoch"] for c in json.loads(path.read_text())["checkpoints"]} if path.is_file() else set()
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status may wait a while for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def mid_epoch(stack: Stack, job_id: str, epoch: int, attempts: int) -> bool:
+    job = db_job(stack, job_id)
+    p = job.progress or {}
+    return (job.attempts == attempts and job.child_pid is not None and p.get("epoch") == epoch
+            and p.get("phase") == "train" and 0 < (p.get("batch") or 0) < (p.get("batches") or 0))
+
+
+@pytest.mark.parametrize("pool", ["solo", "prefork"])
+def test_sigterm_to_worker_hands_the_job_back_promptly(stack_factory, service_config, pool):
+    """SIGTERM to the worker's main process (`docker compose stop`) in the middle of epoch 2: the
+    job is checkpointed, recorded `interrupted` and re-sent, and the worker exits within a minute
+    instead of waiting for the whole training (warm shutdown) or the visibility timeout (hours).
+    A second worker resumes it without any reconciler pass; no epoch is trained twice."""
+    stack = stack_factory()
+    stack.start_api()
+    stack.headers = stack.token("alice")
+    # solo: docker-compose.yml's command verbatim; prefork: the same with Celery's default pool
+    first = start_deployed_worker(stack, None if pool == "solo" else pool)
+    cfg = copy.deepcopy(service_config)
+    cfg["optim"]["epochs"] = 3
+    cfg["optim"]["batch_size"] = 4  # 16 steps an epoch: a mid-epoch window wide enough to catch
+    job_id = stack.post("/api/v1/jobs", json=cfg).json()["id"]
+
+    wait_until(lambda: mid_epoch(stack, job_id, 2, 1), 180, "epoch 2 of attempt 1", interval=0.1)
+    child_pid = db_job(stack, job_id).child_pid
+    first.send_signal(signal.SIGTERM)  # the main process only, as tini/docker stop does
+    t0 = time.monotonic()
+    try:
+        rc = first.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the {pool} worker did not exit within 60 s of SIGTERM\n{stack.logs()}")
+    stopped_in = time.monotonic() - t0
+    stack.workers.remove(first)  # exited on its own; nothing left to clean up
+    assert rc == 0, (rc, stack.logs())  # a warm shutdown, not a crash
+
+    job = db_job(stack, job_id)
+    assert job.status == "interrupted" and job.attempts == 1 and job.claim_token is None, (job.status, stack.logs())
+    assert job.exit_code == 3 and job.child_pid is None  # the child stopped on SIGTERM after a step
+    assert not running(child_pid)  # and no training is left running behind the worker
+    assert max(manifest_epochs(stack, job_id)) == 1  # the resume point: epoch 1's checkpoint
+    # Re-sent: a fresh message waits in the queue; nothing is left unacknowledged (which Redis
+    # would only redeliver after the visibility timeout).
+    broker = broker_keys(stack)
+    assert any(job_id.encode() in body for body in queued_bodies(stack)), broker
+    assert not any(key.startswith("unacked") and any(job_id.encode() in b for b in bodies)
+                   for key, bodies in broker.items()), broker
+    worker_log = (stack.base / "worker0.log").read_text()
+    assert "warm shutdown" in worker_log.lower(), worker_log[-3000:]
+    if pool == "prefork":  # the main process passed the shutdown on to its pool process
+        assert "asked 1 pool process(es) to hand their jobs back" in worker_log, worker_log[-3000:]
+
+    # A second worker (as deployed) picks the re-sent message up: no reconciler, no visibility timeout.
+    start_deployed_worker(stack, None if pool == "solo" else pool)
+    job_json = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=240)
+    assert job_json["status"] == "succeeded", (job_json, stack.logs())
+    assert job_json["attempts"] == 2
+    run = JobPaths.of(stack.settings.jobs_root, job_id).run
+    history = json.loads((run / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    finals = [(r["epoch"], r["split"]) for r in map(json.loads, (run / "steps.jsonl").read_text().splitlines())
+              if r["final"]]
+    assert sorted(finals) == sorted({(e, s) for e in range(1, 4) for s in ("train", "val")}), finals
+    log = JobPaths.of(stack.settings.jobs_root, job_id).log.read_text()
+    assert log.count("=== attempt") == 2
+    print(f"{pool}: worker exited {stopped_in:.1f}s after SIGTERM")
+
+
+def test_killed_pool_process_resumes_at_once_on_the_same_worker(stack_factory, service_config):
+    """SIGKILL the prefork pool process (not the worker) in the middle of epoch 2, as the OOM
+    killer might: the orphaned training is stopped, the job is released as `interrupted` before
+    Celery requeues its message (WorkerLostError, task_reject_on_worker_lost), and the same worker
+    resumes it at once: no reconciler pass, no stale-heartbeat wait, no epoch trained twice."""
+    stack = stack_factory()
+    stack.start_api()
+    stack.headers = stack.token("alice")
+    worker = stack.start_worker()  # prefork
+    cfg = copy.deepcopy(service_config)
+    cfg["optim"]["epochs"] = 2
+    cfg["optim"]["batch_size"] = 4
+    job_id = stack.post("/api/v1/jobs", json=cfg).json()["id"]
+
+    wait_until(lambda: mid_epoch(stack, job_id, 2, 1), 180, "epoch 2 of attempt 1", interval=0.1)
+    job = db_job(stack, job_id)
+    pool_pid, child_pid = int(job.worker.rpartition(":")[2]), job.child_pid
+    assert pool_pid != worker.pid
+    os.kill(pool_pid, signal.SIGKILL)
+    # resumed well within the stale window (the reconciler would need stale_after_s = 6 s)
+    wait_until(lambda: db_job(stack, job_id).attempts == 2, 30, "attempt 2 on the same worker", interval=0.1)
+    assert not running(child_pid)  # the first attempt's training is gone
+    job_json = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=180)
+    assert job_json["status"] == "succeeded" and job_json["attempts"] == 2, (job_json, stack.logs())
+    assert worker.poll() is None
+    run = JobPaths.of(stack.settings.jobs_root, job_id).run
+    finals = [(r["epoch"], r["split"]) for r in map(json.loads, (run / "steps.jsonl").read_text().splitlines())
+              if r["final"]]
+    assert sorted(finals) == sorted({(e, s) for e in (1, 2) for s in ("train", "val")}), finals
+    assert "its pool process" in (stack.base / "worker0.log").read_text()
+
+
+def assert_broker_stays_empty(stack: Stack, job_id: str, attempts: int, seconds: float) -> None:
+    """Reconciler passes for `seconds` (longer than the stale and lost-message windows): nothing
+    is re-sent, the queues and kombu's unacked bookkeeping stay empty, the job stays failed."""
+    deadline = time.monotonic() + seconds
+    passes = 0
+    while time.monotonic() < deadline or passes < 3:
+        report = stack.reconcile()
+        passes += 1
+        assert not any(report.values()), report
+        assert broker_keys(stack) == {}, broker_keys(stack)
+        job = db_job(stack, job_id)
+        assert job.status == "failed" and job.attempts == attempts, (job.status, job.attempts)
+        time.sleep(0.5)
+
+
+def test_job_that_kills_its_pool_process_fails_with_worker_lost(stack_factory, service_config):
+    """TEACHER_FAULT=worker_exit: the prefork pool process running the job dies right after each
+    claim. Celery's WorkerLostError requeues the message (task_reject_on_worker_lost); the attempts
+    are capped and the job ends failed with "worker lost", with no reconciler pass needed, and the
+    worker (main process) lives on. Nothing is left in Redis to redeliver it ever again."""
+    stack = stack_factory(TEACHER_FAULT="worker_exit", TEACHER_MAX_ATTEMPTS="3")
+    stack.start_api()
+    stack.headers = stack.token("alice")
+    worker = stack.start_worker()  # Celery's default pool: prefork
+    job_id = stack.post("/api/v1/jobs", json=service_config).json()["id"]
+
+    job = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=90)
+    assert job["status"] == "failed" and "worker lost" in job["failure_reason"], (job, stack.logs())
+    assert job["attempts"] == stack.settings.max_attempts == 3
+    assert job["progress"] is None  # no training ever started
+    assert worker.poll() is None, stack.logs()
+    log = (stack.base / "worker0.log").read_text()
+    assert log.count("WorkerLostError") >= 3, log[-5000:]
+    # The last delivery was claimed-and-dropped (job failed) and acknowledged: Redis is empty.
+    wait_until(lambda: broker_keys(stack) == {}, 30, "the broker to be empty")
+    assert_broker_stays_empty(stack, job_id, 3, stack.settings.stale_after_s + stack.settings.lost_message_grace_s)
+    assert worker.poll() is None, stack.logs()
+
+
+def test_job_that_kills_its_solo_worker_fails_with_worker_lost(stack_factory, service_config):
+    """The deployed (solo) worker runs the job in its main process, so `worker_exit` kills the
+    whole worker; compose's `restart:` starts a new one (here: the test does). The dead worker's
+    message stays unacknowledged until the visibility timeout, so the reconciler is what re-sends
+    the job once its heartbeat goes stale. After TEACHER_MAX_ATTEMPTS the job fails with "worker
+    lost" and no re-sending loop follows."""
+    stack = stack_factory(TEACHER_FAULT="worker_exit", TEACHER_MAX_ATTEMPTS="2")
+    stack.start_api()
+    stack.headers = stack.token("alice")
+    job_id = stack.post("/api/v1/jobs", json=service_config).json()["id"]
+
+    for attempt in (1, 2):
+        worker = start_deployed_worker(stack, may_exit=attempt == 1)
+        if attempt > 1:
+            # the heartbeat of the dead worker goes stale; a reconciler pass re-sends the job
+            wait_until(lambda: stack.reconcile()["stale"] == [job_id], 60, "the reconciler to re-send the job")
+        try:
+            rc = worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"attempt {attempt}: the worker did not die\n{stack.logs()}")
+        stack.workers.remove(worker)
+        assert rc == 1, (rc, stack.logs())  # the fault's os._exit(1)
+        job = db_job(stack, job_id)
+        assert job.status == "running" and job.attempts == attempt, (job.status, job.attempts)
+
+    # The restarted worker survives: the reconciler re-sends once more, the claim gives up.
+    worker = start_deployed_worker(stack)
+    wait_until(lambda: stack.reconcile()["stale"] == [job_id], 60, "the reconciler to re-send the job")
+    job = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=60)
+    assert job["status"] == "failed" and "worker lost" in job["failure_reason"], (job, stack.logs())
+    assert job["attempts"] == 2
+    assert worker.poll() is None
+    # The queues are empty. The two messages the dead workers held remain in kombu's unacked
+    # bookkeeping until the visibility timeout; redelivered then, the claim drops them (the job is
+    # finished), so they cannot start a loop, and the reconciler re-sends nothing meanwhile.
+    wait_until(lambda: queued_bodies(stack) == [], 30, "the queues to be empty")
+    unacked = broker_keys(stack).get("unacked", [])
+    assert len(unacked) == 2 and all(job_id.encode() in body for body in unacked), broker_keys(stack)
+    for _ in range(3):
+        assert not any(stack.reconcile().values())
+        assert queued_bodies(stack) == []
+    assert db_job(stack, job_id).status == "failed"
+
+
+@pytest.mark.parametrize("fault, exits", [(None, False), ("", False), ("kill_after_epoch:1,worker_exit_later", False),
+                                          ("worker_exit", True), ("zero_train_metrics,worker_exit", True)])
+def test_worker_exit_fault_is_inert_unless_named(monkeypatch, fault, exits):
+    """The test-only fault acts only when TEACHER_FAULT names it exactly, and only after a claim."""
+    from worker import supervisor as sup
+
+    if fault is None:
+        monkeypatch.delenv("TEACHER_FAULT", raising=False)
+    else:
+        monkeypatch.setenv("TEACHER_FAULT", fault)
+    exited: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exited.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(sup.os, "_exit", fake_exit)
+    s = object.__new__(sup.Supervisor)
+    s.claim = lambda job_id: sup.Claim(job_id, 1, "token", {})
+    s._run_claimed = lambda claim: "ran"
+    if exits:
+        with pytest.raises(SystemExit):
+            s.run("a" * 32)
+        assert exited == [1]
+    else:
+        assert s.run("a" * 32) == "ran" and exited == []
+    s.claim = lambda job_id: None  # nothing claimed: never exits
+    assert s.run("a" * 32) == "skipped" and exited == ([1] if exits else [])
