@@ -57,3 +57,37 @@ def authenticate(session: Session, authorization: str | None) -> User:
     if row is None or not hmac.compare_digest(row.token_hash, presented):
         raise AuthError("invalid or revoked token")
     return row.user
+
+
+class TokenNotFound(LookupError):
+    """No token matches what was given to revoke."""
+
+
+def list_tokens(session: Session, user_name: str | None = None) -> list[Token]:
+    """Tokens (newest last), optionally of one user. Only ids and metadata: the secret is gone."""
+    query = select(Token).join(Token.user).order_by(Token.id)
+    if user_name is not None:
+        query = query.where(User.name == user_name)
+    return list(session.scalars(query))
+
+
+def revoke_tokens(session: Session, *, token_id: int | None = None, token: str | None = None,
+                  user_name: str | None = None) -> list[Token]:
+    """Revoke one token (by id or by its plaintext) or every live token of a user. Revocation
+    takes effect on the next request: :func:`authenticate` looks the token up every time."""
+    if sum(x is not None for x in (token_id, token, user_name)) != 1:
+        raise ValueError("give exactly one of: a token id, a token, a user")
+    query = select(Token).where(Token.revoked.is_(False))
+    if token_id is not None:
+        query = query.where(Token.id == token_id)
+    elif token is not None:
+        query = query.where(Token.token_hash == hash_token(token.strip()))
+    else:
+        query = query.join(Token.user).where(User.name == user_name)
+    rows = list(session.scalars(query))
+    if not rows:
+        raise TokenNotFound("no live token matches")
+    for row in rows:
+        row.revoked = True
+    session.flush()
+    return rows

@@ -3,6 +3,7 @@ download) and local operations (tokens, serve, db). Imports nothing heavy: no to
 unless `serve` needs it."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -251,6 +252,19 @@ def _settings():  # type: ignore[no-untyped-def]
     return Settings.from_env()
 
 
+@contextlib.contextmanager
+def _store_session():  # type: ignore[no-untyped-def]
+    from common.store import make_engine, make_sessionmaker, transaction, upgrade
+
+    engine = make_engine(_settings().database_url)
+    upgrade(engine)
+    try:
+        with transaction(make_sessionmaker(engine)) as s:
+            yield s
+    finally:
+        engine.dispose()
+
+
 @click.group()
 def tokens() -> None:
     """Manage API tokens (runs against the job store directly)."""
@@ -262,18 +276,47 @@ def tokens() -> None:
 def tokens_create(user: str, admin: bool) -> None:
     """Mint a token for USER; it is shown once and stored only as a hash."""
     from common.auth import create_token
-    from common.store import make_engine, make_sessionmaker, transaction, upgrade
 
-    engine = make_engine(_settings().database_url)
-    upgrade(engine)
     try:
-        with transaction(make_sessionmaker(engine)) as s:
+        with _store_session() as s:
             token = create_token(s, user, admin=admin)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--user") from None
-    finally:
-        engine.dispose()
     click.echo(token)
+
+
+@tokens.command("list")
+@click.option("--user", default=None, help="Only this user's tokens.")
+def tokens_list(user: str | None) -> None:
+    """List tokens: id, user, created, state. The secrets are not stored and cannot be shown."""
+    from common.auth import list_tokens
+
+    with _store_session() as s:
+        rows = [(t.id, t.user.name, "admin" if t.user.is_admin else "user",
+                 t.created_at.strftime("%Y-%m-%d %H:%M:%S"), "revoked" if t.revoked else "live")
+                for t in list_tokens(s, user)]
+    click.echo("id\tuser\trole\tcreated (UTC)\tstate")
+    for row in rows:
+        click.echo("\t".join(map(str, row)))
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=int, required=False)
+@click.option("--token", "token", default=None, help="Revoke this token (read from the value given).")
+@click.option("--user", default=None, help="Revoke every live token of this user.")
+def tokens_revoke(token_id: int | None, token: str | None, user: str | None) -> None:
+    """Revoke TOKEN_ID (see `teacher tokens list`), a given --token, or all of a --user's tokens.
+    Requests with a revoked token get 401 from the next request on."""
+    from common.auth import TokenNotFound, revoke_tokens
+
+    try:
+        with _store_session() as s:
+            revoked = [t.id for t in revoke_tokens(s, token_id=token_id, token=token, user_name=user)]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    except TokenNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"revoked {len(revoked)} token(s): {', '.join(map(str, revoked))}")
 
 
 @click.group()
