@@ -405,8 +405,10 @@ def test_postgresql_store(deploy: Deployment, pg_database: str) -> None:
 
 # -------------------------------------------------------------------- permissions (not as root)
 def test_unreadable_data_root_and_unwritable_jobs_root(tmp_path: Path) -> None:
-    """Root reads and writes through any mode bits, so as root the doctor runs as `nobody`
-    (setpriv) against a root-owned tree; as another user chmod alone does it."""
+    """Root reads and writes through any mode bits, so as root the doctor runs without the
+    capabilities that let it (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, dropped with setpriv) against
+    a root-owned tree; as another user chmod alone does it. (Not by switching to `nobody`: that
+    user may not reach the project or the interpreter, e.g. in a clone under a private dir.)"""
     base = Path(tempfile.mkdtemp(prefix="doctor-perm-", dir="/tmp"))
     try:
         os.chmod(base, 0o755)
@@ -415,13 +417,12 @@ def test_unreadable_data_root_and_unwritable_jobs_root(tmp_path: Path) -> None:
         jobs = base / "jobs"
         jobs.mkdir()
         data.chmod(0)
+        jobs.chmod(0o555)
         cmd = [sys.executable, "-m", "common.cli", "doctor", "--only", "data", "--only", "jobs", *NO_DISK_LIMITS]
         if os.geteuid() == 0:
             if shutil.which("setpriv") is None:
                 pytest.skip("running as root and setpriv is missing: cannot make a directory unreadable")
-            cmd = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", *cmd]
-        else:
-            jobs.chmod(0o555)
+            cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *cmd]
         env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
         env.update(TEACHER_DATA_ROOT=str(data), TEACHER_JOBS_ROOT=str(jobs), HOME=str(base), PYTHONDONTWRITEBYTECODE="1")
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
