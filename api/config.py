@@ -104,6 +104,8 @@ class Settings:
     stale_after_s: float = 60.0       # a running job whose heartbeat is older is presumed lost
     cancel_grace_s: float = 120.0     # SIGTERM -> SIGKILL escalation for a training child
     max_job_seconds: int = 7 * 24 * 3600
+    # 0: derived from max_job_seconds (the safe choice). Set only to test redelivery.
+    visibility_timeout_s: int = 0
     reconcile_interval_s: float = 30.0
     lost_message_grace_s: float = 60.0  # a queued job with no broker message this long is re-sent
     worker_beat_s: float = 10.0
@@ -127,7 +129,8 @@ class Settings:
     @property
     def visibility_timeout(self) -> int:
         # Longer than any job may run, so Redis never redelivers a job that is still running.
-        return self.max_job_seconds + 3600
+        # (If it did, the claim would drop the duplicate: tests set a short one to prove that.)
+        return self.visibility_timeout_s or self.max_job_seconds + 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -152,6 +155,7 @@ class Settings:
             stale_after_s=_env_float(env, "TEACHER_STALE_AFTER_S", cls.stale_after_s),
             cancel_grace_s=_env_float(env, "TEACHER_CANCEL_GRACE_S", cls.cancel_grace_s),
             max_job_seconds=_env_int(env, "TEACHER_MAX_JOB_SECONDS", cls.max_job_seconds),
+            visibility_timeout_s=_env_int(env, "TEACHER_VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s),
             reconcile_interval_s=_env_float(env, "TEACHER_RECONCILE_INTERVAL_S", cls.reconcile_interval_s),
             lost_message_grace_s=_env_float(env, "TEACHER_LOST_MESSAGE_GRACE_S", cls.lost_message_grace_s),
             worker_beat_s=_env_float(env, "TEACHER_WORKER_BEAT_S", cls.worker_beat_s),

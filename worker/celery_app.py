@@ -50,6 +50,10 @@ def make_celery(settings: Settings) -> Celery:
         "socket_timeout": 5,
         "socket_connect_timeout": 3,
     }
+    if settings.visibility_timeout_s:
+        # An explicit (short) visibility timeout is only useful with a sweep that notices it:
+        # kombu's default sweep runs every ~100 s (interval 10 s x throttle 10).
+        transport.update(unacked_restore_interval=1, unacked_restore_throttle=1)
     app.conf.update(
         broker_url=settings.redis_url,
         result_backend=settings.redis_url,
