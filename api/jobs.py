@@ -270,6 +270,7 @@ def _decode_cursor(cursor: str) -> int:
 )
 @blp.response(202, JobSchema)
 @blp.alt_response(400, description="invalid job (per-field errors)")
+@blp.alt_response(404, description="`after` or `init_from.job` names no job of yours (the field is in `errors`)")
 @blp.alt_response(413, description="body too large")
 @blp.alt_response(415, description="unsupported content type")
 @blp.alt_response(422, description="Idempotency-Key reused with a different body")
@@ -296,7 +297,10 @@ def submit() -> Any:
                             try:
                                 visible_job(s, user, ref)
                             except JobNotFound:
-                                raise ApiError(400, f"{field_name}: no such job", {field_name: [f"no job {ref}"]}) from None
+                                # 404 as for the job's own URL: another user's job and no job
+                                # at all are the same answer, so ids do not leak.
+                                raise ApiError(404, f"{field_name}: job {ref} not found",
+                                               {field_name: [f"no job {ref} (or not yours)"]}) from None
                     if init_from:
                         config["init_from"] = init_from_path(init_from["job"], init_from["checkpoint"])
                         after_id = after_id or init_from["job"]  # its checkpoint must exist first

@@ -101,9 +101,16 @@ def test_other_users_jobs_are_404_and_admin_sees_all(call, alice, bob, admin):
     assert call("post", f"/api/v1/jobs/{job_id}/cancel", headers=bob).status_code == 404
     assert call("get", "/api/v1/jobs", headers=bob).json["jobs"] == []
     assert [j["id"] for j in call("get", "/api/v1/jobs", headers=admin).json["jobs"]] == [job_id]
-    # a job can not depend on (or initialise from) someone else's job either
+    # a job can not depend on (or initialise from) someone else's job either: the same 404 as
+    # for a job that does not exist, and alice's job is untouched
+    before = call("get", f"/api/v1/jobs/{job_id}", headers=alice).json
     r = submit(call, bob, {**CFG, "after": job_id})
-    assert r.status_code == 400 and "after" in r.json["errors"]
+    assert r.status_code == 404 and "after" in r.json["errors"]
+    r = submit(call, bob, {**CFG, "init_from": {"job": job_id, "checkpoint": "best"}})
+    assert r.status_code == 404 and "init_from.job" in r.json["errors"], r.json
+    assert call("get", "/api/v1/jobs", headers=bob).json["jobs"] == []
+    after = call("get", f"/api/v1/jobs/{job_id}", headers=alice).json
+    assert {k: v for k, v in after.items() if k != "updated_at"} == {k: v for k, v in before.items() if k != "updated_at"}
 
 
 # ------------------------------------------------------------------------------ submission
@@ -150,9 +157,9 @@ def test_bad_job_is_400_naming_the_field(call, alice, broker, body, field):
     assert broker.sent == []
 
 
-def test_unknown_after_job_is_400(call, alice):
+def test_unknown_after_job_is_404_naming_the_field(call, alice):
     r = submit(call, alice, {**CFG, "after": "f" * 32})
-    assert r.status_code == 400 and "after" in r.json["errors"]
+    assert r.status_code == 404 and "after" in r.json["errors"]
 
 
 def test_yaml_body_and_unsafe_yaml(call, alice):
