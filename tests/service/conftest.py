@@ -17,8 +17,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import requests
+import yaml
 
 from api.config import Settings
+from common.store import Job
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -186,18 +188,21 @@ class Stack:
         wait_until(lambda: requests.get(self.api_url + "/api/v1/health", timeout=2).status_code in (200, 503),
                    60, "gunicorn")
 
-    def start_worker(self) -> subprocess.Popen[Any]:
+    def start_worker(self, argv: list[str] | None = None, *, may_exit: bool = False) -> subprocess.Popen[Any]:
+        """A Celery worker (prefork, concurrency 1), or the command ``argv`` (e.g.
+        :func:`deployed_worker_argv`), logging to ``worker<n>.log``; stack.stop() kills it.
+        ``may_exit``: a worker that takes a queued job which kills it may be gone by the time
+        it has said "ready"."""
         n = len(self.workers)
         log = self.base / f"worker{n}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "default",
-             "--concurrency", "1", "-n", f"w{n}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            env=self.env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        argv = argv or [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "default",
+                        "--concurrency", "1", "-n", f"w{n}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO",
+                        "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        proc = subprocess.Popen(argv, env=self.env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
         self.workers.append(proc)
         wait_until(lambda: proc.poll() is not None or b" ready." in log.read_bytes(), 60, "celery worker ready")
-        assert proc.poll() is None, log.read_text()[-3000:]
+        assert b" ready." in log.read_bytes() if may_exit else proc.poll() is None, log.read_text()[-3000:]
         return proc
 
     def reconcile(self) -> dict[str, Any]:
@@ -274,6 +279,29 @@ class Stack:
             stop_process(proc, sig=signal.SIGKILL, timeout=5)
         if self.api is not None:
             stop_process(self.api)
+
+
+def deployed_worker_argv(pool: str | None = None) -> list[str]:
+    """The worker command of docker-compose.yml, verbatim, with its queue variable at its default
+    (and the pool swapped for `pool` when given)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    argv = [str(a) for a in compose["services"]["worker"]["command"]]
+    assert argv[0] == "celery" and "--pool" in argv, argv
+    argv = [sys.executable, "-m", *argv]
+    argv = ["default" if a == "${TEACHER_WORKER_QUEUES:-default}" else a for a in argv]
+    if pool is not None:
+        argv[argv.index("--pool") + 1] = pool
+    return argv
+
+
+def db_job(stack: Stack, job_id: str) -> Job:
+    """The job's row, straight from the stack's store."""
+    from sqlalchemy import select
+
+    from worker.store import sessions_for
+
+    with sessions_for(stack.settings.database_url)() as s:
+        return s.scalar(select(Job).where(Job.id == job_id))
 
 
 def make_stack(base: Path, redis_url: str, dataset_root: Path, database_url: str, **extra_env: str) -> Stack:

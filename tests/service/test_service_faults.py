@@ -9,9 +9,8 @@ import threading
 
 import pytest
 
-from common.store import Job
 from common.store.jobs import JobPaths
-from .conftest import Stack, wait_until
+from .conftest import Stack, db_job, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -21,13 +20,6 @@ def manifest_epochs(stack: Stack, job_id: str) -> set[int]:
     return {c["epoch"] for c in r.json()["checkpoints"]} if r.status_code == 200 else set()
 
 
-def db_job(stack: Stack, job_id: str) -> Job:
-    from sqlalchemy import select
-
-    from worker.store import sessions_for
-
-    with sessions_for(stack.settings.database_url)() as s:
-        return s.scalar(select(Job).where(Job.id == job_id))
 
 
 def test_cancel_queued_and_running(stack_factory, service_config, tmp_path):

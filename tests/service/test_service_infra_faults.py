@@ -21,9 +21,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import requests
 
-from common.store import Job
 from common.store.jobs import JobPaths
-from .conftest import BIN, ROOT, Stack, free_port, make_stack, stop_process, wait_until
+from .conftest import BIN, ROOT, Stack, db_job, deployed_worker_argv, free_port, make_stack, stop_process, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -110,13 +109,6 @@ def aof_stack(tmp_path: Path, aof_redis: RestartableRedis, service_dataset_root:
 
 
 # ----------------------------------------------------------------------- helpers
-def db_job(stack: Stack, job_id: str) -> Job:
-    from sqlalchemy import select
-
-    from worker.store import sessions_for
-
-    with sessions_for(stack.settings.database_url)() as s:
-        return s.scalar(select(Job).where(Job.id == job_id))
 
 
 def submit(stack: Stack, cfg: dict[str, Any], epochs: int, max_samples: int | None = None, **kw: Any) -> str:
@@ -166,18 +158,7 @@ def worker_log(stack: Stack, n: int = 0) -> str:
 def start_solo_worker(stack: Stack) -> subprocess.Popen[Any]:
     """A worker as docker-compose.yml runs it (`--pool solo`: the job runs in the main process,
     so the consumer's event loop is blocked while it trains). Stopped by ``stack.stop()``."""
-    n = len(stack.workers)
-    log = stack.base / f"worker{n}.log"
-    proc = subprocess.Popen(
-        [str(BIN / "python"), "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "default",
-         "--concurrency", "1", "--pool", "solo", "-n", f"solo{n}@%h", "--loglevel", "INFO",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        env=stack.env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    stack.workers.append(proc)
-    wait_until(lambda: proc.poll() is not None or b" ready." in log.read_bytes(), 60, "celery worker ready")
-    assert proc.poll() is None, log.read_text()[-3000:]
-    return proc
+    return stack.start_worker(deployed_worker_argv())
 
 
 def redis_down(server: RestartableRedis) -> bool:

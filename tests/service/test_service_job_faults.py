@@ -19,9 +19,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 
-from common.store import Job
 from common.store.jobs import JobPaths
-from .conftest import Stack, wait_until
+from .conftest import Stack, db_job, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +46,6 @@ def submit(stack: Stack, body: dict[str, Any]) -> str:
     return r.json()["id"]
 
 
-def db_job(stack: Stack, job_id: str) -> Job:
-    from sqlalchemy import select
-
-    from worker.store import sessions_for
-
-    with sessions_for(stack.settings.database_url)() as s:
-        return s.scalar(select(Job).where(Job.id == job_id))
 
 
 def manifest(paths: JobPaths) -> dict[str, Any]:

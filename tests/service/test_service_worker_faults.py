@@ -8,55 +8,26 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import yaml
 
-from common.store import Job
 from common.store.jobs import JobPaths
-from .conftest import ROOT, Stack, wait_until
+from .conftest import Stack, db_job, deployed_worker_argv, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def deployed_worker_argv(pool: str | None = None) -> list[str]:
-    """The worker command of docker-compose.yml, verbatim, with its queue variable at its default
-    (and the pool swapped for `pool` when given)."""
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    argv = [str(a) for a in compose["services"]["worker"]["command"]]
-    assert argv[0] == "celery" and "--pool" in argv, argv
-    argv = [sys.executable, "-m", *argv]
-    argv = ["default" if a == "${TEACHER_WORKER_QUEUES:-default}" else a for a in argv]
-    if pool is not None:
-        argv[argv.index("--pool") + 1] = pool
-    return argv
 
 
 def start_deployed_worker(stack: Stack, pool: str | None = None, *, may_exit: bool = False) -> subprocess.Popen[Any]:
-    """Like Stack.start_worker, but with the deployed command line (`--pool solo` unless `pool`
-    says otherwise). Registered in stack.workers, so stack.stop() kills it. `may_exit`: a worker
-    that takes a queued job which kills it may be gone by the time it has said "ready"."""
-    log = stack.base / f"worker{len(stack.workers)}.log"
-    proc = subprocess.Popen(deployed_worker_argv(pool), env=stack.env, cwd=ROOT, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    stack.workers.append(proc)
-    wait_until(lambda: proc.poll() is not None or b" ready." in log.read_bytes(), 60, "celery worker ready")
-    assert b" ready." in log.read_bytes() if may_exit else proc.poll() is None, log.read_text()[-3000:]
-    return proc
+    """A worker started with the deployed command line (`--pool solo` unless `pool` says otherwise)."""
+    return stack.start_worker(deployed_worker_argv(pool), may_exit=may_exit)
 
 
-def db_job(stack: Stack, job_id: str) -> Job:
-    from sqlalchemy import select
-
-    from worker.store import sessions_for
-
-    with sessions_for(stack.settings.database_url)() as s:
-        return s.scalar(select(Job).where(Job.id == job_id))
 
 
 def broker_keys(stack: Stack) -> dict[str, list[bytes]]:
