@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import yaml
@@ -74,3 +74,34 @@ def run_teacher(args: list[str], env: dict[str, str], *, timeout: float = 600, c
     if check and proc.returncode != 0:
         raise AssertionError(f"teacher {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """The name of a fresh, uniquely named database on the local PostgreSQL (127.0.0.1:5432,
+    trust auth), dropped afterwards; the test is skipped when there is no server."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"teacher_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not usable: {exc}")
+    yield name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_database_url(pg_database: str) -> str:
+    """The SQLAlchemy URL of :func:`pg_database`."""
+    return f"{PG_SERVER}/{pg_database}"

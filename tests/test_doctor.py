@@ -354,29 +354,7 @@ def test_invalid_environment_is_reported(deploy: Deployment) -> None:
 
 
 # --------------------------------------------------------------------------------- PostgreSQL
-PG = "postgresql://postgres@127.0.0.1:5432"
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh, uniquely named database on the local PostgreSQL (skipped when there is none)."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    name = f"teacher_doctor_{uuid.uuid4().hex[:10]}"
-    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT",
-                          connect_args={"connect_timeout": 3})
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not usable: {exc}")
-    yield name
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+PG = "postgresql://postgres@127.0.0.1:5432"  # the `pg_database` fixture is in tests/conftest.py
 
 
 def test_postgresql_store(deploy: Deployment, pg_database: str) -> None:

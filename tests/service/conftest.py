@@ -24,7 +24,6 @@ from common.store import Job
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def free_port() -> int:
@@ -145,25 +144,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop_process(proc)
 
 
-@pytest.fixture
-def pg_database_url() -> Iterator[str]:
-    """A uniquely named PostgreSQL database for one test, dropped afterwards."""
-    from sqlalchemy import create_engine, text
-
-    name = f"teacher_test_{uuid.uuid4().hex[:12]}"
-    admin_engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin_engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin_engine.dispose()
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not usable: {exc}")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin_engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin_engine.dispose()
-
-
 @dataclass
 class Stack:
     """A real service: gunicorn API + Celery worker(s) sharing one store, one Redis, one disk."""
@@ -176,17 +156,21 @@ class Stack:
     workers: list[subprocess.Popen[Any]] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
 
-    def start_api(self) -> None:
-        port = free_port()
+    def start_api(self, port: int | None = None, *, workers: int = 1, threads: int = 8,
+                  graceful_timeout: int = 5) -> None:
+        """gunicorn on ``port`` (a free one by default; a restarted API passes its old one)."""
+        port = port or free_port()
         self.api_url = f"http://127.0.0.1:{port}"
         self.api = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "-w", "1", "-k", "gthread", "--threads", "8",
-             "--graceful-timeout", "5", "api:create_app()"],
+            [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", "gthread",
+             "--threads", str(threads), "--graceful-timeout", str(graceful_timeout), "api:create_app()"],
             env=self.env, cwd=ROOT, stdout=(self.base / "gunicorn.log").open("ab"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_until(lambda: requests.get(self.api_url + "/api/v1/health", timeout=2).status_code in (200, 503),
-                   60, "gunicorn")
+        api = self.api
+        wait_until(lambda: api.poll() is not None
+                   or requests.get(self.api_url + "/api/v1/health", timeout=2).status_code in (200, 503), 60, "gunicorn")
+        assert api.poll() is None, (self.base / "gunicorn.log").read_text()[-3000:]
 
     def start_worker(self, argv: list[str] | None = None, *, may_exit: bool = False) -> subprocess.Popen[Any]:
         """A Celery worker (prefork, concurrency 1), or the command ``argv`` (e.g.

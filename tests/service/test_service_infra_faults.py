@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from common.store.jobs import JobPaths
-from .conftest import BIN, ROOT, Stack, db_job, deployed_worker_argv, free_port, make_stack, stop_process, wait_until
+from .conftest import Stack, db_job, deployed_worker_argv, free_port, make_stack, stop_process, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -448,16 +448,7 @@ def test_status_metrics_logs_polled_1000_times_each_while_training(stack_factory
 # ----------------------------------------------------------------------- 12. API restarts while jobs run
 def start_api_on(stack: Stack, port: int) -> None:
     """Like Stack.start_api, on a given port: a restarted API must come back on the same URL."""
-    stack.api_url = f"http://127.0.0.1:{port}"
-    stack.api = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "-w", "2", "-k", "gthread", "--threads", "4",
-         "--graceful-timeout", "10", "api:create_app()"],
-        env=stack.env, cwd=ROOT, stdout=(stack.base / "gunicorn.log").open("ab"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    wait_until(lambda: stack.api.poll() is not None
-               or requests.get(stack.api_url + "/api/v1/health", timeout=2).status_code in (200, 503), 60, "gunicorn")
-    assert stack.api.poll() is None, (stack.base / "gunicorn.log").read_text()[-3000:]
+    stack.start_api(port, workers=2, threads=4, graceful_timeout=10)
 
 
 def gunicorn_workers(master: int) -> set[int]:
