@@ -1,4 +1,4 @@
-"""The job service's HTTP API. ``create_app`` is imported lazily so that ``api.config`` (the
+"""The job service's HTTP API. ``create_app`` is imported lazily so that ``common.settings`` (the
 settings, also used by the worker and the CLI) does not pull in Flask."""
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from flask import Flask, g, request
 
 from api import analysis, errors, health, jobs, metrics
-from api.config import Settings
+from common.settings import Settings
 from api.extensions import Enqueue, init_services, services
 from api.limits import enforce_rate_limits
 from api.smorest import Api

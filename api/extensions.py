@@ -9,7 +9,7 @@ from flask import Flask, current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.config import Settings
+from common.settings import Settings
 from api.limits import RateLimiter, limiter_redis_client
 from common.store import User, make_engine, make_sessionmaker, transaction, upgrade
 from common.store.jobs import mark_enqueued

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from api.config import RateLimit, Settings
+from common.settings import RateLimit, Settings
 from common.auth import hash_token
 from common.store import Job, JobStatus, Token, User
 

@@ -54,8 +54,6 @@ BEST_METRICS: dict[str, str] = {
     "train.top1": "max",
 }
 
-DEFAULT_DATA_ROOT = "volumes/datasets"
-DEFAULT_RUNS_ROOT = "volumes/runs"
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -301,9 +299,3 @@ def parse_set_option(item: str) -> tuple[str, Any]:
     return key.strip(), parse_yaml(value, source=f"value of {key}")
 
 
-def data_root() -> Path:
-    return Path(os.environ.get("TEACHER_DATA_ROOT", DEFAULT_DATA_ROOT))
-
-
-def runs_root() -> Path:
-    return Path(os.environ.get("TEACHER_RUNS_ROOT", DEFAULT_RUNS_ROOT))

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import click
 
-from common.config import CONFIGS_DIR, data_root, load_config_file
+from common.config import CONFIGS_DIR, load_config_file
+from common.settings import data_root
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
@@ -41,7 +42,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
               default=CONFIGS_DIR / "demo.yaml", show_default=True)
 def demo(port: int, config_path: Path) -> None:
     """Run the demo job end to end on the local stack and print where its outputs are."""
-    from api.config import Settings
+    from common.settings import Settings
     from common.analysis.cli import write_analysis
     from common.service_cli import ApiClient, _free_port, _stop, _wait
     from common.store.jobs import JobPaths

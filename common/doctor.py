@@ -37,7 +37,7 @@ class Check:
 
 
 def _settings_or_none() -> tuple[Any, str | None]:
-    from api.config import Settings
+    from common.settings import Settings
 
     try:
         return Settings.from_env(), None

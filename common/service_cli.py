@@ -247,7 +247,7 @@ def download(api: ApiClient, job_id: str, checkpoint: str, out: Path) -> None:
 
 # ------------------------------------------------------------------------------ operations
 def _settings():  # type: ignore[no-untyped-def]
-    from api.config import Settings
+    from common.settings import Settings
 
     return Settings.from_env()
 

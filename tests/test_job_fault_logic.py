@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 from sqlalchemy import inspect, select
 
-from api.config import Settings
+from common.settings import Settings
 from common.config import ConfigError
 from conftest import TINY_CONFIG, write_config
 from worker import supervisor as sup

@@ -18,7 +18,7 @@ import threading
 from celery import Celery, signals
 from kombu import Queue
 
-from api.config import Settings
+from common.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from sqlalchemy import select
 
-from api.config import Settings
+from common.settings import Settings
 from common.store import Job, JobStatus, transaction, utcnow
 from common.store.jobs import age_s, finish_dependents, mark_enqueued
 from worker.store import sessions_for

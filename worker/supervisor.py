@@ -36,7 +36,7 @@ from typing import Any, Callable
 import yaml
 from sqlalchemy.exc import OperationalError
 
-from api.config import Settings
+from common.settings import Settings
 from common.store import Job, JobStatus, transaction, utcnow
 from common.store.jobs import JobPaths, age_s, finish_dependents, init_from_path, lock_job
 from worker.store import sessions_for

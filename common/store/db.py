@@ -17,20 +17,16 @@ from sqlalchemy import Engine, Float, create_engine, event, inspect, select, tex
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.settings import DEFAULT_DATABASE_URL, absolute_database_url, database_url
 from common.store.models import Base, SchemaVersion
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATABASE_URL = "sqlite:///volumes/state/teacher.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def database_url() -> str:
-    return os.environ.get("TEACHER_DATABASE_URL", DEFAULT_DATABASE_URL)
-
-
 def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
-    url = url or database_url()
+    url = absolute_database_url(url) if url else database_url()
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 
-from api.config import Settings
+from common.settings import Settings
 from common.store import Job
 
 ROOT = Path(__file__).resolve().parents[2]

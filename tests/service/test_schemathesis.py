@@ -37,7 +37,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from api.config import Settings
+from common.settings import Settings
 from common.store.jobs import JobPaths
 
 from .conftest import FakeBroker, mint

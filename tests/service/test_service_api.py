@@ -400,7 +400,7 @@ def test_api_never_imports_torch(tmp_path):
     script = f"""
 import sys
 from api import create_app
-from api.config import Settings
+from common.settings import Settings
 from tests.service.conftest import mint
 app = create_app({{"TEACHER_SETTINGS": Settings(database_url="sqlite:///{tmp_path}/t.db", jobs_root=__import__("pathlib").Path("{tmp_path}/jobs")),
                   "TEACHER_ENQUEUE": lambda *a: None}})

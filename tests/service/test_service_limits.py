@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from sqlalchemy import func, select
 
-from api.config import RateLimit, Settings, parse_rate_limit
+from common.settings import RateLimit, Settings, parse_rate_limit
 from api.limits import (
     KEY_PREFIX,
     PENDING_STATUSES,

@@ -10,7 +10,7 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import select
 
-from api.config import Settings
+from common.settings import Settings
 from common.store import Job, JobStatus, transaction, utcnow
 from common.store.jobs import lock_job
 from .conftest import FakeBroker

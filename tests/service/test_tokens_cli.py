@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from api.config import Settings
+from common.settings import Settings
 
 from .conftest import ROOT, FakeBroker, free_port
 

@@ -20,12 +20,11 @@ import click
 from common.config import (
     ConfigError,
     apply_overrides,
-    data_root as default_data_root,
     load_config_dict,
     parse_set_option,
     parse_yaml,
-    runs_root as default_runs_root,
 )
+from common.settings import data_root as default_data_root, runs_root as default_runs_root
 
 
 def _fail(message: str, code: int) -> None:

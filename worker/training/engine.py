@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from common.config import BEST_METRICS, ConfigError, confine, data_root as default_data_root, runs_root as default_runs_root
+from common.config import BEST_METRICS, ConfigError, confine
+from common.settings import data_root as default_data_root, runs_root as default_runs_root
 
 from . import data as data_mod
 from .artifacts import HISTORY_FORMAT, RunFiles, sanitize, setup_logging, teardown_logging

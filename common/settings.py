@@ -1,7 +1,12 @@
-"""Service settings, read once from the environment (shared by the API, worker and CLI).
+"""Settings, read once from the environment (shared by the API, worker, trainer and CLI).
 
-This module imports nothing heavy, so the Celery worker and the CLI can use it without pulling
-in Flask.
+The one place that turns ``TEACHER_*`` variables into values. Every path setting may be given
+relative (the defaults are: ``volumes/...``); it is made absolute here, against the working
+directory of the process that reads the settings, so that a child started with another working
+directory (the training child runs inside its job's directory) sees the same files. No other
+module reads a root from the environment on its own.
+
+This module imports nothing heavy (no Flask, no torch, no SQLAlchemy).
 """
 from __future__ import annotations
 
@@ -11,9 +16,67 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from common.store.db import DEFAULT_DATABASE_URL
 
 QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+# Defaults, relative to the working directory of the process reading them (the project root for
+# `make demo`/`make run`, /app in the image).
+DEFAULT_DATA_ROOT = "volumes/datasets"
+DEFAULT_RUNS_ROOT = "volumes/runs"
+DEFAULT_JOBS_ROOT = "volumes/jobs"
+DEFAULT_TORCH_HOME = "volumes/torch"
+DEFAULT_STATE_ROOT = "volumes/state"
+DEFAULT_DATABASE_URL = "sqlite:///volumes/state/teacher.db"
+
+
+def absolute(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute against the current directory (``~`` expanded; symlinks kept, as
+    the configured name is what the user sees; confinement checks resolve them separately)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def absolute_database_url(url: str) -> str:
+    """A SQLite URL with a relative file path made absolute; any other URL unchanged."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    rest = url[len(prefix):]
+    name, sep, query = rest.partition("?")
+    if not name or name == ":memory:" or name.startswith("/"):
+        return url
+    return f"{prefix}{absolute(name)}{sep}{query}"
+
+
+def _env_path(env: Mapping[str, str], name: str, default: str) -> Path:
+    raw = env.get(name)
+    return absolute(raw if raw else default)
+
+
+def data_root(env: Mapping[str, str] | None = None) -> Path:
+    """``TEACHER_DATA_ROOT``: datasets; every ``data.root`` in a config is relative to it."""
+    return _env_path(os.environ if env is None else env, "TEACHER_DATA_ROOT", DEFAULT_DATA_ROOT)
+
+
+def runs_root(env: Mapping[str, str] | None = None) -> Path:
+    """``TEACHER_RUNS_ROOT``: default parent of ``teacher train`` run directories and the root of
+    ``init_from`` paths (the supervisor points it at the jobs root for its children)."""
+    return _env_path(os.environ if env is None else env, "TEACHER_RUNS_ROOT", DEFAULT_RUNS_ROOT)
+
+
+def torch_home(env: Mapping[str, str] | None = None) -> Path:
+    """``TORCH_HOME``: the local cache of pretrained weights (never downloaded into)."""
+    return _env_path(os.environ if env is None else env, "TORCH_HOME", DEFAULT_TORCH_HOME)
+
+
+def state_root(env: Mapping[str, str] | None = None) -> Path:
+    """``TEACHER_STATE_ROOT``: the local stack's state (SQLite file, private Redis, logs, the
+    endpoints file of `teacher serve`)."""
+    return _env_path(os.environ if env is None else env, "TEACHER_STATE_ROOT", DEFAULT_STATE_ROOT)
+
+
+def database_url(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return absolute_database_url(env.get("TEACHER_DATABASE_URL") or DEFAULT_DATABASE_URL)
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -91,9 +154,10 @@ def _env_cap(env: Mapping[str, str], name: str, default: int) -> int:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = "redis://127.0.0.1:6379/0"
-    jobs_root: Path = Path("volumes/jobs")
-    data_root: Path = Path("volumes/datasets")
-    torch_home: Path = Path("volumes/torch")
+    jobs_root: Path = Path(DEFAULT_JOBS_ROOT)
+    data_root: Path = Path(DEFAULT_DATA_ROOT)
+    torch_home: Path = Path(DEFAULT_TORCH_HOME)
+    state_root: Path = Path(DEFAULT_STATE_ROOT)
     configs_dir: Path | None = None  # None: common.config.CONFIGS_DIR
     max_content_length: int = 1 << 20          # request bodies (job submissions)
     max_upload_length: int = 64 << 20          # POST /api/v1/analyses (uploaded training artifacts)
@@ -118,6 +182,15 @@ class Settings:
     # Per user, jobs not yet running (queued, waiting, interrupted); 0: no cap.
     max_queued_per_user: int = 100
 
+    def __post_init__(self) -> None:
+        # Resolved once, here: relative values (the defaults included) become absolute against
+        # the current directory, whoever constructs the settings.
+        for name in ("jobs_root", "data_root", "torch_home", "state_root", "analyses_root", "configs_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, absolute(value))
+        object.__setattr__(self, "database_url", absolute_database_url(self.database_url))
+
     @property
     def analyses_dir(self) -> Path:
         return self.analyses_root if self.analyses_root is not None else self.jobs_root / "analyses"
@@ -140,11 +213,12 @@ class Settings:
         if not queues or bad:
             raise ValueError(f"TEACHER_QUEUES must be comma-separated queue names, bad: {bad}")
         s = cls(
-            database_url=env.get("TEACHER_DATABASE_URL", DEFAULT_DATABASE_URL),
-            redis_url=env.get("TEACHER_REDIS_URL", cls.redis_url),
-            jobs_root=Path(env.get("TEACHER_JOBS_ROOT", "volumes/jobs")),
-            data_root=Path(env.get("TEACHER_DATA_ROOT", "volumes/datasets")),
-            torch_home=Path(env.get("TORCH_HOME", "volumes/torch")),
+            database_url=database_url(env),
+            redis_url=env.get("TEACHER_REDIS_URL") or cls.redis_url,
+            jobs_root=_env_path(env, "TEACHER_JOBS_ROOT", DEFAULT_JOBS_ROOT),
+            data_root=data_root(env),
+            torch_home=torch_home(env),
+            state_root=state_root(env),
             configs_dir=Path(env["TEACHER_CONFIGS_DIR"]) if env.get("TEACHER_CONFIGS_DIR") else None,
             max_content_length=_env_int(env, "TEACHER_MAX_CONTENT_LENGTH", cls.max_content_length),
             max_upload_length=_env_int(env, "TEACHER_MAX_UPLOAD_LENGTH", cls.max_upload_length),
@@ -170,4 +244,5 @@ class Settings:
         return {"TEACHER_SETTINGS": self, "MAX_CONTENT_LENGTH": self.max_content_length}
 
 
-__all__ = ["Settings", "QUEUE_NAME", "RateLimit", "parse_rate_limit"]
+__all__ = ["Settings", "QUEUE_NAME", "RateLimit", "parse_rate_limit", "absolute", "absolute_database_url",
+           "data_root", "runs_root", "torch_home", "state_root", "database_url"]
