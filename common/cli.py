@@ -24,7 +24,7 @@ COMMANDS: dict[str, str] = {
     "cancel": "common.service_cli:cancel",
     "download": "common.service_cli:download",
     "tokens": "common.service_cli:tokens",
-    "serve": "common.service_cli:serve",
+    "serve": "common.serve:serve",
     "db": "common.service_cli:db",
     "demo": "common.demo:demo",
     "doctor": "common.doctor:doctor",

@@ -44,7 +44,8 @@ def demo(port: int, config_path: Path) -> None:
     """Run the demo job end to end on the local stack and print where its outputs are."""
     from common.settings import Settings
     from common.analysis.cli import write_analysis
-    from common.service_cli import ApiClient, _free_port, _stop, _wait
+    from common.serve import _free_port, _stop
+    from common.service_cli import ApiClient, _wait
     from common.store.jobs import JobPaths
 
     dataset = data_root() / load_config_file(config_path)["data"]["root"]
