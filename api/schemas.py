@@ -8,7 +8,7 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from common.config import TrainConfigSchema
+from common.config import StrictInteger, TrainConfigSchema
 from common.store.models import JobStatus
 
 JOB_ID = validate.Regexp(r"^[0-9a-f]{32}$", error="not a job id")
@@ -32,7 +32,7 @@ class JobOptionsSchema(_Strict):
     """Service keys that may sit next to the config sections in a job body."""
 
     queue = fields.String(load_default=None, metadata={"description": "queue name (a configured one)"})
-    priority = fields.Integer(load_default=5, validate=validate.Range(min=0, max=9),
+    priority = StrictInteger(load_default=5, validate=validate.Range(min=0, max=9),
                               metadata={"description": "0..9; higher runs first"})
     after = fields.String(load_default=None, allow_none=True, validate=JOB_ID,
                           metadata={"description": "start only when this job has succeeded"})
@@ -61,7 +61,7 @@ class NamedConfigSpecSchema(_Strict):
     overrides = fields.Dict(keys=fields.String())
     name = fields.String()
     queue = fields.String()
-    priority = fields.Integer()
+    priority = StrictInteger()
     after = fields.String(allow_none=True)
     init_from = fields.Nested(InitFromSchema, allow_none=True)
 

@@ -97,9 +97,32 @@ class _Strict(Schema):
         unknown = RAISE
 
 
+class StrictInteger(fields.Integer):
+    """An integer that is an integer: ``2.5``, ``64.9``, ``"3"`` and ``true`` are errors, not
+    silently truncated or coerced (marshmallow's Integer turns 2.5 into 2, and a bool is an
+    int in Python, so YAML's ``true`` would be 1)."""
+
+    default_error_messages = {"invalid": "Not a valid integer: a whole number is required, not {input!r}"}
+
+    def _validated(self, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid", input=value)
+        return super()._validated(value)
+
+
+class _NumberNotBool(fields.Float):
+    """A float that refuses booleans (YAML's ``true`` is not 1.0). Strings stay accepted:
+    PyYAML reads ``1e-3`` (no dot) as a string."""
+
+    def _validated(self, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return super()._validated(value)
+
+
 def _finite_float(**kwargs: Any) -> fields.Float:
     # allow_nan=False makes marshmallow reject NaN and +-inf with a clear message.
-    return fields.Float(allow_nan=False, **kwargs)
+    return _NumberNotBool(allow_nan=False, **kwargs)
 
 
 def relative_path_field(**kwargs: Any) -> fields.String:
@@ -137,7 +160,7 @@ def validate_relative_or_raise(relative: str, what: str) -> None:
 
 class ModelSchema(_Strict):
     arch = fields.String(required=True, metadata={"description": "torchvision architecture (allowlisted)"})
-    num_classes = fields.Integer(
+    num_classes = StrictInteger(
         load_default=None, allow_none=True, validate=validate.Range(min=2, max=100_000),
         metadata={"description": "number of classes; null derives it from the training data"},
     )
@@ -167,8 +190,8 @@ class DataSchema(_Strict):
     )
     train_split = fields.String(load_default="train", validate=validate.Regexp(_SAFE_PART.pattern))
     val_split = fields.String(load_default="val", validate=validate.Regexp(_SAFE_PART.pattern))
-    image_size = fields.Integer(load_default=224, validate=validate.Range(min=32, max=1024))
-    max_samples = fields.Integer(
+    image_size = StrictInteger(load_default=224, validate=validate.Range(min=32, max=1024))
+    max_samples = StrictInteger(
         load_default=None, allow_none=True, validate=validate.Range(min=1),
         metadata={"description": "use at most this many samples from each split (a seeded, class-stratified subset)"},
     )
@@ -185,20 +208,20 @@ class DataSchema(_Strict):
 
 
 class OptimSchema(_Strict):
-    epochs = fields.Integer(required=True, validate=validate.Range(min=1, max=10_000))
-    batch_size = fields.Integer(required=True, validate=validate.Range(min=1, max=65_536))
+    epochs = StrictInteger(required=True, validate=validate.Range(min=1, max=10_000))
+    batch_size = StrictInteger(required=True, validate=validate.Range(min=1, max=65_536))
     optimizer = fields.String(load_default="sgd", validate=validate.OneOf(["sgd", "adamw"]))
     lr = _finite_float(required=True, validate=validate.Range(min=0, max=100, min_inclusive=False))
     momentum = _finite_float(load_default=0.9, validate=validate.Range(min=0, max=1, max_inclusive=False))
     weight_decay = _finite_float(load_default=0.0, validate=validate.Range(min=0, max=1))
     scheduler = fields.String(load_default="cosine", validate=validate.OneOf(["cosine", "step", "none"]))
     warmup_epochs = _finite_float(load_default=0.0, validate=validate.Range(min=0, max=1000))
-    step_size = fields.Integer(load_default=30, validate=validate.Range(min=1), metadata={"description": "step scheduler: epochs between decays"})
+    step_size = StrictInteger(load_default=30, validate=validate.Range(min=1), metadata={"description": "step scheduler: epochs between decays"})
     gamma = _finite_float(load_default=0.1, validate=validate.Range(min=0, max=1, min_inclusive=False))
     label_smoothing = _finite_float(load_default=0.0, validate=validate.Range(min=0, max=1, max_inclusive=False))
-    grad_accum_steps = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1024))
+    grad_accum_steps = StrictInteger(load_default=1, validate=validate.Range(min=1, max=1024))
     grad_clip_norm = _finite_float(load_default=None, allow_none=True, validate=validate.Range(min=0, min_inclusive=False))
-    seed = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
+    seed = StrictInteger(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
 
 
 class OnOffString(fields.String):
@@ -216,13 +239,13 @@ class RuntimeSchema(_Strict):
     device = fields.String(load_default="auto", validate=validate.OneOf(["auto", "cpu", "cuda"]))
     amp = OnOffString(load_default="auto", validate=validate.OneOf(["auto", "bf16", "fp16", "off"]))
     channels_last = OnOffString(load_default="auto", validate=validate.OneOf(["auto", "on", "off"]))
-    num_workers = fields.Integer(load_default=4, validate=validate.Range(min=0, max=64))
-    log_interval = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1_000_000))
+    num_workers = StrictInteger(load_default=4, validate=validate.Range(min=0, max=64))
+    log_interval = StrictInteger(load_default=50, validate=validate.Range(min=1, max=1_000_000))
 
 
 class CheckpointSchema(_Strict):
-    every_epochs = fields.Integer(load_default=1, validate=validate.Range(min=1, max=10_000))
-    keep_last = fields.Integer(load_default=2, validate=validate.Range(min=1, max=1000))
+    every_epochs = StrictInteger(load_default=1, validate=validate.Range(min=1, max=10_000))
+    keep_last = StrictInteger(load_default=2, validate=validate.Range(min=1, max=1000))
     best_metric = fields.String(load_default="val.top1", validate=validate.OneOf(sorted(BEST_METRICS)))
 
 

@@ -46,6 +46,12 @@ BAD_SCHEMA = [
     ("absolute data path", {"data.root": "/etc"}, "data.root", "not absolute"),
     ("dotdot data path", {"data.root": "../../etc"}, "data.root", "'..'"),
     ("absolute init_from", {"init_from": "/etc/passwd"}, "init_from", "not absolute"),
+    ("fractional epochs", {"optim.epochs": 2.5}, "optim.epochs", "Not a valid integer"),
+    ("fractional batch", {"optim.batch_size": 64.9}, "optim.batch_size", "Not a valid integer"),
+    ("integral float", {"data.image_size": 64.0}, "data.image_size", "Not a valid integer"),
+    ("numeric string", {"runtime.num_workers": "2"}, "runtime.num_workers", "Not a valid integer"),
+    ("boolean as integer", {"optim.seed": True}, "optim.seed", "Not a valid integer"),
+    ("boolean as number", {"optim.lr": True}, "optim.lr", "Not a valid number"),
     ("bad optimizer", {"optim.optimizer": "lbfgs"}, "optim.optimizer", "Must be one of"),
     ("filter without csv", {"data.filter": {"column": "region", "values": ["north"]}}, "data.filter", "needs format 'csv'"),
 ]
@@ -79,6 +85,17 @@ def test_set_overrides_are_validated(tmp_path, teacher_env):
     cfg = write_config(tmp_path / "c.yaml", TINY_CONFIG)
     result = CliRunner().invoke(main, ["train", "--config", str(cfg), "--set", "optim.warmup=3"])
     assert result.exit_code == 2 and "optim.warmup" in result.output
+
+
+def test_fractional_integer_in_yaml_is_exit_2_naming_the_field(tmp_path, teacher_env):
+    """The YAML/CLI path uses the same schema: 2.5 epochs is an error, never 2."""
+    cfg = write_config(tmp_path / "c.yaml", apply_overrides(TINY_CONFIG, {"optim.epochs": 2.5}))
+    result = CliRunner().invoke(main, ["train", "--config", str(cfg), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "optim.epochs" in result.output, result.output
+    result = CliRunner().invoke(main, ["train", "--config", str(cfg), "--set", "optim.epochs=3",
+                                       "--set", "optim.batch_size=64.9", "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "optim.batch_size" in result.output and "optim.epochs" not in result.output
+    assert not (tmp_path / "run").exists()
 
 
 # --- data problems: found by the loader before the first step --------------------------------
