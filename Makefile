@@ -27,9 +27,12 @@ demo: $(STAMP)
 	@command -v redis-server >/dev/null || { echo "make demo needs redis-server (Debian/Ubuntu: apt-get install redis-server)"; exit 1; }
 	$(BIN)/teacher demo
 
-# The local stack for development (Ctrl-C stops it): private Redis, API on :8000, one worker.
+# The local stack for development (Ctrl-C stops it): private Redis, API on :8000, one worker;
+# the demo dataset is generated first if it is missing, so the README's curl lines work.
 run: $(STAMP)
-	$(BIN)/teacher serve
+	@command -v redis-server >/dev/null || { echo "make run needs redis-server (Debian/Ubuntu: apt-get install redis-server)"; exit 1; }
+	$(BIN)/teacher make-data --if-missing
+	$(BIN)/teacher serve $(SERVE_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -2,7 +2,7 @@
 
 It generates the synthetic dataset if missing, starts the local stack (``teacher serve``: a
 private Redis, the API under gunicorn, one CPU worker, the reconciler, a SQLite job store),
-mints a token, submits ``configs/demo.yaml`` over HTTP, follows it to the end, downloads the
+mints a token (revoked when the demo ends), submits ``configs/demo.yaml`` over HTTP, follows it to the end, downloads the
 best checkpoint, runs the integrity report and plots on the job's run directory, prints where
 everything is, and stops the stack. Exit 0 only when the job succeeded and no check failed.
 """
@@ -20,20 +20,41 @@ from common.config import CONFIGS_DIR, load_config_file
 from common.settings import data_root
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log_file: Path) -> None:
     import requests
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise click.ClickException(f"the local stack exited with {proc.returncode} while starting")
+            raise click.ClickException(f"the local stack exited with {proc.returncode} while starting "
+                                       f"(its log: {_show(log_file)})")
         try:
             if requests.get(f"{url}/api/v1/health", timeout=5).status_code == 200:
                 return
         except requests.RequestException:
             pass  # not listening yet, or too busy starting to answer in time: ask again
         time.sleep(0.3)
-    raise click.ClickException(f"the API at {url} was not healthy after {timeout:.0f}s")
+    raise click.ClickException(f"the API at {url} was not healthy after {timeout:.0f}s (logs: {_show(log_file.parent)}/)")
+
+
+def _show(path: Path) -> str:
+    """A path as the user would type it: relative to the current directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _teacher(*args: str) -> str:
+    """Run a `teacher` subcommand as its own process, the way a user would; its stdout."""
+    done = subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise click.ClickException(f"`teacher {args[0]}` failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return done.stdout
+
+
+def _say(message: str) -> None:
+    click.echo(f"demo: {message}")
 
 
 @click.command("demo")
@@ -42,28 +63,36 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
               default=CONFIGS_DIR / "demo.yaml", show_default=True)
 def demo(port: int, config_path: Path) -> None:
     """Run the demo job end to end on the local stack and print where its outputs are."""
-    from common.settings import Settings
     from common.analysis.cli import write_analysis
-    from common.serve import _free_port, _stop
+    from common.serve import LOG_DIR_NAME, _free_port, _stop
     from common.service_cli import ApiClient, _wait
+    from common.settings import Settings
     from common.store.jobs import JobPaths
 
+    settings = Settings.from_env()
     dataset = data_root() / load_config_file(config_path)["data"]["root"]
-    if not (dataset / "manifest.csv").exists():
+    if (dataset / "manifest.csv").exists():
+        _say(f"dataset {_show(dataset)} (already there)")
+    else:
         from worker.training.synthetic import make_dataset
 
         sizes = make_dataset(dataset)
-        click.echo(f"demo: generated {sizes['train']} train / {sizes['val']} val images in {dataset}")
+        _say(f"generated a synthetic dataset: {sizes['train']} train / {sizes['val']} val images in {_show(dataset)}")
 
-    settings = Settings.from_env()
-    token = subprocess.run([sys.executable, "-m", "common.cli", "tokens", "create", "--user", "demo"],
-                           check=True, capture_output=True, text=True).stdout.strip()
+    logs = settings.state_root / LOG_DIR_NAME
+    logs.mkdir(parents=True, exist_ok=True)
+    token = _teacher("tokens", "create", "--user", "demo").strip()
     port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
-    stack = subprocess.Popen([sys.executable, "-m", "common.cli", "serve", "--port", str(port)],
-                             start_new_session=True)
+    _say(f"starting the local stack (private Redis, API, one CPU worker, SQLite job store); "
+         f"service logs in {_show(logs)}/")
+    with (logs / "serve.log").open("ab") as serve_log:
+        stack = subprocess.Popen([sys.executable, "-m", "common.cli", "serve", "--port", str(port)],
+                                 stdin=subprocess.DEVNULL, stdout=serve_log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
     try:
-        _wait_healthy(url, stack, timeout=120)
+        _wait_healthy(url, stack, timeout=120, log_file=logs / "serve.log")
+        _say(f"API ready at {url}/api/v1")
         api = ApiClient(url, token)
         body = {"config": "demo"} if config_path.resolve() == (CONFIGS_DIR / "demo.yaml").resolve() else None
         if body is None:
@@ -71,18 +100,20 @@ def demo(port: int, config_path: Path) -> None:
 
             body = yaml.safe_load(config_path.read_text())
         job = api.request("POST", "/jobs", json=body).json()
-        click.echo(f"demo: submitted job {job['id']}; following it (the API is {url})")
+        _say(f"submitted {_show(config_path)} as job {job['id']}; following it")
         job = _wait(api, job["id"])
         if job["status"] != "succeeded":
-            raise click.ClickException(f"the demo job ended {job['status']}: {job.get('failure_reason') or ''}")
+            raise click.ClickException(f"the demo job ended {job['status']}: {job.get('failure_reason') or ''} "
+                                       f"(worker log: {_show(logs / 'worker.log')})")
         paths = JobPaths.of(settings.jobs_root, job["id"])
         # Over HTTP like any client: `teacher download` verifies the sha256 against the manifest.
-        best = Path(subprocess.run(
-            [sys.executable, "-m", "common.cli", "download", job["id"], "--checkpoint", "best",
-             "--out", str(paths.root / "download"), "--url", url, "--token", token],
-            check=True, capture_output=True, text=True).stdout.strip())
+        best = Path(_teacher("download", job["id"], "--checkpoint", "best", "--out", str(paths.root / "download"),
+                             "--url", url, "--token", token).strip().splitlines()[-1])
+        _say(f"downloaded the best checkpoint over HTTP (sha256 verified against the manifest)")
     finally:
+        _say("stopping the local stack")
         _stop(stack, timeout=settings.cancel_grace_s + 60)  # serve stops worker, API, Redis in order
+        _teacher("tokens", "revoke", "--token", token)  # the demo's token dies with the demo
     report, plots = write_analysis([paths.run], paths.run / "analysis")
     history = json.loads((paths.run / "history.json").read_text())
     last = history["epochs"][-1]
@@ -90,10 +121,11 @@ def demo(port: int, config_path: Path) -> None:
     click.echo(
         f"\ndemo: job {job['id']} succeeded: val top-1 {last['val']['top1']:.1f}% after {last['epoch']} epochs "
         f"(chance {100 / history['num_classes']:.1f}%)\n"
-        f"  run directory:   {paths.run}\n"
-        f"  best checkpoint: {best}\n"
-        f"  report:          {paths.run / 'analysis' / 'report.json'} (verdict: {report.verdict})\n"
-        f"  plots:           {', '.join(str(p) for p in sorted(plots.values()))}"
+        f"  run directory:   {_show(paths.run)}\n"
+        f"  best checkpoint: {_show(best)}\n"
+        f"  report:          {_show(paths.run / 'analysis' / 'report.json')} (verdict: {report.verdict})\n"
+        f"  plots:           {', '.join(_show(p) for p in sorted(plots.values()))}\n"
+        f"  service logs:    {_show(logs)}/"
     )
     if report.verdict == "fail":
         sys.exit(1)

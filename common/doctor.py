@@ -45,6 +45,30 @@ def _settings_or_none() -> tuple[Any, str | None]:
         return None, str(exc)
 
 
+def with_local_stack(settings: Any, env: Any = None) -> tuple[Any, Check | None]:
+    """The endpoints of a running ``teacher serve`` (its state file) for whatever no variable
+    sets: its private Redis listens on a random port that only that file records."""
+    from dataclasses import replace
+
+    from common import serve_state
+
+    env = os.environ if env is None else env
+    state = serve_state.read(settings.state_root)
+    if state is None:
+        return settings, None
+    overrides = {}
+    if not env.get("TEACHER_REDIS_URL"):
+        overrides["redis_url"] = state.redis_url
+    if not env.get("TEACHER_DATABASE_URL"):
+        overrides["database_url"] = state.database_url
+    if not overrides:
+        return settings, None
+    note = Check("settings", OK, f"using the local stack started by `teacher serve` (pid {state.pid}, API {state.api_url}) "
+                                 f"for {' and '.join(k.removesuffix('_url') for k in overrides)}: "
+                                 f"{serve_state.path(settings.state_root)}")
+    return replace(settings, **overrides), note
+
+
 # ------------------------------------------------------------------------------------ redis
 def mask_redis_url(url: str) -> str:
     parts = urlsplit(url)
@@ -368,7 +392,8 @@ def run_checks(only: Iterable[str] = CHECKS, *, timeout: float = 5.0, cuda_timeo
     settings, error = _settings_or_none()
     if settings is None:
         return [Check("settings", FAIL, f"the environment is invalid: {error}")]
-    results: list[Check] = []
+    settings, note = with_local_stack(settings)
+    results: list[Check] = [note] if note else []
     if "redis" in selected:
         results.append(check_redis(settings.redis_url, timeout))
     db_usable = False

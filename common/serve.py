@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -26,29 +25,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LOG_DIR_NAME = "logs"
+# Worker first (it stops its training child and records the job as interrupted), then the rest;
+# Redis last so that the worker can still re-send the interrupted job.
+STOP_ORDER = {"worker": 0, "reconciler": 1, "api": 2, "redis": 3}
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--queues", default=None, help="Queues the worker consumes (default: TEACHER_QUEUES).")
-def serve(host: str, port: int, queues: str | None) -> None:
+@click.option("--verbose", is_flag=True, help="Also copy the services' logs to this terminal.")
+def serve(host: str, port: int, queues: str | None, verbose: bool) -> None:
     """Run the whole service on this machine: a private Redis (unless TEACHER_REDIS_URL is set),
     the API under gunicorn, one worker and the reconciler. Ctrl-C stops everything; a running
     job is interrupted (keeping its checkpoint) and resumes on the next start."""
+    import secrets
+
+    from common import serve_state
+    from common.settings import Settings
     from common.store import make_engine, upgrade
 
-    env = dict(os.environ)
-    from common.settings import Settings
-
     settings = Settings.from_env()
-    state = Path(settings.database_url.removeprefix("sqlite:///")).parent if settings.database_url.startswith("sqlite") else Path("volumes/state")
-    state.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    # The children read the same absolute roots, whatever their working directory.
+    env.update(TEACHER_JOBS_ROOT=str(settings.jobs_root), TEACHER_DATA_ROOT=str(settings.data_root),
+               TORCH_HOME=str(settings.torch_home), TEACHER_STATE_ROOT=str(settings.state_root),
+               TEACHER_DATABASE_URL=settings.database_url)
+    logs = settings.state_root / LOG_DIR_NAME
+    logs.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        # Own sessions: Ctrl-C reaches only us, and we stop the children in order.
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        # Own sessions: Ctrl-C reaches only us, and we stop the children in order. Their output
+        # goes to a file each (appended: a restart keeps the previous run's lines).
+        out = None if verbose else (logs / f"{name}.log").open("ab")
+        try:
+            proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT if out else None)
+        finally:
+            if out is not None:
+                out.close()
         procs.append((name, proc))
-        click.echo(f"serve: started {name} (pid {proc.pid})", err=True)
         return proc
 
     stopping = False
@@ -60,13 +78,16 @@ def serve(host: str, port: int, queues: str | None) -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    api_url = f"http://{host}:{port}"
     try:
         if not env.get("TEACHER_REDIS_URL"):
-            rport = _free_port()
-            (state / "redis").mkdir(exist_ok=True)
-            start("redis", ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--dir", str((state / "redis").resolve()),
+            # A private Redis for this stack: loopback only, a fresh password each start.
+            rport, password = _free_port(), secrets.token_urlsafe(24)
+            (settings.state_root / "redis").mkdir(parents=True, exist_ok=True)
+            start("redis", ["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
+                            "--dir", str(settings.state_root / "redis"), "--requirepass", password,
                             "--appendonly", "yes", "--save", ""])
-            env["TEACHER_REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
+            env["TEACHER_REDIS_URL"] = f"redis://:{password}@127.0.0.1:{rport}/0"
             _wait_port(rport, 20)
         engine = make_engine(settings.database_url)
         upgrade(engine)
@@ -77,20 +98,25 @@ def serve(host: str, port: int, queues: str | None) -> None:
         start("reconciler", [py, "-m", "worker.reconciler"])
         start("api", [py, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", "2", "-k", "gthread", "--threads", "8",
                       "--graceful-timeout", "10", "api:create_app()"])
-        click.echo(f"serve: API on http://{host}:{port}/api/v1  (Ctrl-C to stop)", err=True)
+        state_file = serve_state.write(serve_state.ServeState(
+            api_url=api_url, redis_url=env["TEACHER_REDIS_URL"], database_url=settings.database_url,
+            pid=os.getpid(), pids={name: proc.pid for name, proc in procs}, logs_dir=str(logs)))
+        click.echo(f"serve: API on {api_url}/api/v1 (Ctrl-C to stop)\n"
+                   f"serve: service logs in {logs}/ (redis, worker, reconciler, api); endpoints in {state_file}",
+                   err=True)
         while not stopping:
             for name, proc in procs:
                 if proc.poll() is not None:
-                    click.echo(f"serve: {name} exited with {proc.returncode}; stopping", err=True)
+                    click.echo(f"serve: {name} exited with {proc.returncode}; stopping (see {logs / (name + '.log')})",
+                               err=True)
                     stopping = crashed = True
             time.sleep(0.5)
     finally:
-        # Worker first (it stops its training child and records the job as interrupted), then
-        # the rest; Redis last so that the worker can still re-send the interrupted job.
-        order = {"worker": 0, "reconciler": 1, "api": 2, "redis": 3}
-        for name, proc in sorted(procs, key=lambda p: order[p[0]]):
+        serve_state.remove(pid=os.getpid())
+        for name, proc in sorted(procs, key=lambda p: STOP_ORDER[p[0]]):
             _stop(proc, timeout=settings.cancel_grace_s + 30 if name == "worker" else 20)
-            click.echo(f"serve: stopped {name}", err=True)
+        if procs:
+            click.echo(f"serve: stopped {', '.join(sorted((n for n, _ in procs), key=STOP_ORDER.get))}", err=True)
     if crashed:
         sys.exit(1)
 

@@ -7,8 +7,9 @@
 find the stack that ``make run`` started without the user copying ports around.
 
 A file left behind by a stack that was SIGKILLed is ignored: it counts only while the ``serve``
-process it names is alive. The file holds no secret (no token, no password in the Redis URL of
-the private Redis, which binds to 127.0.0.1).
+process it names is alive. The Redis URL carries the private Redis's password (a fresh one each
+start; that Redis binds to 127.0.0.1 only), so the file is created readable by its owner only
+(0600), like the database it sits next to. No API token is ever written here.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def write(state: ServeState, root: Path | None = None) -> Path:
     target = path(root)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
         json.dump(asdict(state), fh, indent=2)
         fh.flush()
         os.fsync(fh.fileno())

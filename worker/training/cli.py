@@ -122,12 +122,17 @@ def train(config_path: str | None, run_dir: Path | None, resume_dir: Path | None
 @click.option("--val-per-class", type=click.IntRange(1, 100_000), default=15, show_default=True)
 @click.option("--image-size", type=click.IntRange(16, 512), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def make_data(out: Path | None, classes: int, train_per_class: int, val_per_class: int, image_size: int, seed: int) -> None:
+@click.option("--if-missing", is_flag=True, help="Do nothing (exit 0) when the dataset is already there.")
+def make_data(out: Path | None, classes: int, train_per_class: int, val_per_class: int, image_size: int, seed: int,
+              if_missing: bool) -> None:
     """Write a small learnable synthetic image dataset (imagefolder + csv manifest)."""
     from .synthetic import SyntheticSpec, make_dataset
 
     out = out or default_data_root() / "synthetic"
     if (out / "manifest.csv").exists():
+        if if_missing:
+            click.echo(f"{out} already holds a dataset; kept")
+            return
         _fail(f"{out} already holds a dataset; remove it or choose another --out", 2)
     sizes = make_dataset(out, SyntheticSpec(classes, train_per_class, val_per_class, image_size, seed))
     click.echo(f"wrote {sizes['train']} train and {sizes['val']} val images in {classes} classes to {out}")
