@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "train": "worker.training.cli:train",
     "make-data": "worker.training.cli:make_data",
     "evaluate": "worker.training.cli:evaluate_cmd",
+    "export": "worker.training.export_cli:export_cmd",
     "analyze": "common.analysis.cli:analyze",
     # job-service client and operations (common/service_cli.py)
     "submit": "common.service_cli:submit",

@@ -1,0 +1,179 @@
+"""``teacher export``: a training checkpoint turned into what someone needs to use the model.
+
+A training checkpoint holds the optimizer, scheduler, scaler and RNG states, the config and the
+whole history; to ship a model only the weights and the facts needed to run them are wanted.
+The export is two files in one directory:
+
+- ``model.pt``: the model's ``state_dict`` alone (tensors only, loadable with
+  ``torch.load(path, weights_only=True)``);
+- ``model.json``: the architecture and class names, the exact inference preprocessing (read
+  from the evaluation transform of :mod:`worker.training.data`, so it cannot drift from what
+  the recorded metrics were measured with), the source run and checkpoint, the recorded
+  metrics, and the sha256 of ``model.pt`` and of the source checkpoint.
+
+The source is verified against its run's manifest before anything is written, like every other
+loader of checkpoints here; both files are written atomically. docs/checkpoints.md describes
+the formats.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torchvision.transforms import v2 as T
+
+from common.atomic import atomic_write_bytes, atomic_write_json
+
+from . import data as data_mod
+from .checkpoints import load_checkpoint_file, manifest_sha256, serialize, sha256_bytes, sha256_file
+from .models import build_model
+
+EXPORT_FORMAT = "teacher-export/1"
+CHECKPOINT_FORMAT = "teacher-checkpoint/1"
+MODEL_FILE, META_FILE = "model.pt", "model.json"
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_REQUIRED_KEYS = ("model", "config", "class_names", "epoch", "step", "metrics")
+
+
+class ExportError(ValueError):
+    """The source cannot be exported: no such file or run, or not a teacher checkpoint (bad
+    input; a file that fails verification raises :class:`CheckpointError` instead)."""
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    out_dir: Path
+    model_path: Path
+    meta_path: Path
+    sha256: str              # of model.pt
+    source: Path             # the checkpoint exported
+    source_sha256: str
+    meta: dict[str, Any]     # the content of model.json
+
+
+def resolve_source(path: Path) -> Path:
+    """The checkpoint that ``path`` names: a ``.pt`` file itself, or the ``best.pt`` of a run
+    directory, of its ``checkpoints/`` folder, or of a job directory (``JOBS_ROOT/<id>/run``)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for candidate in (path / "best.pt", path / "checkpoints" / "best.pt", path / "run" / "checkpoints" / "best.pt"):
+            if candidate.is_file():
+                return candidate
+        raise ExportError(f"{path}: no best.pt in it (expected a checkpoint file, a run directory or a job directory)")
+    raise ExportError(f"{path}: no such checkpoint or run directory")
+
+
+def _interpolation_name(mode: Any) -> str:
+    return str(getattr(mode, "value", mode)).lower()
+
+
+def _size(value: Any) -> list[int]:
+    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def _step(transform: Any) -> dict[str, Any]:
+    """One evaluation transform as data. An unknown transform is an error: an export that
+    silently left out a preprocessing step would reproduce nothing."""
+    if isinstance(transform, T.Resize):
+        return {"op": "resize", "size": _size(transform.size), "interpolation": _interpolation_name(transform.interpolation),
+                "antialias": bool(transform.antialias), "max_size": transform.max_size}
+    if isinstance(transform, T.CenterCrop):
+        return {"op": "center_crop", "size": _size(transform.size)}
+    if isinstance(transform, T.ToImage):
+        return {"op": "to_image"}
+    if isinstance(transform, T.ToDtype):
+        dtype = transform.dtype
+        return {"op": "to_dtype", "dtype": str(dtype).removeprefix("torch."), "scale": bool(transform.scale)}
+    if isinstance(transform, T.Normalize):
+        return {"op": "normalize", "mean": [float(m) for m in transform.mean], "std": [float(s) for s in transform.std]}
+    raise ExportError(f"cannot describe the evaluation transform {type(transform).__name__} in model.json")
+
+
+def inference_preprocessing(image_size: int) -> dict[str, Any]:
+    """The exact evaluation preprocessing of a run trained at ``image_size``, read from the
+    transform that validation used (:func:`worker.training.data.build_transforms`)."""
+    compose = data_mod.build_transforms(image_size, train=False, augment=False)
+    steps = [_step(t) for t in compose.transforms]
+    by_op = {s["op"]: s for s in steps}
+    return {
+        # ImageListDataset opens every image with PIL and converts it to RGB before the steps.
+        "color_mode": "RGB",
+        "steps": steps,
+        "resize": by_op.get("resize", {}).get("size"),
+        "interpolation": by_op.get("resize", {}).get("interpolation"),
+        "crop": by_op.get("center_crop", {}).get("size"),
+        "mean": by_op.get("normalize", {}).get("mean"),
+        "std": by_op.get("normalize", {}).get("std"),
+        "input_layout": "NCHW",
+        "torchvision": "transforms.v2.Compose([" + ", ".join(repr(t) for t in compose.transforms) + "])",
+    }
+
+
+def _source_description(checkpoint: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Where the checkpoint came from, by name only: an export is shipped elsewhere, and an
+    absolute path of the training host means nothing there (and should not leak)."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    job_id = None
+    if run_dir is not None and run_dir.name == "run" and _JOB_ID.match(run_dir.parent.name):
+        job_id = run_dir.parent.name
+    return {"checkpoint": checkpoint.name, "run_name": cfg.get("name"),
+            "run_dir": run_dir.name if run_dir is not None else None, "job_id": job_id}
+
+
+def load_verified(checkpoint: Path) -> tuple[dict[str, Any], str, bool]:
+    """The checkpoint's state, its sha256, and whether a manifest digest was checked."""
+    expected = manifest_sha256(checkpoint)
+    state = load_checkpoint_file(checkpoint, expected_sha256=expected)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ExportError(f"{checkpoint.name}: not a teacher checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
+    missing = [k for k in _REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ExportError(f"{checkpoint.name}: not a complete teacher checkpoint (no {', '.join(missing)})")
+    return state, expected or sha256_file(checkpoint), expected is not None
+
+
+def export_checkpoint(checkpoint_path: Path, out_dir: Path) -> ExportInfo:
+    """Write ``model.pt`` and ``model.json`` for the checkpoint (or run directory) named."""
+    source = resolve_source(Path(checkpoint_path))
+    state, source_sha, verified = load_verified(source)
+    cfg, class_names = state["config"], list(state["class_names"])
+    arch, num_classes = cfg["model"]["arch"], len(class_names)
+    weights = {k: v.detach().cpu().contiguous() for k, v in state["model"].items()}
+    # The weights must load, strictly, into the architecture model.json names: a consumer
+    # rebuilds exactly that model.
+    build_model(arch, num_classes).load_state_dict(weights, strict=True)
+    blob = serialize(weights)
+    digest = sha256_bytes(blob)
+    image_size = int(cfg["data"]["image_size"])
+    meta = {
+        "format": EXPORT_FORMAT,
+        "model_file": MODEL_FILE,
+        "sha256": digest,
+        "size": len(blob),
+        "arch": arch,
+        "num_classes": num_classes,
+        "class_names": class_names,
+        "build": f"torchvision.models.get_model({arch!r}, weights=None, num_classes={num_classes})",
+        "image_size": image_size,
+        "preprocessing": inference_preprocessing(image_size),
+        "source": {**_source_description(source, cfg), "sha256": source_sha, "verified_against_manifest": verified},
+        "epoch": int(state["epoch"]),
+        "step": int(state["step"]),
+        "metrics": state["metrics"],
+        "best_metric": cfg.get("checkpoint", {}).get("best_metric"),
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out_dir = Path(out_dir)
+    # model.pt first: a model.json on disk always describes a complete model.pt.
+    atomic_write_bytes(out_dir / MODEL_FILE, blob)
+    atomic_write_json(out_dir / META_FILE, meta)
+    return ExportInfo(out_dir, out_dir / MODEL_FILE, out_dir / META_FILE, digest, source, source_sha, meta)
