@@ -27,9 +27,10 @@ from werkzeug.datastructures import FileStorage
 
 from api.errors import ApiError
 from api.extensions import current_user, services
-from api.jobs import _load_job
+from api.jobs import AMBIGUOUS, _load_job
 from api.schemas import PLOT_NAMES, AnalysisSchema, PlotListSchema, ReportSchema
 from api.smorest import Blueprint
+from common.store import Job
 from common.store.jobs import JobPaths
 
 log = logging.getLogger(__name__)
@@ -109,13 +110,23 @@ def _signature(run_dir: Path) -> list[list[Any]]:
     return out
 
 
-def job_analysis(run_dir: Path) -> tuple[dict[str, Any], Path]:
+def _no_metrics(job: Job | None) -> ApiError:
+    """409 (retry later) while the job may still write metrics; 410 once it has ended without
+    any, which no retry will change, saying how it ended."""
+    if job is None or not job.job_status.finished:
+        return ApiError(409, "the job has no metrics yet (no finished epoch or logged step); try again later")
+    why = f": {job.failure_reason}" if job.failure_reason else ""
+    return ApiError(410, f"job {job.id} ended {job.status} without metrics (no epoch finished, no step logged); "
+                         f"there will be no report or plots{why}")
+
+
+def job_analysis(run_dir: Path, job: Job | None = None) -> tuple[dict[str, Any], Path]:
     """The report of a job's run directory, and the directory holding its plots. Computed with
     ``write_analysis`` into ``run_dir/analysis`` and reused while the run's files are unchanged."""
     from common.analysis.series import AnalysisInputError
 
     if not ((run_dir / "history.json").is_file() or (run_dir / "steps.jsonl").is_file()):
-        raise ApiError(409, "the job has no metrics yet (no finished epoch or logged step); try again later")
+        raise _no_metrics(job)
     out = run_dir / "analysis"
     with _locked(out):
         signature = _signature(run_dir)
@@ -141,17 +152,24 @@ def job_analysis(run_dir: Path) -> tuple[dict[str, Any], Path]:
         return _public_report(report.to_dict(), run_dir), out
 
 
-def _job_run_dir(job_id: str) -> Path:
+NO_METRICS_YET = "the job has no metrics yet (it may still write them: retry later)"
+ENDED_WITHOUT_METRICS = "the job ended without metrics (no epoch finished): the message says how it ended; do not retry"
+
+
+def _analysed_job(job_id: str) -> tuple[Job, dict[str, Any], Path]:
     job = _load_job(job_id)  # 404 for unknown ids and other users' jobs, like every job endpoint
-    return JobPaths.of(services().settings.jobs_root, job.id).run
+    report, out = job_analysis(JobPaths.of(services().settings.jobs_root, job.id).run, job)
+    return job, report, out
 
 
 @blp.route("/jobs/<string:job_id>/report", methods=["GET"], endpoint="job_report")
 @blp.response(200, ReportSchema)
+@blp.alt_response(400, description=AMBIGUOUS)
 @blp.alt_response(404, description="no such job (or not yours)")
-@blp.alt_response(409, description="the job has no metrics yet")
+@blp.alt_response(409, description=NO_METRICS_YET)
+@blp.alt_response(410, description=ENDED_WITHOUT_METRICS)
 def job_report(job_id: str) -> Any:
-    report, _ = job_analysis(_job_run_dir(job_id))
+    _, report, _ = _analysed_job(job_id)
     return report
 
 
@@ -159,22 +177,26 @@ def job_report(job_id: str) -> Any:
 @blp.doc(responses={200: {"links": {"GetPlot": {"operationId": "analysis_job_plot", "parameters": {
     "job_id": "$request.path.job_id", "name": "$response.body#/plots/0/name"}}}}})
 @blp.response(200, PlotListSchema)
+@blp.alt_response(400, description=AMBIGUOUS)
 @blp.alt_response(404, description="no such job (or not yours)")
-@blp.alt_response(409, description="the job has no metrics yet")
+@blp.alt_response(409, description=NO_METRICS_YET)
+@blp.alt_response(410, description=ENDED_WITHOUT_METRICS)
 def job_plots(job_id: str) -> Any:
-    _, out = job_analysis(_job_run_dir(job_id))
-    return {"plots": _plot_links(out, "analysis.job_plot", job_id=job_id)}
+    job, _, out = _analysed_job(job_id)
+    return {"plots": _plot_links(out, "analysis.job_plot", job_id=job.id)}
 
 
 @blp.route("/jobs/<string:job_id>/plots/<string:name>.png", methods=["GET"], endpoint="job_plot")
 @blp.doc(responses=PNG_RESPONSE)
+@blp.alt_response(400, description=AMBIGUOUS)
 @blp.alt_response(404, description="no such job or plot")
-@blp.alt_response(409, description="the job has no metrics yet")
+@blp.alt_response(409, description=NO_METRICS_YET)
+@blp.alt_response(410, description=ENDED_WITHOUT_METRICS)
 def job_plot(job_id: str, name: str) -> Any:
     if name not in PLOT_NAMES:
         _load_job(job_id)  # an unknown job is 404 before anything else
         raise ApiError(404, f"no such plot; plots are {', '.join(PLOT_NAMES)}")
-    _, out = job_analysis(_job_run_dir(job_id))
+    _, _, out = _analysed_job(job_id)
     with _locked(out):  # a concurrent recomputation may rewrite the file
         data = _plot_file(out, name).read_bytes()
     return Response(data, mimetype="image/png")
@@ -294,6 +316,83 @@ def _save_uploads(items: Iterable[tuple[str, FileStorage]], inputs: Path) -> lis
     return saved
 
 
+FORM_FIELDS = frozenset({"num_classes", "pattern"})
+FILE_FIELD = "files"
+MAX_PATTERNS = 16
+MAX_PATTERN_LENGTH = 1000
+
+
+def _check_form_fields() -> None:
+    """Every multipart field is one this endpoint reads: a misspelt option is an error, not
+    silently ignored."""
+    unknown = sorted({k for k in request.form if k not in FORM_FIELDS}
+                     | {k for k in request.files if k != FILE_FIELD})
+    if unknown:
+        raise ApiError(400, f"unknown form field(s): {', '.join(unknown)}; the fields are "
+                            f"{FILE_FIELD} (files), num_classes and pattern",
+                       {k: ["unknown field"] for k in unknown})
+
+
+def _patterns() -> tuple[str, ...]:
+    """Extra console-log regexes (as ``teacher analyze --pattern``), tried before the built-in ones."""
+    values = [v for v in request.form.getlist("pattern") if v.strip()]
+    if len(values) > MAX_PATTERNS:
+        raise ApiError(400, f"pattern: at most {MAX_PATTERNS}", {"pattern": [f"at most {MAX_PATTERNS} patterns"]})
+    for value in values:
+        if len(value) > MAX_PATTERN_LENGTH:
+            raise ApiError(400, "pattern: too long", {"pattern": [f"at most {MAX_PATTERN_LENGTH} characters"]})
+    from common.analysis.log_reader import compile_user_patterns
+    from common.analysis.series import AnalysisInputError
+
+    try:
+        compile_user_patterns(values)  # checked even when no console log is uploaded
+    except AnalysisInputError as exc:
+        message = _for_api(str(exc))
+        raise ApiError(400, f"pattern: {message}", {"pattern": [message]}) from None
+    return tuple(values)
+
+
+def _for_api(message: str) -> str:
+    """The readers speak to ``teacher analyze`` users; this endpoint's option is a form field."""
+    return (message.replace("pass --pattern REGEX", "send a `pattern` form field (a regex)")
+            .replace("--pattern ", "pattern "))
+
+
+def _display_names(files: list[dict[str, Any]]) -> dict[str, str]:
+    """stored name -> the name reports and plot legends show: the client's (sanitised) file
+    name, made unique with the stored name when two uploads share one. Display only."""
+    counts: dict[str, int] = {}
+    for f in files:
+        if f["filename"]:
+            counts[f["filename"]] = counts.get(f["filename"], 0) + 1
+    return {f["stored_as"]: (f["filename"] if f["filename"] and counts[f["filename"]] == 1
+                             else f"{f['filename'] or 'unnamed'} ({f['stored_as']})") for f in files}
+
+
+def _analyse_uploads(inputs: Path, files: list[dict[str, Any]], out: Path, num_classes: int | None,
+                     patterns: tuple[str, ...]) -> None:
+    """``write_analysis`` with the sources renamed for display before the checks and plots
+    run, so the report's messages and the legends say "console.log", not "upload_1.log"."""
+    from common.analysis.checks import run_checks
+    from common.analysis.plots import write_plots
+    from common.analysis.readers import load_inputs
+    from common.atomic import atomic_write_text
+
+    run = load_inputs([inputs / f["stored_as"] for f in files], num_classes=num_classes, patterns=patterns)
+    shown = _display_names(files)
+    for source in run.sources:
+        stored = Path(source.path).name
+        if stored in shown:
+            new = shown[stored] if source.name == stored else source.name.replace(stored, shown[stored])
+            for series in [*source.series.values(), *source.steps.values()]:
+                series.source = new
+            source.name = new
+    report = run_checks(run)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.json", report.to_json() + "\n")
+    write_plots(run, report, out)
+
+
 def _num_classes() -> int | None:
     raw = request.form.get("num_classes")
     if raw is None or raw.strip() == "":
@@ -338,7 +437,13 @@ ANALYSIS_REQUEST = {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"},
                       "description": "history JSON, CSV, step-stream JSONL, TensorBoard event files, console logs"},
             "num_classes": {"type": "integer", "minimum": 2, "description": "C, for the chance loss ln(C)"},
+            "pattern": {"type": "array", "items": {"type": "string", "maxLength": MAX_PATTERN_LENGTH},
+                        "maxItems": MAX_PATTERNS,
+                        "description": "extra console-log regexes with named groups (epoch, split, rest, or metric "
+                                       "names such as val_loss), tried before the built-in ones; repeat the field "
+                                       "for several (as `teacher analyze --pattern`)"},
         },
+        "additionalProperties": False,
         "required": ["files"],
     }}},
 }
@@ -351,7 +456,8 @@ ANALYSIS_REQUEST = {
               "GetPlot": {"operationId": "analysis_analysis_plot",
                           "parameters": {"analysis_id": "$response.body#/id", "name": "$response.body#/plots/0/name"}}}}})
 @blp.response(201, AnalysisSchema)
-@blp.alt_response(400, description="no files, an unknown or malformed file (errors name the field)")
+@blp.alt_response(400, description="no files, an unknown or malformed file, a bad num_classes or pattern, or an "
+                                   "unknown form field (errors name the field)")
 @blp.alt_response(413, description="upload too large")
 @blp.alt_response(415, description="not multipart/form-data")
 def create_analysis() -> Any:
@@ -359,11 +465,13 @@ def create_analysis() -> Any:
     request.max_content_length = settings.max_upload_length  # this endpoint's own limit
     if request.mimetype != "multipart/form-data":
         raise ApiError(415, "send the files as multipart/form-data")
+    _check_form_fields()
     items = [(field, fs) for field, fs in request.files.items(multi=True)]
     if not items:
         raise ApiError(400, "files: no files uploaded; upload at least one file (multipart field 'files')",
                        {"files": ["upload at least one file"]})
     num_classes = _num_classes()
+    patterns = _patterns()
     user = current_user()
     analysis_id = uuid.uuid4().hex
     base = settings.analyses_dir / str(user.id) / analysis_id
@@ -372,13 +480,14 @@ def create_analysis() -> Any:
     try:
         files = _save_uploads(items, inputs)
         by_stored = {f["stored_as"]: f for f in files}
-        from common.analysis.cli import write_analysis
         from common.analysis.series import AnalysisInputError
 
         try:
-            write_analysis([inputs / f["stored_as"] for f in files], base / "out", num_classes=num_classes)
+            _analyse_uploads(inputs, files, base / "out", num_classes, patterns)
         except (AnalysisInputError, ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as exc:
-            message = _strip(str(exc), inputs) or type(exc).__name__
+            message = _for_api(_strip(str(exc), inputs)) or type(exc).__name__
+            if message.startswith("pattern "):  # a bad regex is the pattern field's fault
+                raise ApiError(400, f"pattern: {message}", {"pattern": [message]}) from None
             stored = next((s for s in by_stored if message.startswith(s)), None)
             field = by_stored[stored]["field"] if stored else "files"
             if stored and by_stored[stored]["filename"]:

@@ -12,7 +12,9 @@ import logging
 from typing import Any, Mapping
 
 import marshmallow as ma
-from flask import Flask, jsonify
+from pathlib import Path
+
+from flask import Flask, current_app, has_app_context, jsonify
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, InternalServerError
 
@@ -45,9 +47,39 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+def _server_roots() -> list[tuple[str, str]]:
+    """(absolute path, how a client may see it) for the server's own directories, longest
+    first, in both the configured and the symlink-resolved spelling."""
+    ext = current_app.extensions.get("teacher") if has_app_context() else None
+    settings = getattr(ext, "settings", None)
+    if settings is None:
+        return []
+    from common.config import CONFIGS_DIR
+
+    named = {"the data root": settings.data_root, "the jobs root": settings.jobs_root,
+             "the analyses root": getattr(settings, "analyses_dir", None),
+             "the configs folder": getattr(settings, "configs_dir", None) or CONFIGS_DIR}
+    roots: dict[str, str] = {}
+    for label, path in named.items():
+        if path:
+            for spelling in {str(path), str(Path(path).resolve())}:
+                roots.setdefault(spelling.rstrip("/"), f"<{label}>")
+    return sorted(roots.items(), key=lambda item: -len(item[0]))
+
+
+def scrub(text: str, roots: list[tuple[str, str]]) -> str:
+    """Error text for a client: the server's absolute paths never appear in it."""
+    for path, label in roots:
+        if path and path != "/":
+            text = text.replace(path, label)
+    return text
+
+
 def error_response(status: int, message: str, errors: Mapping[str, Any] | None = None,
                    headers: Mapping[str, str] | None = None) -> ResponseReturnValue:
-    body = {"code": status, "message": message, "errors": {k: [str(m) for m in v] for k, v in (errors or {}).items()}}
+    roots = _server_roots()
+    body = {"code": status, "message": scrub(message, roots),
+            "errors": {k: [scrub(str(m), roots) for m in v] for k, v in (errors or {}).items()}}
     resp = jsonify(body)
     resp.status_code = status
     for k, v in (headers or {}).items():

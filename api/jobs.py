@@ -5,7 +5,10 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
+import os
 import re
+import shutil
 import time
 from typing import Any, Iterator
 
@@ -18,7 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from api.errors import ApiError
 from api.extensions import current_user, services
 from api.limits import check_queued_cap
-from api.runfiles import read_json, read_new_lines, tail_lines
+from api.runfiles import read_json, read_new_events, tail_events
+from api.precheck import check_data
 from api.schemas import (
     CHECKPOINT_REF,
     CheckpointListSchema,
@@ -44,6 +48,8 @@ from common.config import (
     parse_yaml,
 )
 from common.store import Job, JobStatus, transaction
+from common.store.models import FINISHED
+from common.store.models import utcnow
 from common.store.jobs import (
     JobNotFound,
     JobPaths,
@@ -54,6 +60,8 @@ from common.store.jobs import (
     request_cancel,
     visible_job,
 )
+
+log = logging.getLogger(__name__)
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs", description="Training jobs")
 
@@ -77,6 +85,7 @@ JOB_LINKS = {
     "ListJobCheckpoints": {"operationId": "jobs_checkpoints", "parameters": _JOB_ID},
     "DownloadBestCheckpoint": {"operationId": "jobs_checkpoint", "parameters": {**_JOB_ID, "name": "best"}},
     "GetJobReport": {"operationId": "analysis_job_report", "parameters": _JOB_ID},
+    "GetJobExport": {"operationId": "jobs_export", "parameters": _JOB_ID},
     "ListJobPlots": {"operationId": "analysis_job_plots", "parameters": _JOB_ID},
 }
 
@@ -91,6 +100,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "checkpoints": url_for("jobs.checkpoints", job_id=job.id),
         "report": url_for("analysis.job_report", job_id=job.id),
         "plots": url_for("analysis.job_plots", job_id=job.id),
+        "export": url_for("jobs.export", job_id=job.id),
     }
     integrity = (job.progress or {}).get("integrity") if isinstance(job.progress, dict) else None
     return {
@@ -105,9 +115,41 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     }
 
 
+MIN_PREFIX = 6
+_HEX = re.compile(r"^[0-9a-f]{1,32}$")
+MAX_LISTED_MATCHES = 10
+AMBIGUOUS = "an ambiguous job id prefix (the matching ids are listed) or a prefix shorter than 6 characters"
+
+
+def resolve_job(session: Any, user: Any, ref: str, *, field: str = "job_id", for_update: bool = False) -> Job:
+    """The job a full id or a unique prefix (at least 6 hex digits) names. Only jobs the
+    caller may see are candidates (their own; every job for an admin), so a prefix never tells
+    one user anything about another's jobs. JobNotFound (404) when none matches; ApiError 400
+    naming ``field`` when the prefix is too short or matches several."""
+    ref = ref.strip().lower()
+    if not _HEX.match(ref):
+        raise JobNotFound(ref[:64])
+    if len(ref) == 32:
+        return visible_job(session, user, ref, for_update=for_update)
+    if len(ref) < MIN_PREFIX:
+        raise ApiError(400, f"job id prefix '{ref}' is too short: give at least {MIN_PREFIX} characters",
+                       {field: [f"at least {MIN_PREFIX} characters of a job id"]})
+    stmt = select(Job.id).where(Job.id.startswith(ref), Job.deleted_at.is_(None))  # ref is hex: no LIKE wildcards
+    if not user.is_admin:
+        stmt = stmt.where(Job.user_id == user.id)
+    matches = list(session.scalars(stmt.order_by(Job.pk.desc()).limit(MAX_LISTED_MATCHES + 1)))
+    if not matches:
+        raise JobNotFound(ref)
+    if len(matches) > 1:
+        listed = ", ".join(matches[:MAX_LISTED_MATCHES]) + (" ..." if len(matches) > MAX_LISTED_MATCHES else "")
+        raise ApiError(400, f"job id prefix '{ref}' is ambiguous: it matches {listed}; give more characters",
+                       {field: [f"ambiguous: matches {listed}"]})
+    return visible_job(session, user, matches[0], for_update=for_update)
+
+
 def _load_job(job_id: str) -> Job:
     with services().sessions() as s:
-        job = visible_job(s, current_user(), job_id)
+        job = resolve_job(s, current_user(), job_id)
         job.user  # load the owner while the session is open  # noqa: B018
         return job
 
@@ -201,7 +243,11 @@ def _build_spec(raw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         opts = JobOptionsSchema().load(opts_raw)
     except ma.ValidationError as exc:
         errors.update(flatten_errors(exc.messages))
-        opts = {}
+        # Keep the options that were valid: a body naming a config with one bad service key
+        # reports that key only, not the config sections the named file would have supplied.
+        opts = exc.valid_data if isinstance(exc.valid_data, dict) else {}
+        if "config" in opts_raw and "config" not in opts:
+            raise ConfigError(errors) from None  # the config name itself is bad: nothing to validate against
     queues = services().settings.queues
     if opts.get("queue") is not None and opts["queue"] not in queues:
         errors["queue"] = [f"unknown queue; use one of: {', '.join(queues)}"]
@@ -224,9 +270,43 @@ def _build_spec(raw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             raise ConfigError({"init_from": ['in the service, name the job: {"init_from": {"job": ID, "checkpoint": "best"}}']})
     except ConfigError as exc:
         errors.update(exc.errors)
+    if not errors:
+        # The dataset, without torch and without listing every image: what would otherwise
+        # fail only once a worker picks the job up.
+        errors.update(check_data(config, services().settings.data_root))
     if errors:
         raise ConfigError(errors)
     return opts, config
+
+
+def _resolve_ref(s: Any, user: Any, field_name: str, ref: str | None) -> str | None:
+    """The full id of the caller's job that ``ref`` (an id or a unique prefix) names."""
+    if not ref:
+        return None
+    try:
+        return resolve_job(s, user, ref, field=field_name).id
+    except JobNotFound:
+        # 404 as for the job's own URL: another user's job and no job at all are the same
+        # answer, so ids do not leak.
+        raise ApiError(404, f"{field_name}: job {ref} not found", {field_name: [f"no job {ref} (or not yours)"]}) from None
+
+
+def _check_init_from(s: Any, init_from: dict[str, Any]) -> None:
+    """A checkpoint that can never exist is refused now: a finished job must already have it
+    (a job still to run may write it later; `after` then waits for it)."""
+    job = s.scalar(select(Job).where(Job.id == init_from["job"]))
+    if job is None or not job.job_status.finished:
+        return
+    name = init_from["checkpoint"]
+    filename = name if name.endswith(".pt") else f"{name}.pt"
+    checkpoints = JobPaths.of(services().settings.jobs_root, job.id).checkpoints
+    try:
+        exists = confine(checkpoints, filename, what="init_from.checkpoint").is_file()
+    except PathEscapeError:
+        exists = False
+    if not exists:
+        raise ConfigError({"init_from.checkpoint": [
+            f"job {job.id} ended {job.status} without a checkpoint '{filename}'"]})
 
 
 def _body_hash(raw: Any) -> str:
@@ -289,18 +369,15 @@ def submit() -> Any:
         try:
             with transaction(svc.sessions) as s:
                 job = find_idempotent(s, user, key, body_hash) if key else None
+                if job is not None and job.deleted_at is not None:
+                    raise ApiError(409, "the job this Idempotency-Key created was deleted; use a new key",
+                                   {"Idempotency-Key": ["its job was deleted"]})
                 if job is None:
-                    after_id = opts.get("after")
+                    after_id = _resolve_ref(s, user, "after", opts.get("after"))
                     init_from = opts.get("init_from")
-                    for field_name, ref in (("after", after_id), ("init_from.job", init_from and init_from["job"])):
-                        if ref:
-                            try:
-                                visible_job(s, user, ref)
-                            except JobNotFound:
-                                # 404 as for the job's own URL: another user's job and no job
-                                # at all are the same answer, so ids do not leak.
-                                raise ApiError(404, f"{field_name}: job {ref} not found",
-                                               {field_name: [f"no job {ref} (or not yours)"]}) from None
+                    if init_from:
+                        init_from = {**init_from, "job": _resolve_ref(s, user, "init_from.job", init_from["job"])}
+                        _check_init_from(s, init_from)
                     if init_from:
                         config["init_from"] = init_from_path(init_from["job"], init_from["checkpoint"])
                         after_id = after_id or init_from["job"]  # its checkpoint must exist first
@@ -345,6 +422,7 @@ def index(args: dict[str, Any]) -> Any:
 @blp.route("/<string:job_id>", methods=["GET"], endpoint="job")
 @blp.doc(responses={200: {"links": JOB_LINKS}})  # int: merged with @blp.response's 200
 @blp.response(200, JobSchema)
+@blp.alt_response(400, description=AMBIGUOUS)
 @blp.alt_response(404, description="no such job (or not yours)")
 def get_job(job_id: str) -> Any:
     return job_to_dict(_load_job(job_id))
@@ -353,54 +431,82 @@ def get_job(job_id: str) -> Any:
 @blp.route("/<string:job_id>/cancel", methods=["POST"], endpoint="cancel")
 @blp.doc(responses={202: {"links": JOB_LINKS}})
 @blp.response(202, JobSchema)
+@blp.alt_response(400, description=AMBIGUOUS)
 @blp.alt_response(404, description="no such job")
 @blp.alt_response(409, description="the job already finished")
 def cancel(job_id: str) -> Any:
     with transaction(services().sessions) as s:
-        job = visible_job(s, current_user(), job_id, for_update=True)
+        job = resolve_job(s, current_user(), job_id, for_update=True)
         request_cancel(s, job)
         job.user  # noqa: B018
     return job_to_dict(job)
 
 
+LAST_EVENT_ID = {"in": "header", "name": "Last-Event-ID", "required": False, "schema": {"type": "string"},
+                 "description": "with follow=true: the `id:` of the last event received; the stream resumes "
+                                "after that line instead of sending the tail again (EventSource sends it on reconnect)"}
+
+
 @blp.route("/<string:job_id>/logs", methods=["GET"], endpoint="logs")
-@blp.doc(responses={200: {"content": {"text/event-stream": {"schema": {
-    "type": "string", "description": "with follow=true: one `data:` event per line, then `event: end` with the final status"}}}}})
+@blp.doc(parameters=[LAST_EVENT_ID], responses={200: {"content": {"text/event-stream": {"schema": {
+    "type": "string", "description": "with follow=true: one `data:` event per line, each with an `id:` (the byte offset "
+                                     "just after the line; send it back as Last-Event-ID to resume), then `event: end` "
+                                     "with the final status"}}}}})
 @blp.arguments(LogsQuerySchema, location="query")
 @blp.response(200, LogsSchema, description="the last lines; with follow=true a text/event-stream")
+@blp.alt_response(400, description=AMBIGUOUS)
 @blp.alt_response(404, description="no such job (or not yours)")
 def logs(args: dict[str, Any], job_id: str) -> Any:
     job = _load_job(job_id)
     paths = JobPaths.of(services().settings.jobs_root, job.id)
     finished = job.job_status.finished
-    lines, offset = tail_lines(paths.log, args["tail"], include_partial=finished)
+    resume = _last_event_offset() if args["follow"] else None
+    if resume is not None:
+        events, offset = read_new_events(paths.log, resume, include_partial=finished)
+        if offset < resume:  # the log was replaced since (shorter now): its offsets mean nothing
+            resume = None
+    if resume is None:
+        events, offset = tail_events(paths.log, args["tail"], include_partial=finished)
     if not args["follow"]:
-        return {"lines": lines, "status": job.status}
+        return {"lines": [line for _, line in events], "status": job.status}
     return Response(
-        stream_with_context(_follow(job.id, paths, lines, offset)),
+        stream_with_context(_follow(job.id, paths, events, offset)),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-def _follow(job_id: str, paths: JobPaths, lines: list[str], offset: int) -> Iterator[str]:
-    """Server-sent events: one `data:` event per log line, then `event: end` with the final
-    status. The store is polled for the status; the session is never held across sleeps."""
+def _last_event_offset() -> int | None:
+    """The byte offset a reconnecting client asks to resume from (our event ids are offsets);
+    None when absent or not one of ours, and the tail is sent as for a first connection."""
+    raw = request.headers.get("Last-Event-ID", "").strip()
+    return int(raw) if raw.isdigit() and len(raw) <= 18 else None
+
+
+def _event(end_offset: int, line: str) -> str:
+    return f"id: {end_offset}\ndata: {line}\n\n"
+
+
+def _follow(job_id: str, paths: JobPaths, events: list[tuple[int, str]], offset: int) -> Iterator[str]:
+    """Server-sent events: one `data:` event per log line, with the byte offset after the line
+    as its `id:`, then `event: end` with the final status. The store is polled for the status;
+    the session is never held across sleeps."""
     svc = services()
     poll = svc.settings.sse_poll_s
-    for line in lines:
-        yield f"data: {line}\n\n"
+    for end, line in events:
+        yield _event(end, line)
     last_beat = time.monotonic()
     while True:
         with svc.sessions() as s:
             status = JobStatus(s.scalar(select(Job.status).where(Job.id == job_id)))
-        new, offset = read_new_lines(paths.log, offset)
-        for line in new:
-            yield f"data: {line}\n\n"
+        new, offset = read_new_events(paths.log, offset)
+        for end, line in new:
+            yield _event(end, line)
         if status.finished:
-            rest, offset = read_new_lines(paths.log, offset)  # lines written just before the end
-            for line in rest:
-                yield f"data: {line}\n\n"
+            # lines written just before the end, the unterminated last one included
+            rest, offset = read_new_events(paths.log, offset, include_partial=True)
+            for end, line in rest:
+                yield _event(end, line)
             yield f"event: end\ndata: {status.value}\n\n"
             return
         if time.monotonic() - last_beat > 15:
@@ -411,6 +517,7 @@ def _follow(job_id: str, paths: JobPaths, lines: list[str], offset: int) -> Iter
 
 @blp.route("/<string:job_id>/metrics", methods=["GET"], endpoint="metrics")
 @blp.response(200, HistorySchema)
+@blp.alt_response(400, description=AMBIGUOUS)
 @blp.alt_response(404, description="no such job")
 def metrics(job_id: str) -> Any:
     job = _load_job(job_id)
@@ -422,6 +529,7 @@ def metrics(job_id: str) -> Any:
 @blp.doc(responses={200: {"links": {"DownloadCheckpoint": {"operationId": "jobs_checkpoint", "parameters": {
     "job_id": "$request.path.job_id", "name": "$response.body#/checkpoints/0/name"}}}}})
 @blp.response(200, CheckpointListSchema)
+@blp.alt_response(400, description=AMBIGUOUS)
 @blp.alt_response(404, description="no such job")
 def checkpoints(job_id: str) -> Any:
     job = _load_job(job_id)
@@ -440,7 +548,7 @@ def checkpoints(job_id: str) -> Any:
 @blp.doc(responses={"200": {"description": "the checkpoint file (supports Range and If-None-Match)",
                             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
                     "206": {"description": "partial content"}, "304": {"description": "not modified"}})
-@blp.alt_response(400, description="invalid checkpoint name")
+@blp.alt_response(400, description="invalid checkpoint name, or " + AMBIGUOUS)
 @blp.alt_response(404, description="no such job or checkpoint")
 def checkpoint(job_id: str, name: str) -> Any:
     job = _load_job(job_id)
@@ -466,3 +574,92 @@ def checkpoint(job_id: str, name: str) -> Any:
             etag = str(entry["sha256"])
     return send_file(path, mimetype="application/octet-stream", as_attachment=True,
                      download_name=f"{job.id}-{filename}", conditional=True, etag=etag, max_age=0)
+
+
+# ---------------------------------------------------------------------------------- delete
+@blp.route("/<string:job_id>", methods=["DELETE"], endpoint="delete")
+@blp.doc(summary="Delete a finished job and its files",
+         description="The owner or an admin. Removes the job's directory (checkpoints, logs, run files) under the "
+                     "jobs root and marks the job deleted: it no longer lists and its URLs answer 404. A job that "
+                     "has not finished (queued, waiting, running, interrupted) is 409: cancel it first.",
+         responses={204: {"description": "deleted"}})
+@blp.alt_response(400, description=AMBIGUOUS)
+@blp.alt_response(404, description="no such job (or not yours)")
+@blp.alt_response(409, description="the job has not finished, or an unfinished job starts from its checkpoint")
+def delete(job_id: str) -> Any:
+    jobs_root = services().settings.jobs_root
+    with transaction(services().sessions) as s:
+        job = resolve_job(s, current_user(), job_id, for_update=True)
+        if not job.job_status.finished:
+            raise ApiError(409, f"job {job.id} is {job.status}; cancel it and wait until it has stopped, then delete it")
+        dependent = s.scalar(select(Job.id).where(Job.after_id == job.id, Job.deleted_at.is_(None),
+                                                  Job.status.not_in([st.value for st in FINISHED])).limit(1))
+        if dependent:
+            raise ApiError(409, f"job {dependent} has not finished and waits for (or starts from) job {job.id}")
+        root = JobPaths.of(jobs_root, job.id).root
+        trash = root.with_name(f".deleted-{job.id}")
+        if root.exists():
+            os.replace(root, trash)  # atomic: the job's files are gone from its path at once
+        try:
+            job.deleted_at = utcnow()
+            s.flush()
+        except BaseException:
+            if trash.exists():
+                os.replace(trash, root)
+            raise
+    shutil.rmtree(trash, ignore_errors=True)
+    if trash.exists():  # e.g. a file the API may not remove; the job is deleted all the same
+        log.warning("job %s: could not remove every file under %s", job.id, trash)
+    return Response(status=204)
+
+
+# ---------------------------------------------------------------------------------- export
+def _export_dir(job_id: str) -> tuple[Job, Path]:
+    job = _load_job(job_id)
+    export = JobPaths.of(services().settings.jobs_root, job.id).run / "export"
+    if not (export / "model.json").is_file() or not (export / "model.pt").is_file():
+        if not job.job_status.finished:
+            raise ApiError(409, f"job {job.id} is {job.status}; its export is written when it succeeds")
+        raise ApiError(404, f"job {job.id} has no export (it ended {job.status}"
+                            + ("" if job.status == JobStatus.succeeded.value else "; only a succeeded job is exported")
+                            + ")")
+    return job, export
+
+
+@blp.route("/<string:job_id>/export", methods=["GET"], endpoint="export")
+@blp.doc(summary="The exported model's description (model.json)",
+         description="arch, class names, image size, mean/std, source job, metrics and the sha256 of model.pt, "
+                     "as the exporter wrote them; the weights are at `/export/model.pt`.",
+         responses={200: {"description": "model.json", "content": {"application/json": {"schema": {"type": "object"}}},
+                          "links": {"DownloadExportedWeights": {"operationId": "jobs_export_weights",
+                                                                "parameters": {"job_id": "$request.path.job_id"}}}}})
+@blp.alt_response(400, description=AMBIGUOUS)
+@blp.alt_response(404, description="no such job, or it has no export")
+@blp.alt_response(409, description="the job has not finished; the export is written when it succeeds")
+def export(job_id: str) -> Any:
+    _, export_dir = _export_dir(job_id)
+    return send_file(export_dir / "model.json", mimetype="application/json", max_age=0, conditional=True)
+
+
+@blp.route("/<string:job_id>/export/model.pt", methods=["GET"], endpoint="export_weights")
+@blp.doc(summary="The exported weights (a state_dict, model.pt)",
+         responses={"200": {"description": "model.pt (supports Range and If-None-Match; the ETag is its sha256 when "
+                                           "model.json records it)",
+                            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                    "206": {"description": "partial content"}, "304": {"description": "not modified"}})
+@blp.alt_response(400, description=AMBIGUOUS)
+@blp.alt_response(404, description="no such job, or it has no export")
+@blp.alt_response(409, description="the job has not finished; the export is written when it succeeds")
+def export_weights(job_id: str) -> Any:
+    job, export_dir = _export_dir(job_id)
+    weights = export_dir / "model.pt"
+    etag: str | bool = True
+    try:
+        meta = read_json(export_dir / "model.json")
+    except ValueError:
+        meta = None
+    sha = meta.get("sha256") if isinstance(meta, dict) else None
+    if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha):
+        etag = sha
+    return send_file(weights, mimetype="application/octet-stream", as_attachment=True,
+                     download_name=f"{job.id}-model.pt", conditional=True, etag=etag, max_age=0)

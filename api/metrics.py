@@ -1,5 +1,9 @@
 """Prometheus /metrics: jobs by status, queue depth, job durations. Collected from the store
-and Redis at scrape time, so every gunicorn worker reports the same numbers."""
+and Redis at scrape time, so every gunicorn worker reports the same numbers.
+
+Scoped to the token: an admin's token sees every job and the broker's queue depths; any other
+token sees its own user's jobs only (counts and durations) and no queue depths, which would
+tell one user about everyone else's work."""
 from __future__ import annotations
 
 from typing import Any, Iterator
@@ -10,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from api.extensions import Services, services
+from api.extensions import Services, current_user, services
 from common.store import Job, JobStatus
 
 blp = Blueprint("metrics", __name__)
@@ -19,16 +23,21 @@ DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 72
 
 
 class StoreCollector(Collector):
-    def __init__(self, svc: Services):
+    def __init__(self, svc: Services, user_id: int | None):
         self.svc = svc
+        self.user_id = user_id  # None: every user's jobs (an admin's scrape)
+
+    def _scoped(self, stmt: Any) -> Any:
+        stmt = stmt.where(Job.deleted_at.is_(None))
+        return stmt if self.user_id is None else stmt.where(Job.user_id == self.user_id)
 
     def collect(self) -> Iterator[Any]:
         by_status = GaugeMetricFamily("teacher_jobs", "Jobs by status", labels=["status"])
         durations: list[tuple[str, float]] = []
         with self.svc.sessions() as s:
-            counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            counts = dict(s.execute(self._scoped(select(Job.status, func.count())).group_by(Job.status)).all())
             rows = s.execute(
-                select(Job.status, Job.started_at, Job.finished_at)
+                self._scoped(select(Job.status, Job.started_at, Job.finished_at))
                 .where(Job.finished_at.is_not(None), Job.started_at.is_not(None))
                 .order_by(Job.pk.desc()).limit(10_000)
             ).all()
@@ -44,6 +53,8 @@ class StoreCollector(Collector):
             buckets = [(str(b), sum(1 for v in values if v <= b)) for b in DURATION_BUCKETS] + [("+Inf", len(values))]
             hist.add_metric([status.value], buckets, sum(values))
         yield hist
+        if self.user_id is not None:
+            return
         depth = GaugeMetricFamily("teacher_queue_depth", "Messages waiting in each broker queue", labels=["queue"])
         try:
             r = self.svc.redis()
@@ -58,5 +69,6 @@ class StoreCollector(Collector):
 @blp.route("/metrics")
 def prometheus_metrics() -> Response:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(services()))
+    user = current_user()
+    registry.register(StoreCollector(services(), None if user.is_admin else user.id))
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4; charset=utf-8")

@@ -23,9 +23,27 @@ def read_json(path: Path) -> Any | None:
     return json.loads(data)
 
 
-def tail_lines(path: Path, n: int, *, include_partial: bool = False) -> tuple[list[str], int]:
-    """The last ``n`` complete lines and the byte offset just after them (where following
-    should continue)."""
+Event = tuple[int, str]  # (byte offset just after the line, the line's text)
+
+
+def _events(data: bytes, base: int) -> list[Event]:
+    """Lines of ``data`` (read from byte ``base`` of the file), each with the file offset just
+    after its newline: a client that saw an event can resume exactly after it. A chunk holding
+    carriage returns (progress bars) becomes several lines sharing one offset, as before."""
+    out: list[Event] = []
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        end = len(data) if nl < 0 else nl + 1
+        for text in data[pos:end].decode("utf-8", errors="replace").splitlines():
+            out.append((base + end, text))
+        pos = end
+    return out
+
+
+def tail_events(path: Path, n: int, *, include_partial: bool = False) -> tuple[list[Event], int]:
+    """The last ``n`` complete lines with their end offsets, and the byte offset just after
+    them (where following should continue)."""
     try:
         fh = path.open("rb")
     except FileNotFoundError:
@@ -39,15 +57,23 @@ def tail_lines(path: Path, n: int, *, include_partial: bool = False) -> tuple[li
             fh.seek(pos)
             data = fh.read(step) + data
     complete_end = len(data) if include_partial or data.endswith(b"\n") else data.rfind(b"\n") + 1
-    body = data[:complete_end]
-    lines = body.decode("utf-8", errors="replace").splitlines()
+    start = 0
     if pos > 0:  # the first line in `data` may be cut; we read more than n lines so drop it
-        lines = lines[1:]
-    return lines[-n:], pos + complete_end
+        start = data.find(b"\n") + 1
+    events = _events(data[start:complete_end], pos + start)
+    return events[-n:], pos + complete_end
 
 
-def read_new_lines(path: Path, offset: int) -> tuple[list[str], int]:
-    """Complete lines appended since ``offset``, and the new offset."""
+def tail_lines(path: Path, n: int, *, include_partial: bool = False) -> tuple[list[str], int]:
+    """The last ``n`` complete lines and the byte offset just after them."""
+    events, offset = tail_events(path, n, include_partial=include_partial)
+    return [text for _, text in events], offset
+
+
+def read_new_events(path: Path, offset: int, *, include_partial: bool = False) -> tuple[list[Event], int]:
+    """Lines appended since ``offset`` (complete ones, and the unterminated last one with
+    ``include_partial``), with their end offsets, and the new offset. An offset beyond the end
+    (the file was replaced) starts over from 0."""
     try:
         fh = path.open("rb")
     except FileNotFoundError:
@@ -58,7 +84,13 @@ def read_new_lines(path: Path, offset: int) -> tuple[list[str], int]:
             offset = 0
         fh.seek(offset)
         data = fh.read(min(size - offset, 4 << 20))
-    cut = data.rfind(b"\n") + 1
+    cut = len(data) if include_partial and offset + len(data) == size else data.rfind(b"\n") + 1
     if cut == 0:
         return [], offset
-    return data[:cut].decode("utf-8", errors="replace").splitlines(), offset + cut
+    return _events(data[:cut], offset), offset + cut
+
+
+def read_new_lines(path: Path, offset: int) -> tuple[list[str], int]:
+    """Complete lines appended since ``offset``, and the new offset."""
+    events, offset = read_new_events(path, offset)
+    return [text for _, text in events], offset

@@ -12,6 +12,8 @@ from common.config import StrictInteger, TrainConfigSchema
 from common.store.models import JobStatus
 
 JOB_ID = validate.Regexp(r"^[0-9a-f]{32}$", error="not a job id")
+# Where a client names one of its jobs: the id or a unique prefix of it (api.jobs.resolve_job).
+JOB_REF = validate.Regexp(r"^[0-9a-f]{6,32}$", error="a job id, or a unique prefix of at least 6 of its hex digits")
 CHECKPOINT_REF = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", error="not a checkpoint name")
 CONFIG_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", error="not a config name")
 STATUSES = [s.value for s in JobStatus]
@@ -23,7 +25,7 @@ class _Strict(ma.Schema):
 
 
 class InitFromSchema(_Strict):
-    job = fields.String(required=True, validate=JOB_ID)
+    job = fields.String(required=True, validate=JOB_REF)
     checkpoint = fields.String(load_default="best", validate=CHECKPOINT_REF,
                                metadata={"description": "checkpoint name in that job: best, last, epoch_0003 ..."})
 
@@ -34,7 +36,7 @@ class JobOptionsSchema(_Strict):
     queue = fields.String(load_default=None, metadata={"description": "queue name (a configured one)"})
     priority = StrictInteger(load_default=5, validate=validate.Range(min=0, max=9),
                               metadata={"description": "0..9; higher runs first"})
-    after = fields.String(load_default=None, allow_none=True, validate=JOB_ID,
+    after = fields.String(load_default=None, allow_none=True, validate=JOB_REF,
                           metadata={"description": "start only when this job has succeeded"})
     init_from = fields.Nested(InitFromSchema, load_default=None, allow_none=True,
                               metadata={"description": "initialise from another job's checkpoint"})
@@ -100,6 +102,7 @@ class LinksSchema(ma.Schema):
     checkpoints = fields.String()
     report = fields.String()
     plots = fields.String()
+    export = fields.String(metadata={"description": "the exported model (model.json; weights at .../export/model.pt)"})
 
 
 class JobSchema(ma.Schema):

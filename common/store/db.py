@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.settings import DEFAULT_DATABASE_URL, absolute_database_url, database_url
-from common.store.models import Base, SchemaVersion
+from common.store.models import Base, Job, SchemaVersion
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,29 @@ def _v2_job_run_seconds(conn: Connection) -> None:
     conn.execute(text(f"ALTER TABLE jobs ADD COLUMN run_seconds {column_type} DEFAULT 0 NOT NULL"))
 
 
+def _v3_job_deleted_at(conn: Connection) -> None:
+    # As in v2: a store created at v1 by today's models already has the column.
+    if "deleted_at" in {c["name"] for c in inspect(conn).get_columns("jobs")}:
+        return
+    column_type = Job.__table__.c.deleted_at.type.compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE jobs ADD COLUMN deleted_at {column_type}"))
+
+
+def _v4_job_interruptions(conn: Connection) -> None:
+    # As in v2: a store created at v1 by today's models already has the columns.
+    present = {c["name"] for c in inspect(conn).get_columns("jobs")}
+    if "interruptions" not in present:
+        conn.execute(text("ALTER TABLE jobs ADD COLUMN interruptions INTEGER DEFAULT 0 NOT NULL"))
+    if "claimed_at" not in present:
+        column_type = Job.__table__.c.claimed_at.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE jobs ADD COLUMN claimed_at {column_type}"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _v1_initial),
     (2, "jobs.run_seconds: training time summed over attempts", _v2_job_run_seconds),
+    (3, "jobs.deleted_at: a deleted job's row stays, unlisted", _v3_job_deleted_at),
+    (4, "jobs.interruptions and jobs.claimed_at: interruptions counted apart from failures", _v4_job_interruptions),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

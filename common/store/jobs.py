@@ -41,7 +41,7 @@ def lock_job(session: Session, job_id: str) -> Job | None:
 
 
 def visible_job(session: Session, user: User, job_id: str, *, for_update: bool = False) -> Job:
-    stmt = select(Job).where(Job.id == job_id)
+    stmt = select(Job).where(Job.id == job_id, Job.deleted_at.is_(None))
     if not user.is_admin:
         stmt = stmt.where(Job.user_id == user.id)
     if for_update:
@@ -105,7 +105,7 @@ def create_job(
 def list_jobs(
     session: Session, user: User, *, statuses: Sequence[str] = (), before_pk: int | None = None, limit: int = 50
 ) -> list[Job]:
-    stmt = select(Job).order_by(Job.pk.desc()).limit(limit)
+    stmt = select(Job).where(Job.deleted_at.is_(None)).order_by(Job.pk.desc()).limit(limit)
     if not user.is_admin:
         stmt = stmt.where(Job.user_id == user.id)
     if statuses:
@@ -159,10 +159,43 @@ def age_s(when: dt.datetime | None, now: dt.datetime | None = None) -> float | N
     return ((now or utcnow()) - when).total_seconds()
 
 
+# ------------------------------------------------------------------------- attempts
+def attempt_started_training(job: Job) -> bool:
+    """Whether the latest attempt got as far as training: the progress its training process
+    reported (copied into the row at each heartbeat) is newer than the claim. Training writes
+    progress only once a batch is done, so a run that was still starting, or whose worker died
+    within a heartbeat of its first batch, counts as not started."""
+    if job.claimed_at is None or not isinstance(job.progress, dict):
+        return False
+    updated = job.progress.get("updated_at")
+    return isinstance(updated, (int, float)) and updated >= job.claimed_at.timestamp()
+
+
+def lost_attempts(job: Job) -> int:
+    """Ended attempts that count against ``max_attempts``: their worker or training process died
+    while training (the others were interruptions). Call it while no attempt runs."""
+    return max(0, (job.attempts or 0) - (job.interruptions or 0))
+
+
+def end_lost_attempt(job: Job, reason: str) -> bool:
+    """The running job's worker is gone: make it `interrupted` (to be re-sent and resumed).
+    An attempt lost before it trained counts as an interruption, not against max_attempts.
+    Returns whether it counted as an interruption."""
+    interruption = not attempt_started_training(job)
+    job.status = JobStatus.interrupted.value
+    job.claim_token = None
+    job.child_pid = None
+    job.failure_reason = reason
+    if interruption:
+        job.interruptions = (job.interruptions or 0) + 1
+    return interruption
+
+
 __all__ = [
     "JobNotFound", "JobConflict", "IdempotencyMismatch", "IntegrityError", "FINISHED", "new_job_id",
     "lock_job", "visible_job", "find_idempotent", "create_job", "list_jobs", "finish_dependents",
-    "request_cancel", "mark_enqueued", "age_s", "JobPaths", "init_from_path",
+    "request_cancel", "mark_enqueued", "age_s", "JobPaths", "init_from_path", "attempt_started_training",
+    "lost_attempts", "end_lost_attempt",
 ]
 
 

@@ -122,6 +122,14 @@ class Job(Base):
     # Seconds its training processes have run, summed over attempts (updated at every heartbeat):
     # TEACHER_MAX_JOB_SECONDS limits this total, so a requeued job does not get a fresh budget.
     run_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # Attempts that ended without the job being at fault: stopped gracefully (worker shutdown,
+    # preemption: exit 3) or lost before training started. They are capped by
+    # TEACHER_MAX_INTERRUPTIONS; the other ended attempts (attempts - interruptions: a worker or
+    # training process that died while training) by max_attempts.
+    interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the latest attempt claimed the job: a broker delivery older than this was consumed by
+    # that claim (or an earlier one), so it is not a message still waiting to be claimed.
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
 
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -129,6 +137,9 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    # Set by DELETE /jobs/{id} once the job's files are removed: the row stays (idempotency keys
+    # and dependents refer to it) but no longer lists and answers 404.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
 
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -75,6 +75,10 @@ class FakeBroker:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
+    # POST /jobs checks the dataset a job names (api/precheck.py): a tiny one, 4 classes.
+    from worker.training.synthetic import SyntheticSpec, make_dataset
+
+    make_dataset(tmp_path / "data" / "synthetic", SyntheticSpec(num_classes=4, train_per_class=1, val_per_class=1))
     return Settings(
         database_url=f"sqlite:///{tmp_path / 'state' / 'teacher.db'}",
         redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens: no accidental broker

@@ -127,8 +127,12 @@ def _run_template(base: Path) -> Path:
 def service(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Service]:
     from api import create_app
 
+    from worker.training.synthetic import SyntheticSpec, make_dataset
+
     base = tmp_path_factory.mktemp("schemathesis")
     settings = _settings(base, redis_server)
+    # POST /jobs checks the dataset a job names: the one VALID_JOB trains on.
+    make_dataset(settings.data_root / "synthetic", SyntheticSpec(num_classes=4, train_per_class=1, val_per_class=1))
     app = create_app({"TEACHER_SETTINGS": settings, "TEACHER_ENQUEUE": FakeBroker(), "TESTING": True})
     template = _run_template(base / "template")
     yield Service(app=app, settings=settings, headers=mint(app, "fuzzer"), run_template=template)

@@ -402,14 +402,19 @@ import sys
 from api import create_app
 from common.settings import Settings
 from tests.service.conftest import mint
-app = create_app({{"TEACHER_SETTINGS": Settings(database_url="sqlite:///{tmp_path}/t.db", jobs_root=__import__("pathlib").Path("{tmp_path}/jobs")),
+from worker.training.synthetic import SyntheticSpec, make_dataset  # PIL and numpy only
+make_dataset(__import__("pathlib").Path("{tmp_path}/data/synthetic"), SyntheticSpec(num_classes=4, train_per_class=1, val_per_class=1))
+app = create_app({{"TEACHER_SETTINGS": Settings(database_url="sqlite:///{tmp_path}/t.db", jobs_root=__import__("pathlib").Path("{tmp_path}/jobs"),
+                                             data_root=__import__("pathlib").Path("{tmp_path}/data")),
                   "TEACHER_ENQUEUE": lambda *a: None}})
 c = app.test_client()
 h = mint(app, "alice")
 job = c.post("/api/v1/jobs", json={CFG!r}, headers=h).json["id"]
 for path in ("/api/v1/jobs", "/api/v1/jobs/" + job, "/api/v1/jobs/" + job + "/logs", "/api/v1/jobs/" + job + "/metrics",
-             "/api/v1/jobs/" + job + "/checkpoints", "/metrics", "/api/v1/openapi.json", "/api/v1/health"):
+             "/api/v1/jobs/" + job + "/checkpoints", "/api/v1/jobs/" + job[:8], "/api/v1/jobs/" + job + "/export",
+             "/api/v1/jobs/" + job + "/export/model.pt", "/metrics", "/api/v1/openapi.json", "/api/v1/health"):
     assert c.get(path, headers=h).status_code < 500, path
+assert c.delete("/api/v1/jobs/" + job, headers=h).status_code == 409  # queued
 import worker.supervisor, worker.reconciler, worker.tasks  # the worker's parent process too
 print("TORCH" if "torch" in sys.modules else "NO-TORCH")
 """
