@@ -163,7 +163,8 @@ class Settings:
     max_upload_length: int = 64 << 20          # POST /api/v1/analyses (uploaded training artifacts)
     analyses_root: Path | None = None          # None: <jobs_root>/analyses
     queues: tuple[str, ...] = ("default",)
-    max_attempts: int = 3
+    max_attempts: int = 3             # attempts lost while training (worker/child died): then failed
+    max_interruptions: int = 20       # graceful stops and attempts lost before training: then failed
     heartbeat_s: float = 5.0
     stale_after_s: float = 60.0       # a running job whose heartbeat is older is presumed lost
     cancel_grace_s: float = 120.0     # SIGTERM -> SIGKILL escalation for a training child
@@ -225,6 +226,7 @@ class Settings:
             analyses_root=Path(env["TEACHER_ANALYSES_ROOT"]) if env.get("TEACHER_ANALYSES_ROOT") else None,
             queues=queues,
             max_attempts=_env_int(env, "TEACHER_MAX_ATTEMPTS", cls.max_attempts),
+            max_interruptions=_env_int(env, "TEACHER_MAX_INTERRUPTIONS", cls.max_interruptions),
             heartbeat_s=_env_float(env, "TEACHER_HEARTBEAT_S", cls.heartbeat_s),
             stale_after_s=_env_float(env, "TEACHER_STALE_AFTER_S", cls.stale_after_s),
             cancel_grace_s=_env_float(env, "TEACHER_CANCEL_GRACE_S", cls.cancel_grace_s),

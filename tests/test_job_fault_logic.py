@@ -182,7 +182,7 @@ def test_supervisor_config_write_on_a_full_disk_leaves_no_temp_file(tmp_path, mo
 
 
 # ----------------------------------------------------------------------------- run time over attempts
-def _store(tmp_path: Path, **settings_kw):
+def _store(tmp_path: Path, config: dict | None = None, **settings_kw):
     from common.auth import create_token
     from common.store import User, transaction
     from common.store.jobs import create_job
@@ -193,7 +193,7 @@ def _store(tmp_path: Path, **settings_kw):
     with transaction(sessions) as s:
         create_token(s, "alice")
         user = s.scalar(select(User).where(User.name == "alice"))
-        job_id = create_job(s, user=user, config=dict(TINY_CONFIG), name="tiny", queue="default", priority=5,
+        job_id = create_job(s, user=user, config=dict(config or TINY_CONFIG), name="tiny", queue="default", priority=5,
                             max_attempts=3).id
     return settings, sessions, job_id
 
@@ -291,3 +291,124 @@ def test_a_malicious_resume_checkpoint_is_refused_and_the_previous_one_used(tmp_
     assert entry.name == "epoch_0001.pt" and state["epoch"] == 1
     assert "last.pt: cannot be loaded safely" in caplog.text and "trying an older checkpoint" in caplog.text
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- finished runs, interruptions
+def _finished_run(settings: Settings, job_id: str, epochs: int = 2) -> "JobPaths":
+    """A run directory as a completed `teacher train` leaves it (small fake checkpoint bytes)."""
+    import hashlib
+    import time as time_
+
+    from common.store.jobs import JobPaths
+
+    paths = JobPaths.of(settings.jobs_root, job_id)
+    paths.checkpoints.mkdir(parents=True)
+    entries = []
+    for name, epoch in [(f"epoch_{epochs:04d}.pt", epochs), ("last.pt", epochs), ("best.pt", epochs)]:
+        data = f"weights of epoch {epoch}".encode()
+        (paths.checkpoints / name).write_bytes(data)
+        entries.append({"name": name, "epoch": epoch, "step": 4 * epoch, "size": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest(), "metrics": {"val.top1": 50.0}, "created_at": 0})
+    (paths.manifest).write_text(json.dumps({"best": {"metric": "val.top1", "value": 50.0, "epoch": epochs},
+                                            "checkpoints": entries}))
+    (paths.history).write_text(json.dumps({"epochs": [{"epoch": e} for e in range(1, epochs + 1)]}))
+    (paths.progress).write_text(json.dumps({"status": "succeeded", "phase": "done", "updated_at": time_.time()}))
+    (paths.run / "config.yaml").write_text("x: 1\n")
+    return paths
+
+
+def test_run_finished_needs_every_epoch_and_verified_checkpoints(tmp_path):
+    settings = Settings(jobs_root=tmp_path / "jobs")
+    paths = _finished_run(settings, "a" * 32, epochs=2)
+    assert sup.run_finished(paths, 2)
+    assert not sup.run_finished(paths, 3)  # the config asks for more epochs than the history has
+    (paths.checkpoints / "best.pt").write_bytes(b"truncated")
+    assert not sup.run_finished(paths, 2)  # a checkpoint that does not verify
+    paths = _finished_run(settings, "b" * 32, epochs=2)
+    paths.progress.write_text(json.dumps({"status": "running", "phase": "train"}))
+    assert not sup.run_finished(paths, 2)
+    paths.progress.write_text(json.dumps({"status": "succeeded"}))
+    manifest = json.loads(paths.manifest.read_text())
+    manifest["checkpoints"] = [e for e in manifest["checkpoints"] if e["name"] != "last.pt"]
+    paths.manifest.write_text(json.dumps(manifest))
+    assert not sup.run_finished(paths, 2)  # the save of the last epoch did not complete
+
+
+def test_a_claim_records_a_run_that_finished_before_its_worker_died(tmp_path):
+    """The worker died after the child's "done" and before recording it: the next delivery
+    records succeeded without a new attempt (nothing is trained again)."""
+    cfg = dict(TINY_CONFIG, optim={**TINY_CONFIG["optim"], "epochs": 2})
+    settings, sessions, job_id = _store(tmp_path, config=cfg)
+    _finished_run(settings, job_id, epochs=2)
+    _set(sessions, job_id, status="running", attempts=1, claimed_at=sup.utcnow(), claim_token="t",
+         heartbeat_at=sup.utcnow() - __import__("datetime").timedelta(hours=1))
+    enqueued: list = []
+    assert sup.Supervisor(settings, enqueue=lambda *a: enqueued.append(a)).claim(job_id) is None
+    row = _row(sessions, job_id)
+    assert (row.status, row.attempts, row.exit_code, row.failure_reason) == ("succeeded", 1, 0, None)
+    assert row.result["best"]["epoch"] == 2 and row.progress["status"] == "succeeded"
+    assert row.claim_token is None and enqueued == []
+
+
+def test_lost_attempts_that_never_trained_and_graceful_stops_are_interruptions(tmp_path):
+    import datetime as dt_
+
+    settings, sessions, job_id = _store(tmp_path, max_interruptions=2)
+    supervisor = sup.Supervisor(settings, enqueue=lambda *a: None)
+    stale = dict(heartbeat_at=sup.utcnow() - dt_.timedelta(hours=1))
+    assert supervisor.claim(job_id).attempt == 1
+    _set(sessions, job_id, **stale)  # died while starting: no progress since the claim
+    claim = supervisor.claim(job_id)
+    assert claim.attempt == 2 and _row(sessions, job_id).interruptions == 1
+    # a graceful stop (exit 3 after SIGTERM) is an interruption too, with a reason that says so
+    paths = sup.JobPaths.of(settings.jobs_root, job_id)
+    paths.run.mkdir(parents=True)
+    assert supervisor._record_outcome(claim, paths, 3, sup.StopReason.shutdown, 1.0, 0.0) == "interrupted"
+    row = _row(sessions, job_id)
+    assert row.interruptions == 2 and row.attempts == 2
+    assert "worker shutdown" in row.failure_reason and "died" not in row.failure_reason
+    # the interruption cap, not max_attempts (3), ends it; the reason names graceful stops
+    assert supervisor.claim(job_id) is None
+    row = _row(sessions, job_id)
+    assert row.status == "failed" and row.attempts == 2 and row.failure_reason.startswith("interrupted too often")
+    assert "(its worker or training process died)" not in row.failure_reason
+
+
+def test_attempts_lost_while_training_count_against_max_attempts(tmp_path):
+    import datetime as dt_
+    import time as time_
+
+    settings, sessions, job_id = _store(tmp_path, max_interruptions=1)
+    supervisor = sup.Supervisor(settings, enqueue=lambda *a: None)
+    for attempt in (1, 2, 3):
+        assert supervisor.claim(job_id).attempt == attempt
+        _set(sessions, job_id, heartbeat_at=sup.utcnow() - dt_.timedelta(hours=1),
+             progress={"status": "running", "updated_at": time_.time() + 1})  # it trained, then died
+    assert supervisor.claim(job_id) is None
+    row = _row(sessions, job_id)
+    assert row.status == "failed" and row.attempts == 3 and row.interruptions == 0
+    assert row.failure_reason.startswith("worker lost: gave up after 3 attempt(s)")
+
+
+def test_migration_4_adds_interruptions_and_claimed_at(tmp_path):
+    from common.store import make_engine, upgrade
+    from common.store.db import _v1_initial
+    from common.store.models import SchemaVersion
+
+    engine_ = make_engine(f"sqlite:///{tmp_path / 'v3.db'}")
+    with engine_.begin() as conn:
+        SchemaVersion.__table__.create(conn)
+        _v1_initial(conn)
+        conn.exec_driver_sql("ALTER TABLE jobs DROP COLUMN interruptions")
+        conn.exec_driver_sql("ALTER TABLE jobs DROP COLUMN claimed_at")
+        for v in (1, 2, 3):
+            conn.execute(SchemaVersion.__table__.insert().values(version=v))
+        conn.exec_driver_sql("INSERT INTO users (id, name, is_admin, created_at) VALUES (1, 'a', 0, '2025-01-01')")
+        conn.exec_driver_sql(
+            "INSERT INTO jobs (id, user_id, name, queue, priority, status, config, attempts, max_attempts, "
+            "cancel_requested, created_at, updated_at) VALUES ('" + "a" * 32 + "', 1, 'j', 'default', 5, 'queued', "
+            "'{}', 0, 3, 0, '2025-01-01', '2025-01-01')")
+    assert upgrade(engine_) >= 4
+    with engine_.connect() as conn:
+        assert conn.exec_driver_sql("SELECT interruptions, claimed_at FROM jobs").one() == (0, None)
+    engine_.dispose()

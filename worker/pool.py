@@ -167,14 +167,15 @@ def _hand_back_on_shutdown(sig: str = "", how: str = "", **_: Any) -> None:
 # was a process of this host that is gone, and no training process of the job is left (an
 # orphan would be SIGTERMed by PR_SET_PDEATHSIG; we SIGKILL it so that it cannot write into the
 # run directory beside the next attempt), the job becomes `interrupted`, and the redelivery
-# resumes it, counting the attempt (capped: then it fails with "worker lost").
+# resumes it, counting the attempt (capped: then it fails with "worker lost"; an attempt lost
+# before it trained counts as an interruption instead, see common.store.jobs.end_lost_attempt).
 
 
 def release_lost_job(job_id: str, settings: Any = None) -> bool:
     from sqlalchemy import select
 
     from common.store import Job, JobStatus, transaction
-    from common.store.jobs import lock_job
+    from common.store.jobs import end_lost_attempt, lock_job
     from worker.store import sessions_for
 
     if settings is None:
@@ -182,7 +183,7 @@ def release_lost_job(job_id: str, settings: Any = None) -> bool:
     sessions = sessions_for(settings.database_url)
     with sessions() as s:
         job = s.scalar(select(Job).where(Job.id == job_id))
-        if job is None or job.job_status != JobStatus.running or not _claimant_is_dead_here(job.worker):
+        if job is None or job.job_status != JobStatus.running or not claimant_is_dead_here(job.worker):
             return False
         claimant, token = job.worker, job.claim_token
     if not _kill_training_of(job_id):
@@ -193,15 +194,14 @@ def release_lost_job(job_id: str, settings: Any = None) -> bool:
         job = lock_job(s, job_id)
         if job is None or job.job_status != JobStatus.running or (job.worker, job.claim_token) != (claimant, token):
             return False
-        job.status = JobStatus.interrupted.value
-        job.claim_token = None
-        job.child_pid = None
-        job.failure_reason = "worker lost (its pool process died); will resume from the last checkpoint"
+        end_lost_attempt(job, "worker lost (its pool process died); will resume from the last checkpoint")
     log.warning("job %s: its pool process %s died; interrupted, the requeued message resumes it", job_id, claimant)
     return True
 
 
-def _claimant_is_dead_here(worker: str | None) -> bool:
+def claimant_is_dead_here(worker: str | None) -> bool:
+    """Whether ``worker`` ("host:pid", as the claim records it) is a process of this host that is
+    gone (no such pid, or a zombie). False when it cannot tell: another host, or this process."""
     host, _, pid = (worker or "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
         return False

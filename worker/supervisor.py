@@ -14,11 +14,21 @@ failed with "no space left on device ..." -- neither is retried, as a retry cann
 exit 3 or a signal (worker shutdown, OOM kill, another worker took over) interrupted and
 requeued to resume from the last checkpoint; exit 2 failed as invalid input; anything else
 failed with the child's reason.
+
+Attempts are capped twice. ``jobs.interruptions`` counts the attempts that ended without the job
+being at fault: stopped gracefully (exit 3: a worker shutdown, a preemption's SIGTERM) or lost
+before training started (see common.store.jobs.attempt_started_training); at
+TEACHER_MAX_INTERRUPTIONS (default 20) the job fails. The other ended attempts (a worker or
+training process that died while training: OOM kill, crash, SIGKILL) count against the job's
+``max_attempts`` (TEACHER_MAX_ATTEMPTS) and end it as "worker lost". Before either cap, a claim
+checks whether the run on disk already finished (:func:`run_finished`: its worker died after
+"done" but before recording it) and records success without training again.
 """
 from __future__ import annotations
 
 import enum
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -34,11 +44,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from common.settings import Settings
 from common.store import Job, JobStatus, transaction, utcnow
-from common.store.jobs import JobPaths, age_s, finish_dependents, init_from_path, lock_job
+from common.store.jobs import (JobPaths, age_s, attempt_started_training, end_lost_attempt, finish_dependents,
+                               init_from_path, lock_job, lost_attempts)
 from worker.store import sessions_for
 
 log = logging.getLogger(__name__)
@@ -131,6 +143,22 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _fault(name: str) -> bool:
+    """Test-only fault points (like the training engine's): inert unless TEACHER_FAULT names one."""
+    return name in os.environ.get("TEACHER_FAULT", "").split(",")
+
+
+def worker_lost_reason(lost: int) -> str:
+    return (f"worker lost: gave up after {lost} attempt(s) whose worker or training process died while "
+            "training (killed, crashed or out of memory; TEACHER_MAX_ATTEMPTS)")
+
+
+def interruptions_reason(interruptions: int) -> str:
+    return (f"interrupted too often: gave up after {interruptions} interruption(s) (stopped gracefully, e.g. "
+            "by a worker shutdown or preemption, or its worker lost before training started; "
+            "TEACHER_MAX_INTERRUPTIONS)")
+
+
 class Supervisor:
     def __init__(self, settings: Settings, *, enqueue: Enqueue | None = None,
                  shutdown_requested: Callable[[], bool] | None = None):
@@ -143,8 +171,10 @@ class Supervisor:
     # ---------------------------------------------------------------------------- claim
     def claim(self, job_id: str) -> Claim | None:
         """Take the job if it may run now. Returns None (and changes nothing) for a finished,
-        waiting or live job, so duplicate deliveries are harmless."""
+        waiting or live job, so duplicate deliveries are harmless. A job whose run on disk
+        already finished is recorded succeeded instead (no new attempt)."""
         released: list[Job] = []
+        finished = self._run_finished_on_disk(job_id)  # outside the lock: it hashes checkpoints
         try:
             with transaction(self.sessions) as s:
                 job = lock_job(s, job_id)
@@ -163,16 +193,24 @@ class Supervisor:
                 if status == JobStatus.running and stale is not None and stale < self.settings.stale_after_s:
                     log.info("job %s: running elsewhere (heartbeat %.1fs ago); duplicate message", job_id, stale)
                     return None
+                if status == JobStatus.running:  # its worker is gone (no reconciler pass yet)
+                    end_lost_attempt(job, "worker lost (stale heartbeat); will resume from the last checkpoint")
+                if finished:
+                    self._record_finished_run(job, JobPaths.of(self.settings.jobs_root, job_id))
+                    released = finish_dependents(s, job)
+                    return None
                 if (job.run_seconds or 0.0) >= self.settings.max_job_seconds:
                     # e.g. its worker died after the limit passed, before it could record it
                     self._finish(job, JobStatus.failed, None,
                                  time_limit_reason(job.run_seconds, self.settings.max_job_seconds))
                     released = finish_dependents(s, job)
                     return None
-                if job.attempts >= job.max_attempts:
-                    self._finish(job, JobStatus.failed, None,
-                                 f"worker lost: gave up after {job.attempts} attempts "
-                                 "(each one was interrupted: its worker or training process died)")
+                if lost_attempts(job) >= job.max_attempts:
+                    self._finish(job, JobStatus.failed, None, worker_lost_reason(lost_attempts(job)))
+                    released = finish_dependents(s, job)
+                    return None
+                if (job.interruptions or 0) >= self.settings.max_interruptions:
+                    self._finish(job, JobStatus.failed, None, interruptions_reason(job.interruptions))
                     released = finish_dependents(s, job)
                     return None
                 if job.init_from:
@@ -188,6 +226,7 @@ class Supervisor:
                 job.claim_token = uuid.uuid4().hex
                 job.worker = worker_name()
                 job.heartbeat_at = now
+                job.claimed_at = now
                 job.started_at = job.started_at or now
                 job.exit_code = None
                 job.failure_reason = None
@@ -200,7 +239,7 @@ class Supervisor:
         claim = self.claim(job_id)
         if claim is None:
             return "skipped"
-        if "worker_exit" in os.environ.get("TEACHER_FAULT", "").split(","):
+        if _fault("worker_exit"):
             # Test-only fault (like the training engine's): this worker process dies right after
             # claiming, as an OOM kill or a crash would, leaving the job `running` and its
             # message unacknowledged. Inert unless TEACHER_FAULT names it.
@@ -249,6 +288,10 @@ class Supervisor:
         with self._signals_forwarded():
             rc, reason, run_seconds = self._supervise(claim, proc, paths)
         _kill_group(proc.pid, signal.SIGKILL)  # leftovers such as data-loader workers
+        if _fault("worker_exit_after_child"):
+            # Test-only: the worker dies after its child exited (e.g. "done") and before the
+            # outcome is recorded, as a SIGKILL at that moment would.
+            os._exit(1)
         return self._record_outcome(claim, paths, rc, reason, run_seconds, attempt_started)
 
     def _prepare(self, claim: Claim, paths: JobPaths) -> list[str]:
@@ -347,7 +390,10 @@ class Supervisor:
             elif outcome == Outcome.interrupted:
                 job.status = JobStatus.interrupted.value
                 job.claim_token = None
-                job.failure_reason = f"interrupted (exit {rc}); will resume from the last checkpoint"
+                job.failure_reason = _interrupted_reason(rc, reason)
+                trained = bool(progress) and (progress.get("updated_at") or 0) >= attempt_started
+                if rc == EXIT_STOPPED or reason == StopReason.shutdown or not trained:
+                    job.interruptions = (job.interruptions or 0) + 1  # not the job's fault
                 requeue = True
             elif outcome == Outcome.bad_input:
                 self._finish(job, JobStatus.failed, rc, "invalid config or input: " + _failure_reason(paths, progress, rc))
@@ -381,6 +427,24 @@ class Supervisor:
             if job is not None and job.claim_token == claim.token and not job.job_status.finished:
                 self._finish(job, JobStatus.failed, None, f"supervisor error: {type(exc).__name__}: {exc}")
                 finish_dependents(s, job)
+
+    def _run_finished_on_disk(self, job_id: str) -> bool:
+        with self.sessions() as s:
+            job = s.scalar(select(Job).where(Job.id == job_id))
+            if job is None or job.job_status not in (JobStatus.queued, JobStatus.interrupted, JobStatus.running):
+                return False
+            epochs = (job.config.get("optim") or {}).get("epochs")
+        return isinstance(epochs, int) and run_finished(JobPaths.of(self.settings.jobs_root, job_id), epochs)
+
+    def _record_finished_run(self, job: Job, paths: JobPaths) -> None:
+        """The run completed but its worker died before recording it: record it now."""
+        progress = _read_progress(paths.progress)
+        if progress is not None:
+            job.progress = progress
+        job.result = _summary(paths)
+        self._finish(job, JobStatus.succeeded, EXIT_OK)
+        log.warning("job %s: its run on disk already finished (after %d attempt(s)); recorded succeeded "
+                    "without training again", job.id, job.attempts)
 
     @staticmethod
     def _finish(job: Job, status: JobStatus, rc: int | None, reason: str | None = None) -> None:
@@ -463,6 +527,51 @@ def _read_progress(path: Path) -> dict[str, Any] | None:
         log.exception("unreadable %s", path)
         return None
     return data if isinstance(data, dict) else None
+
+
+def _interrupted_reason(rc: int, stop: StopReason | None) -> str:
+    if stop == StopReason.shutdown:
+        why = f"stopped for a worker shutdown (exit {rc})"
+    elif rc == EXIT_STOPPED:
+        why = "stopped by a signal (exit 3)"
+    elif rc < 0:
+        why = f"training process killed by signal {-rc}"
+    else:
+        why = f"exit {rc}"
+    return f"interrupted: {why}; will resume from the last checkpoint"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_finished(paths: JobPaths, epochs: int) -> bool:
+    """Whether the run directory holds a completed run of ``epochs`` epochs: progress.json says
+    succeeded, history.json has each epoch once, and every checkpoint the manifest lists is
+    there with its recorded sha256, ``last.pt`` at the last epoch and ``best.pt`` at the
+    manifest's best epoch. (Torch-free: this runs in the worker's parent process.)"""
+    progress = _read_progress(paths.progress)
+    if not progress or progress.get("status") != "succeeded":
+        return False  # the common case, and cheap: nothing below is read
+    try:
+        history = json.loads(paths.history.read_bytes())
+        manifest = json.loads(paths.manifest.read_bytes())
+        if [e.get("epoch") for e in history.get("epochs") or []] != list(range(1, epochs + 1)):
+            return False
+        entries = {e["name"]: e for e in manifest.get("checkpoints") or []}
+        best = manifest.get("best")
+        if (entries.get("last.pt") or {}).get("epoch") != epochs:
+            return False
+        if best is not None and (entries.get("best.pt") or {}).get("epoch") != best.get("epoch"):
+            return False
+        return all(_sha256_file(paths.checkpoints / name) == e["sha256"] for name, e in entries.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.info("%s: not a finished run (%s)", paths.run, exc)
+        return False
 
 
 def _failure_reason(paths: JobPaths, progress: dict[str, Any] | None, rc: int) -> str:

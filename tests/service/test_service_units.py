@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import time
 
 import pytest
 import redis as redis_lib
@@ -57,14 +58,19 @@ def test_claim_is_idempotent_and_capped(app, client, alice, settings):
     assert first is not None and first.attempt == 1
     assert sup.claim(job_id) is None  # live elsewhere: a duplicate message does nothing
     assert _get(app, job_id).attempts == 1
-    # heartbeat went stale: the next delivery takes over, counting the attempt
-    _set(app, job_id, heartbeat_at=utcnow() - dt.timedelta(seconds=settings.stale_after_s + 1))
+    # heartbeat went stale after training started: the next delivery takes over, counting the
+    # attempt against max_attempts (one lost before training would count as an interruption)
+    trained = {"status": "running", "updated_at": time.time() + 1}
+    _set(app, job_id, heartbeat_at=utcnow() - dt.timedelta(seconds=settings.stale_after_s + 1), progress=trained)
     second = sup.claim(job_id)
     assert second is not None and second.attempt == 2 and second.token != first.token
-    _set(app, job_id, heartbeat_at=utcnow() - dt.timedelta(hours=1), max_attempts=2)
+    assert _get(app, job_id).interruptions == 0
+    _set(app, job_id, heartbeat_at=utcnow() - dt.timedelta(hours=1), max_attempts=2,
+         progress={**trained, "updated_at": time.time() + 1})
     assert sup.claim(job_id) is None
     job = _get(app, job_id)
     assert job.status == "failed" and "worker lost" in job.failure_reason and job.attempts == 2
+    assert job.interruptions == 0
     assert sup.claim(job_id) is None and _get(app, job_id).status == "failed"  # finished: nothing
     assert sup.claim("0" * 32) is None  # unknown id: dropped
 
