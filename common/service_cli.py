@@ -1,6 +1,13 @@
 """`teacher` commands of the job service: an HTTP client (submit, status, logs, cancel,
-download) and local operations (tokens, serve, db). Imports nothing heavy: no torch, no Flask
-unless `serve` needs it."""
+download) and local operations on the job store (tokens, db). Imports nothing heavy: no torch,
+no Flask.
+
+Exit codes, for every client command: 0 done; 2 the input was wrong (a bad config, bad YAML,
+``--set`` without ``=``, a schema error, no or a bad token, an unknown job or checkpoint, an
+ambiguous job id prefix); 1 the request was valid and something failed (the job did not
+succeed, a checksum did not match, the server refused the operation in the job's state or is
+unreachable).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,13 +15,11 @@ import functools
 import hashlib
 import json
 import os
-import signal
-import socket
-import subprocess
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import click
 
@@ -22,6 +27,36 @@ from common.config import CONFIGS_DIR, ConfigError, apply_overrides, parse_set_o
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED = {"succeeded", "failed", "cancelled"}
+SHORT_ID = 12  # what the CLI prints; any unique prefix of 6 or more characters is accepted
+JOB_REF = re.compile(r"^[0-9a-fA-F]{6,32}$")
+# The request was wrong as given (exit 2); any other error status is a failure (exit 1): 409 a
+# conflict with the job's state, 429 try later, 5xx the server.
+INPUT_ERROR_STATUSES = {400, 401, 403, 404, 405, 413, 415, 422}
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+class CliError(click.ClickException):
+    """A message and an exit code (1 a failure, 2 bad input)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _error_message(r: Any) -> str:
+    """``404: no such job`` plus the per-field errors the message does not already say."""
+    try:
+        body = r.json()
+        message = str(body.get("message") or r.reason)
+        fields = body.get("errors") or {}
+    except ValueError:
+        return f"{r.status_code}: {r.text[:500] or r.reason}"
+    details = []
+    for key, msgs in fields.items():
+        text = " ".join(map(str, msgs if isinstance(msgs, list) else [msgs]))
+        if text not in message:
+            details.append(f"\n  {key}: {text}")
+    return f"{r.status_code}: {message}{''.join(details)}"
 
 
 class ApiClient:
@@ -40,35 +75,67 @@ class ApiClient:
         try:
             r = self.session.request(method, self.url + "/api/v1" + path, **kw)
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise click.ClickException(f"cannot reach {self.url}: {exc}") from None
+            raise CliError(f"cannot reach {self.url}: {exc}") from None
         if r.status_code not in ok:
-            try:
-                body = r.json()
-                message = body.get("message", r.reason)
-                details = "".join(f"\n  {k}: {' '.join(v)}" for k, v in (body.get("errors") or {}).items())
-            except ValueError:
-                message, details = r.text[:500] or r.reason, ""
-            exc = click.ClickException(f"{r.status_code}: {message}{details}")
-            exc.exit_code = 2 if r.status_code in (400, 413, 415, 422) else 1
-            raise exc
+            code = EXIT_USAGE if r.status_code in INPUT_ERROR_STATUSES else EXIT_FAILED
+            raise CliError(_error_message(r), code)
         return r
 
 
+def default_url() -> str:
+    """Where the client goes when neither --url nor TEACHER_URL says: the API of the local stack
+    `teacher serve` is running (its endpoints file), else the default port."""
+    from common import serve_state
+
+    state = serve_state.read()
+    return state.api_url if state is not None else DEFAULT_URL
+
+
 def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    @click.option("--url", envvar="TEACHER_URL", default=DEFAULT_URL, show_default=True, help="Server URL (env TEACHER_URL).")
+    @click.option("--url", envvar="TEACHER_URL", default=None,
+                  help=f"Server URL (env TEACHER_URL; default: the running `teacher serve`, else {DEFAULT_URL}).")
     @click.option("--token", envvar="TEACHER_TOKEN", help="Bearer token (env TEACHER_TOKEN).")
     @functools.wraps(func)
-    def wrapper(url: str, token: str | None, **kwargs: Any) -> Any:
+    def wrapper(url: str | None, token: str | None, **kwargs: Any) -> Any:
         if not token:
             raise click.UsageError("no token: pass --token or set TEACHER_TOKEN (mint one with `teacher tokens create`)")
-        return func(ApiClient(url, token), **kwargs)
+        return func(ApiClient(url or default_url(), token), **kwargs)
 
     return wrapper
 
 
+def _job_ref(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> str | None:
+    """A job id or a prefix of one (6+ hex characters, e.g. the 12 the CLI prints); passed to
+    the API as given, which resolves it (an ambiguous prefix is a 400 listing the matches)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not JOB_REF.match(value):
+        raise click.BadParameter(f"'{value}' is not a job id: give the id, or at least its first 6 characters "
+                                 f"(hex, as `teacher status` shows)", ctx=ctx, param=param)
+    return value.lower()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _pct(value: Any) -> str:
+    return f"{float(value):.2f}%" if isinstance(value, (int, float)) else "n/a"
+
+
+def _num(value: Any) -> str:
+    return f"{float(value):.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
 def _fmt_progress(job: dict[str, Any]) -> str:
     p = job.get("progress") or {}
-    parts = [f"{job['id'][:12]} {job['status']:<11}"]
+    parts = [f"{job['id'][:SHORT_ID]} {job['status']:<11}"]
     if p.get("epochs"):
         parts.append(f"epoch {p.get('epoch') or 0}/{p['epochs']}")
     if p.get("total_steps"):
@@ -79,10 +146,39 @@ def _fmt_progress(job: dict[str, Any]) -> str:
     if p.get("throughput"):
         parts.append(f"{float(p['throughput']):.0f} img/s")
     if p.get("eta_s") is not None and job["status"] == "running":
-        parts.append(f"ETA {int(p['eta_s'])}s")
+        parts.append(f"ETA {_duration(float(p['eta_s']))}")
     latest = p.get("latest") or {}
     parts.extend(f"{k}={v:.4g}" for k, v in list(latest.items())[:3] if isinstance(v, (int, float)))
     return "  ".join(parts)
+
+
+def _final_val(job: dict[str, Any]) -> dict[str, Any]:
+    return ((job.get("result") or {}).get("final") or {}).get("val") or {}
+
+
+def _best(job: dict[str, Any]) -> dict[str, Any]:
+    return (job.get("result") or {}).get("best") or {}
+
+
+def _best_line(job: dict[str, Any]) -> str | None:
+    best = _best(job)
+    if not best:
+        return None
+    metrics = best.get("metrics") or {}
+    return f"best.pt: epoch {best.get('epoch')}, val top-1 {_pct(metrics.get('val.top1'))}, val loss {_num(metrics.get('val.loss'))}"
+
+
+def _summary_lines(job: dict[str, Any]) -> list[str]:
+    """What a finished job gives: its final validation metrics and its best checkpoint."""
+    lines = []
+    val = _final_val(job)
+    if val:
+        lines.append(f"val (last epoch): top-1 {_pct(val.get('top1'))}, top-5 {_pct(val.get('top5'))}, "
+                     f"loss {_num(val.get('loss'))}, {val.get('samples')} samples")
+    best = _best_line(job)
+    if best:
+        lines.append(f"{best}  (teacher download {job['id'][:SHORT_ID]} --checkpoint best)")
+    return lines
 
 
 def _wait(api: ApiClient, job_id: str, interval: float = 1.0) -> dict[str, Any]:
@@ -116,20 +212,7 @@ def _wait(api: ApiClient, job_id: str, interval: float = 1.0) -> dict[str, Any]:
 def submit(api: ApiClient, config: str, sets: tuple[str, ...], name: str | None, queue: str | None,
            priority: int | None, after: str | None, init_from: str | None, idempotency_key: str | None, wait: bool) -> None:
     """Submit CONFIG (a YAML file, or the name of a file under configs/) as a training job."""
-    try:
-        overrides = dict(parse_set_option(item) for item in sets)
-        path = Path(config)
-        if path.is_file():
-            raw = parse_yaml(path.read_text(encoding="utf-8"), source=config)
-            if not isinstance(raw, dict):
-                raise ConfigError({"_schema": [f"{config} is not a mapping"]})
-            body: dict[str, Any] = apply_overrides(raw, overrides)
-        elif (CONFIGS_DIR / f"{config}.yaml").is_file() or "/" not in config and not config.endswith((".yaml", ".yml")):
-            body = {"config": config, "overrides": overrides}
-        else:
-            raise click.BadParameter(f"no such file: {config}", param_hint="CONFIG")
-    except ConfigError as exc:
-        raise click.ClickException(f"invalid config: {exc}") from None
+    body = _job_body(config, sets)
     if name:
         body["name"] = name
     for key, value in (("queue", queue), ("priority", priority), ("after", after)):
@@ -143,38 +226,90 @@ def submit(api: ApiClient, config: str, sets: tuple[str, ...], name: str | None,
     click.echo(job["id"])
     if wait:
         final = _wait(api, job["id"])
+        for line in _summary_lines(final):
+            click.echo(line)
         if final["status"] != "succeeded":
-            raise click.ClickException(f"job {final['status']}: {final.get('failure_reason') or ''}")
+            raise CliError(f"job {final['status']}: {final.get('failure_reason') or ''}", EXIT_FAILED)
+
+
+def _job_body(config: str, sets: tuple[str, ...]) -> dict[str, Any]:
+    """The POST /jobs body for CONFIG and its --set overrides; bad input is exit 2 before any
+    request is made."""
+    try:
+        overrides = dict(parse_set_option(item) for item in sets)
+        path = Path(config)
+        if path.is_file():
+            raw = parse_yaml(path.read_text(encoding="utf-8"), source=config)
+            if not isinstance(raw, dict):
+                raise ConfigError({"_schema": [f"{config} is not a mapping"]})
+            return apply_overrides(raw, overrides)
+        if (CONFIGS_DIR / f"{config}.yaml").is_file() or "/" not in config and not config.endswith((".yaml", ".yml")):
+            return {"config": config, "overrides": overrides}
+    except ConfigError as exc:
+        raise CliError(f"invalid config: {exc}", EXIT_USAGE) from None
+    raise click.BadParameter(f"no such file: {config}", param_hint="CONFIG")
 
 
 @click.command()
-@click.argument("job_id", required=False)
+@click.argument("job_id", required=False, callback=_job_ref)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 @click.option("--limit", type=click.IntRange(1, 200), default=20, show_default=True)
 @client_options
 def status(api: ApiClient, job_id: str | None, as_json: bool, limit: int) -> None:
-    """Show one job, or list your newest jobs."""
+    """Show one job (JOB_ID: the id or a unique prefix of 6+ characters), or list your newest jobs."""
     if job_id:
         job = api.request("GET", f"/jobs/{job_id}").json()
         if as_json:
             click.echo(json.dumps(job, indent=2))
-            return
-        click.echo(_fmt_progress(job))
-        for key in ("name", "queue", "attempts", "created_at", "started_at", "finished_at", "failure_reason"):
-            if job.get(key) is not None:
-                click.echo(f"  {key}: {job[key]}")
-        integrity = job.get("integrity")
-        if isinstance(integrity, dict):
-            found = "; ".join(f"{what}: {', '.join(ids)}" for what, ids in
-                              (("failed", integrity.get("failed") or []), ("warnings", integrity.get("warnings") or [])) if ids)
-            click.echo(f"  integrity: {str(integrity.get('verdict')).upper()}" + (f" ({found})" if found else ""))
+        else:
+            _print_job(job)
         return
     data = api.request("GET", "/jobs", params={"limit": limit}).json()
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    click.echo(f"{'ID':<{SHORT_ID}}  {'STATUS':<11} {'NAME':<20} {'CREATED (UTC)':<16}  PROGRESS / RESULT")
     for job in data["jobs"]:
-        click.echo(f"{job['id']}  {job['status']:<11} {job['name']:<20} {job['created_at']}")
+        click.echo(f"{job['id'][:SHORT_ID]}  {job['status']:<11} {job['name'][:20]:<20} "
+                   f"{str(job.get('created_at') or '')[:16].replace('T', ' '):<16}  {_list_detail(job)}".rstrip())
+
+
+def _list_detail(job: dict[str, Any]) -> str:
+    """Progress for a running job, the outcome for a finished one."""
+    p = job.get("progress") or {}
+    if job["status"] == "running":
+        parts = []
+        if p.get("epochs"):
+            parts.append(f"epoch {p.get('epoch') or 0}/{p['epochs']}")
+        if p.get("percent") is not None:
+            parts.append(f"{float(p['percent']):.1f}%")
+        if p.get("eta_s") is not None:
+            parts.append(f"ETA {_duration(float(p['eta_s']))}")
+        return "  ".join(parts) or "starting"
+    if job["status"] == "succeeded":
+        best = _best(job)
+        parts = [f"val top-1 {_pct(_final_val(job).get('top1'))}"]
+        if best:
+            parts.append(f"best.pt epoch {best.get('epoch')} ({_pct((best.get('metrics') or {}).get('val.top1'))})")
+        return "  ".join(parts)
+    if job["status"] in ("failed", "cancelled") and job.get("failure_reason"):
+        reason = str(job["failure_reason"]).splitlines()[0]
+        return reason[:60] + ("..." if len(reason) > 60 else "")
+    return ""
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    click.echo(_fmt_progress(job))
+    for key in ("id", "name", "queue", "attempts", "created_at", "started_at", "finished_at", "failure_reason"):
+        if job.get(key) is not None:
+            click.echo(f"  {key}: {job[key]}")
+    integrity = job.get("integrity")
+    if isinstance(integrity, dict):
+        found = "; ".join(f"{what}: {', '.join(ids)}" for what, ids in
+                          (("failed", integrity.get("failed") or []), ("warnings", integrity.get("warnings") or [])) if ids)
+        click.echo(f"  integrity: {str(integrity.get('verdict')).upper()}" + (f" ({found})" if found else ""))
+    for line in _summary_lines(job):
+        click.echo(f"  {line}")
 
 
 def _sse_lines(resp: Any) -> Iterator[tuple[str, str]]:
@@ -193,12 +328,12 @@ def _sse_lines(resp: Any) -> Iterator[tuple[str, str]]:
 
 
 @click.command()
-@click.argument("job_id")
+@click.argument("job_id", callback=_job_ref)
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines until the job ends.")
 @click.option("--tail", type=click.IntRange(1, 10_000), default=200, show_default=True)
 @client_options
 def logs(api: ApiClient, job_id: str, follow: bool, tail: int) -> None:
-    """Print a job's log."""
+    """Print a job's log (JOB_ID: the id or a unique prefix of 6+ characters)."""
     if not follow:
         for line in api.request("GET", f"/jobs/{job_id}/logs", params={"tail": tail}).json()["lines"]:
             click.echo(line)
@@ -212,7 +347,7 @@ def logs(api: ApiClient, job_id: str, follow: bool, tail: int) -> None:
 
 
 @click.command()
-@click.argument("job_id")
+@click.argument("job_id", callback=_job_ref)
 @client_options
 def cancel(api: ApiClient, job_id: str) -> None:
     """Cancel a job (a running one stops within one step and keeps its last checkpoint)."""
@@ -220,28 +355,74 @@ def cancel(api: ApiClient, job_id: str) -> None:
     click.echo(f"{job['id']} {job['status']}{' (stopping)' if job['status'] == 'running' else ''}")
 
 
+class _Progress:
+    """A download progress bar on a terminal (stderr); nothing at all when it is not one, so
+    logs and pipes get no control characters."""
+
+    def __init__(self, total: int | None, stream: IO[str], label: str):
+        self.total, self.stream, self.label = total, stream, label
+        self.enabled = stream.isatty()
+        self.done, self._drawn = 0, -1.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._drawn < 0.1 and (self.total is None or self.done < self.total):
+            return
+        self._drawn = now
+        mb = self.done / 1e6
+        if self.total:
+            frac = min(1.0, self.done / self.total)
+            filled = int(frac * 30)
+            text = f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {100 * frac:5.1f}% {mb:.1f}/{self.total / 1e6:.1f} MB"
+        else:
+            text = f"{self.label} {mb:.1f} MB"
+        self.stream.write("\r\033[K" + text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._drawn >= 0:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 @click.command()
-@click.argument("job_id")
+@click.argument("job_id", callback=_job_ref)
 @click.option("--checkpoint", default="best", show_default=True, help="best, last, epoch_0003 ...")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
 @client_options
 def download(api: ApiClient, job_id: str, checkpoint: str, out: Path) -> None:
     """Download a checkpoint and verify its sha256 against the job's manifest."""
+    job_id = api.request("GET", f"/jobs/{job_id}").json()["id"]  # a prefix becomes the full id
     filename = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
     listing = api.request("GET", f"/jobs/{job_id}/checkpoints").json()["checkpoints"]
-    expected = next((c.get("sha256") for c in listing if c["name"] == filename), None)
+    entry = next((c for c in listing if c["name"] == filename), None)
+    if entry is None:
+        names = ", ".join(c["name"] for c in listing) or "none yet"
+        raise CliError(f"job {job_id[:SHORT_ID]} has no checkpoint {filename} (it has: {names})", EXIT_USAGE)
+    expected = entry.get("sha256")
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{job_id}-{filename}"
     tmp = target.with_name(target.name + ".part")
     digest = hashlib.sha256()
     with api.request("GET", f"/jobs/{job_id}/checkpoints/{filename}", stream=True) as resp, tmp.open("wb") as fh:
+        size = resp.headers.get("Content-Length")
+        bar = _Progress(int(size) if size and size.isdigit() else entry.get("size"), sys.stderr, filename)
         for chunk in resp.iter_content(1 << 20):
             fh.write(chunk)
             digest.update(chunk)
+            bar.update(len(chunk))
+        bar.close()
     if expected and digest.hexdigest() != expected:
         tmp.unlink()
-        raise click.ClickException(f"sha256 mismatch for {filename}: the file changed during download; retry")
+        raise CliError(f"sha256 mismatch for {filename}: the file changed during download; retry", EXIT_FAILED)
     os.replace(tmp, target)
+    if expected:
+        click.echo(f"sha256 verified against the job's manifest: {expected}", err=True)
+    else:
+        click.echo(f"sha256 NOT verified (the server lists no digest for {filename}): {digest.hexdigest()}", err=True)
     click.echo(str(target))
 
 
@@ -314,8 +495,8 @@ def tokens_revoke(token_id: int | None, token: str | None, user: str | None) -> 
             revoked = [t.id for t in revoke_tokens(s, token_id=token_id, token=token, user_name=user)]
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    except TokenNotFound as exc:
-        raise click.ClickException(str(exc)) from None
+    except TokenNotFound as exc:  # nothing the arguments name: bad input, like an unknown job
+        raise CliError(str(exc), EXIT_USAGE) from None
     click.echo(f"revoked {len(revoked)} token(s): {', '.join(map(str, revoked))}")
 
 
