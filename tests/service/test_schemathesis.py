@@ -120,6 +120,12 @@ def _run_template(base: Path) -> Path:
         entries.append({"name": name, "epoch": epoch, "step": 4 * epoch, "size": len(payload),
                         "sha256": hashlib.sha256(payload).hexdigest(), "metrics": {"val.top1": 50.0 + epoch}})
     (ckpts / "manifest.json").write_text(json.dumps({"checkpoints": entries}))
+    export = run / "export"  # what the worker's exporter leaves (GET /jobs/{id}/export)
+    export.mkdir()
+    weights = b"state-dict" * 100
+    (export / "model.pt").write_bytes(weights)
+    (export / "model.json").write_text(json.dumps({"format": "teacher-export/1", "arch": "resnet18",
+                                                   "sha256": hashlib.sha256(weights).hexdigest()}))
     return run
 
 
