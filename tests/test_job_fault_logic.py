@@ -387,7 +387,7 @@ def test_attempts_lost_while_training_count_against_max_attempts(tmp_path):
     assert supervisor.claim(job_id) is None
     row = _row(sessions, job_id)
     assert row.status == "failed" and row.attempts == 3 and row.interruptions == 0
-    assert row.failure_reason.startswith("worker lost: gave up after 3 attempt(s)")
+    assert row.failure_reason.startswith("worker lost: gave up after 3 attempts whose")
 
 
 def test_migration_4_adds_interruptions_and_claimed_at(tmp_path):

@@ -18,8 +18,9 @@ failed with the child's reason.
 Attempts are capped twice. ``jobs.interruptions`` counts the attempts that ended without the job
 being at fault: stopped gracefully (exit 3: a worker shutdown, a preemption's SIGTERM) or lost
 before training started (see common.store.jobs.attempt_started_training); at
-TEACHER_MAX_INTERRUPTIONS (default 20) the job fails. The other ended attempts (a worker or
-training process that died while training: OOM kill, crash, SIGKILL) count against the job's
+TEACHER_MAX_INTERRUPTIONS (default 20) the job fails. The other ended attempts (a worker that
+died while training, a training process killed by a signal we did not send: OOM kill, crash,
+SIGKILL) count against the job's
 ``max_attempts`` (TEACHER_MAX_ATTEMPTS) and end it as "worker lost". Before either cap, a claim
 checks whether the run on disk already finished (:func:`run_finished`: its worker died after
 "done" but before recording it) and records success without training again.
@@ -149,12 +150,13 @@ def _fault(name: str) -> bool:
 
 
 def worker_lost_reason(lost: int) -> str:
-    return (f"worker lost: gave up after {lost} attempt(s) whose worker or training process died while "
-            "training (killed, crashed or out of memory; TEACHER_MAX_ATTEMPTS)")
+    return (f"worker lost: gave up after {lost} attempt{'' if lost == 1 else 's'} whose worker or training "
+            "process died while training (killed, crashed or out of memory; TEACHER_MAX_ATTEMPTS)")
 
 
 def interruptions_reason(interruptions: int) -> str:
-    return (f"interrupted too often: gave up after {interruptions} interruption(s) (stopped gracefully, e.g. "
+    return (f"interrupted too often: gave up after {interruptions} interruption{'' if interruptions == 1 else 's'} "
+            "(stopped gracefully, e.g. "
             "by a worker shutdown or preemption, or its worker lost before training started; "
             "TEACHER_MAX_INTERRUPTIONS)")
 
@@ -185,18 +187,19 @@ class Supervisor:
                 if status.finished or status == JobStatus.waiting:
                     log.info("job %s: %s; nothing to do", job_id, status.value)
                     return None
-                if job.cancel_requested:
-                    self._finish(job, JobStatus.cancelled, None)
-                    released = finish_dependents(s, job)
-                    return None
                 stale = age_s(job.heartbeat_at)
                 if status == JobStatus.running and stale is not None and stale < self.settings.stale_after_s:
+                    # (a cancel request is its supervisor's to carry out, at its next heartbeat)
                     log.info("job %s: running elsewhere (heartbeat %.1fs ago); duplicate message", job_id, stale)
                     return None
                 if status == JobStatus.running:  # its worker is gone (no reconciler pass yet)
                     end_lost_attempt(job, "worker lost (stale heartbeat); will resume from the last checkpoint")
-                if finished:
+                if finished:  # a finished run wins over a cancel that came too late, as for exit 0
                     self._record_finished_run(job, JobPaths.of(self.settings.jobs_root, job_id))
+                    released = finish_dependents(s, job)
+                    return None
+                if job.cancel_requested:
+                    self._finish(job, JobStatus.cancelled, None)
                     released = finish_dependents(s, job)
                     return None
                 if (job.run_seconds or 0.0) >= self.settings.max_job_seconds:
@@ -391,9 +394,10 @@ class Supervisor:
                 job.status = JobStatus.interrupted.value
                 job.claim_token = None
                 job.failure_reason = _interrupted_reason(rc, reason)
-                trained = bool(progress) and (progress.get("updated_at") or 0) >= attempt_started
-                if rc == EXIT_STOPPED or reason == StopReason.shutdown or not trained:
-                    job.interruptions = (job.interruptions or 0) + 1  # not the job's fault
+                if rc == EXIT_STOPPED or reason == StopReason.shutdown:
+                    # A graceful stop is not the job's fault. A training process killed by a signal
+                    # that we did not send (typically the OOM killer) counts against max_attempts.
+                    job.interruptions = (job.interruptions or 0) + 1
                 requeue = True
             elif outcome == Outcome.bad_input:
                 self._finish(job, JobStatus.failed, rc, "invalid config or input: " + _failure_reason(paths, progress, rc))
@@ -535,7 +539,7 @@ def _interrupted_reason(rc: int, stop: StopReason | None) -> str:
     elif rc == EXIT_STOPPED:
         why = "stopped by a signal (exit 3)"
     elif rc < 0:
-        why = f"training process killed by signal {-rc}"
+        why = f"training process killed by signal {-rc} (out of memory?)"
     else:
         why = f"exit {rc}"
     return f"interrupted: {why}; will resume from the last checkpoint"
