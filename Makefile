@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast bench demo run clean
+.PHONY: install test test-fast bench soak demo run clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,3 +39,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+# A seeded chaos soak against real processes (gunicorn, two solo workers, reconciler, Redis
+# with AOF, SQLite), random faults, then invariant checks and a report (bench/soak.py):
+#   make soak ARGS="--minutes 20 --jobs 24 --seed 7"
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(ARGS)
