@@ -91,6 +91,11 @@ def test_killed_mid_epoch_then_resumed_equals_uninterrupted(resume_setup):
     assert proc.returncode == -signal.SIGKILL
     partial = [s for s in steps(run_dir) if s["epoch"] == 2]
     assert partial and not any(s["final"] for s in partial), "the kill should land inside epoch 2"
+    # progress.json as written at that step's log interval carries epoch 1's integrity verdict
+    # (issue 9 §2.1: it used to be null between epoch ends)
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert (progress["phase"], progress["epoch"], progress["step"]) == ("train", 2, 3)
+    assert progress["integrity"]["verdict"] in ("pass", "warn", "fail"), progress
     run_teacher(["train", "--resume", str(run_dir)], resume_setup["env"], check=True)
     assert_same_run(resume_setup["reference"], run_dir)
     # TensorBoard readers discard the interrupted epoch's events (purge_step on resume).
@@ -161,5 +166,118 @@ def test_sigterm_stops_within_a_step_and_exits_resumable(resume_setup):
     assert len(history(run_dir)["epochs"]) == 1  # the last checkpoint (epoch 1) is kept
     epoch2 = [s for s in steps(run_dir) if s["epoch"] == 2]
     assert [s["step"] for s in epoch2] == [3] and not epoch2[0]["final"]  # stopped right after step 3
+    run_teacher(["train", "--resume", str(run_dir)], resume_setup["env"], check=True)
+    assert_same_run(resume_setup["reference"], run_dir)
+
+
+# ------------------------------------------------------------- a save cut short after the manifest
+def assert_checkpoints_consistent(run_dir: Path, *, keep_last: int = 2) -> dict:
+    """What a finished save leaves: every name verifies against the manifest; last.pt is the
+    newest epoch and best.pt the best recorded epoch by val.top1 (the first of equals), both
+    hard links to the epoch file where it is kept; epoch files pruned to keep_last."""
+    from worker.training.checkpoints import sha256_file
+
+    ck = run_dir / "checkpoints"
+    manifest = json.loads((ck / "manifest.json").read_text())
+    entries = {e["name"]: e for e in manifest["checkpoints"]}
+    for name, e in entries.items():
+        assert sha256_file(ck / name) == e["sha256"] and (ck / name).stat().st_size == e["size"], name
+    assert sorted(p.name for p in ck.glob("*.pt")) == sorted(entries)
+    epochs = history(run_dir)["epochs"]
+    last_epoch = epochs[-1]["epoch"]
+    best_epoch = max(epochs, key=lambda e: (e["val"]["top1"], -e["epoch"]))["epoch"]
+    kept = [f"epoch_{n:04d}.pt" for n in range(max(1, last_epoch - keep_last + 1), last_epoch + 1)]
+    assert sorted(p.name for p in ck.glob("epoch_*.pt")) == kept
+    assert entries["last.pt"]["epoch"] == last_epoch == torch.load(ck / "last.pt", weights_only=True)["epoch"]
+    assert os.stat(ck / "last.pt").st_ino == os.stat(ck / f"epoch_{last_epoch:04d}.pt").st_ino
+    assert manifest["best"]["epoch"] == entries["best.pt"]["epoch"] == best_epoch
+    assert torch.load(ck / "best.pt", weights_only=True)["epoch"] == best_epoch
+    best_file = ck / f"epoch_{best_epoch:04d}.pt"
+    if best_file.exists():
+        assert os.stat(ck / "best.pt").st_ino == best_file.stat().st_ino
+        assert entries["best.pt"]["sha256"] == sha256_file(best_file)
+    assert len({os.stat(p).st_ino for p in ck.glob("*.pt")}) == len(kept) + (not best_file.exists())
+    return manifest
+
+
+def _kill_after_manifest(resume_setup, name: str, epoch: int) -> Path:
+    """Run with the test-only fault ``kill_after_manifest:EPOCH``: SIGKILL right after that
+    epoch's file and the manifest are written, before the links and the pruning."""
+    run_dir = resume_setup["base"] / name
+    env = {**resume_setup["env"], "TEACHER_FAULT": f"kill_after_manifest:{epoch}"}
+    proc = run_teacher(["train", "--config", str(resume_setup["config"]), "--run-dir", str(run_dir)], env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    ck = run_dir / "checkpoints"
+    listed = {e["name"] for e in json.loads((ck / "manifest.json").read_text())["checkpoints"]}
+    assert f"epoch_{epoch:04d}.pt" in listed
+    # the kill landed inside the save: last.pt still holds the previous epoch
+    assert torch.load(ck / "last.pt", weights_only=True)["epoch"] == epoch - 1
+    return run_dir
+
+
+def test_killed_after_the_last_epochs_manifest_write_the_resume_completes_the_save(resume_setup):
+    """The soak's incident (issue 16, item 1): killed after epoch 3's file and manifest, before
+    last/best/pruning. The resume has no epoch left to train; it must still leave best.pt the
+    best recorded epoch, last.pt epoch 3 and epoch_0001.pt pruned."""
+    run_dir = _kill_after_manifest(resume_setup, "after-manifest-last", 3)
+    assert (run_dir / "checkpoints" / "epoch_0001.pt").exists()  # not pruned yet
+    proc = run_teacher(["train", "--resume", str(run_dir)], resume_setup["env"], check=True)
+    assert "completed an interrupted checkpoint save" in proc.stdout
+    assert "resumed from last.pt (epoch 3," in proc.stdout
+    manifest = assert_checkpoints_consistent(run_dir)
+    assert_same_run(resume_setup["reference"], run_dir)
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["status"] == "succeeded" and progress["best"] == manifest["best"]
+
+
+def test_killed_after_a_middle_epochs_manifest_write_resumes_from_it_and_finishes_consistent(resume_setup):
+    run_dir = _kill_after_manifest(resume_setup, "after-manifest-middle", 2)
+    proc = run_teacher(["train", "--resume", str(run_dir)], resume_setup["env"], check=True)
+    assert "completed an interrupted checkpoint save" in proc.stdout
+    assert "resumed from last.pt (epoch 2," in proc.stdout
+    assert_checkpoints_consistent(run_dir)
+    assert_same_run(resume_setup["reference"], run_dir)
+
+
+def test_an_uninterrupted_run_leaves_hard_links_and_one_copy_per_kept_epoch(resume_setup):
+    assert_checkpoints_consistent(resume_setup["reference"])
+
+
+# ------------------------------------------------------------- a second signal while stopping
+def _wait_for_line(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        assert proc.poll() is None, f"the trainer exited ({proc.returncode}) before logging {text!r}"
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in {path} after {timeout}s")
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_second_signal_while_stopping_keeps_the_stop_a_stop(resume_setup, second):
+    """Issue 16, item 5: SIGTERM at epoch 2's first step (test-only fault), and the stop held
+    open (test-only ``hold_stop``) until the test, having read "received SIGTERM" in the log,
+    sends a second signal. Still a graceful stop: exit 3, progress 'stopped', resumable."""
+    run_dir = resume_setup["base"] / f"twice-{second.name}"
+    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "train", "--config", str(resume_setup["config"]),
+                             "--run-dir", str(run_dir)],
+                            env={**resume_setup["env"], "TEACHER_FAULT": "sigterm_at_step:3,hold_stop"},
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_line(run_dir / "train.log", "received SIGTERM: stopping after the current step", proc, 300)
+        proc.send_signal(second)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, err
+    assert "Aborted!" not in err and "KeyboardInterrupt" not in err
+    assert f"received {second.name} again: already stopping" in (run_dir / "train.log").read_text()
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["status"] == "stopped" and "error" not in progress, progress
     run_teacher(["train", "--resume", str(run_dir)], resume_setup["env"], check=True)
     assert_same_run(resume_setup["reference"], run_dir)

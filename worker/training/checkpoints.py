@@ -1,14 +1,25 @@
 """Checkpoints: atomic, verified, and never loaded with pickle's full power.
 
-Every epoch writes an immutable ``epoch_NNNN.pt`` first and records its sha256 in
-``manifest.json``; ``last.pt`` and ``best.pt`` are copies written after that. A crash at any
-point therefore leaves the manifest describing complete files only, and a file whose bytes do
-not match the manifest (truncated, half-written, bit-rotted) is skipped with a warning in favour
-of the previous good one. Loading always uses ``weights_only=True``: a checkpoint from an
-untrusted source cannot execute code.
+Every epoch writes an immutable ``epoch_NNNN.pt`` once (temp file, fsync, rename) and never
+opens it for writing again. ``last.pt`` and ``best.pt`` are hard links to it (a copy only where
+the filesystem cannot link), so an epoch costs one file's bytes on disk, not three.
+
+A save is one manifest write, the commit point: it already names the new epoch, the new
+``last.pt``/``best.pt`` and the pruned set. Only then are the links replaced and old epoch files
+removed. A crash between the two leaves a manifest that is right and files that lag behind it;
+:meth:`CheckpointManager.complete_interrupted_save` (run on every start in an existing run
+directory, before anything else) makes the files match again, and also repairs run directories
+written by older versions, whose manifest was written before ``last``/``best`` were. The
+manifest's ``best`` is always the best recorded epoch by the configured metric.
+
+A file whose bytes do not match the manifest (truncated, half-written, bit-rotted) is skipped
+with a warning in favour of the previous good one. Loading always uses ``weights_only=True``: a
+checkpoint from an untrusted source cannot execute code.
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -16,6 +27,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -24,7 +36,7 @@ from typing import Any
 
 import torch
 
-from common.atomic import atomic_write_bytes, atomic_write_json, remove_stale_temp_files
+from common.atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_json, fsync_dir, remove_stale_temp_files
 
 from .artifacts import naming
 
@@ -32,6 +44,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 _EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.pt$")
+ALIASES = ("last.pt", "best.pt")
+# os.link errors that mean "this filesystem (or this pair of paths) cannot hard-link": copy instead.
+_NO_LINK_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 
 
 class CheckpointError(RuntimeError):
@@ -118,6 +133,17 @@ def _maybe_fault(name: str, data: bytes, path: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _maybe_fault_after_manifest(epoch: int) -> None:
+    """Test-only fault injection (``TEACHER_FAULT=kill_after_manifest:EPOCH``): SIGKILL this
+    process after that epoch's file and the manifest are written, before the links and pruning."""
+    if f"kill_after_manifest:{epoch}" in os.environ.get("TEACHER_FAULT", "").split(","):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _is_epoch_file(name: str) -> bool:
+    return _EPOCH_FILE.match(name) is not None
+
+
 class CheckpointManager:
     def __init__(self, directory: Path, *, keep_last: int, every_epochs: int, best_metric: str, best_mode: str):
         self.dir = Path(directory)
@@ -164,9 +190,11 @@ class CheckpointManager:
         return value > self.best["value"] if self.best_mode == "max" else value < self.best["value"]
 
     def save(self, state: dict[str, Any], *, epoch: int, step: int, metrics: dict[str, Any]) -> list[str]:
-        """Write this epoch's checkpoints. If a write fails (a full disk), it raises with the
-        file's name, leaves no temp file, and every file the manifest lists stays intact: the
-        manifest is only rewritten after the files it describes are complete."""
+        """Write this epoch's file, commit it in the manifest, then link ``last.pt`` (and
+        ``best.pt`` when it is better) to it and prune. If the epoch file's write fails (a full
+        disk), it raises with the file's name, leaves no temp file and changes nothing else. A
+        failure or crash after the manifest write leaves files that lag behind a correct
+        manifest; :meth:`complete_interrupted_save` finishes the job on the next start."""
         try:
             return self._save(state, epoch=epoch, step=step, metrics=metrics)
         except BaseException:
@@ -178,39 +206,155 @@ class CheckpointManager:
 
     def _save(self, state: dict[str, Any], *, epoch: int, step: int, metrics: dict[str, Any]) -> list[str]:
         data = serialize(state)
-        digest, now = sha256_bytes(data), time.time()
-
-        def write(name: str) -> None:
-            _maybe_fault(name, data, self.dir / name)
-            with naming(self.dir / name):
-                atomic_write_bytes(self.dir / name, data)
-            self.entries[name] = CheckpointEntry(name, epoch, step, len(data), digest, metrics, now)
-
         epoch_name = f"epoch_{epoch:04d}.pt"
-        write(epoch_name)
-        self._write_manifest()  # the immutable epoch file is now durable and described
+        _maybe_fault(epoch_name, data, self.dir / epoch_name)
+        with naming(self.dir / epoch_name):
+            atomic_write_bytes(self.dir / epoch_name, data)  # the only write of these bytes, ever
+        entry = CheckpointEntry(epoch_name, epoch, step, len(data), sha256_bytes(data), metrics, time.time())
+        self.entries[epoch_name] = entry
+        self.entries["last.pt"] = dataclasses.replace(entry, name="last.pt")
         written = [epoch_name, "last.pt"]
-        write("last.pt")
         value = metrics.get(self.best_metric)
         if self.is_better(value):
-            write("best.pt")
+            self.entries["best.pt"] = dataclasses.replace(entry, name="best.pt")
             self.best = {"metric": self.best_metric, "value": value, "epoch": epoch}
             written.append("best.pt")
-        self._prune(epoch)
-        self._write_manifest()
+        doomed = self._plan_prune(epoch)
+        self._write_manifest()  # the commit point: the files below only catch up with it
+        _maybe_fault_after_manifest(epoch)
+        for alias in written[1:]:
+            self._link(epoch_name, alias)
+        self._remove(doomed)
         return written
 
-    def _prune(self, current_epoch: int) -> None:
-        """Keep the newest epoch file, the newest ``keep_last`` periodic ones, last and best."""
-        epoch_files = sorted(
-            (e for e in self.entries.values() if _EPOCH_FILE.match(e.name)), key=lambda e: e.epoch
-        )
+    # -- hard links -------------------------------------------------------------------------
+    def _link(self, source: str, alias: str) -> None:
+        """Make ``alias`` name the same bytes as ``source``: a hard link, made under a temp name
+        and renamed over ``alias`` so a reader sees the old file or the new one. A copy only
+        where the filesystem refuses to link. Never opens ``source`` for writing."""
+        src, dst = self.dir / source, self.dir / alias
+        tmp = self.dir / f"{TMP_PREFIX}{alias}.link"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError as exc:
+            if exc.errno not in _NO_LINK_ERRNOS:
+                raise
+            log.info("cannot hard-link %s to %s (%s): copying it", alias, source, exc.strerror)
+            with naming(dst):
+                self._copy(src, tmp)
+        if dst.exists() and os.path.samefile(tmp, dst):
+            tmp.unlink()  # rename(2) of two links to one inode is a no-op that keeps both names
+            return
+        os.replace(tmp, dst)
+        fsync_dir(self.dir)
+
+    @staticmethod
+    def _copy(src: Path, tmp: Path) -> None:
+        try:
+            with open(src, "rb") as fin, open(tmp, "xb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+                fout.flush()
+                os.fsync(fout.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    # -- pruning ----------------------------------------------------------------------------
+    def _plan_prune(self, current_epoch: int) -> list[str]:
+        """Drop from the manifest every epoch file except the newest one and the newest
+        ``keep_last`` periodic ones; return their names (removed after the manifest is written).
+        ``best.pt`` is its own link to the inode, so removing the epoch file it came from keeps it."""
+        epoch_files = sorted((e for e in self.entries.values() if _is_epoch_file(e.name)), key=lambda e: e.epoch)
         periodic = [e for e in epoch_files if e.epoch % self.every_epochs == 0][-self.keep_last:]
         keep = {e.name for e in periodic} | {f"epoch_{current_epoch:04d}.pt"}
-        for e in epoch_files:
-            if e.name not in keep:
-                (self.dir / e.name).unlink(missing_ok=True)
-                del self.entries[e.name]
+        doomed = [e.name for e in epoch_files if e.name not in keep]
+        for name in doomed:
+            del self.entries[name]
+        return doomed
+
+    def _remove(self, names: list[str]) -> None:
+        for name in names:
+            (self.dir / name).unlink(missing_ok=True)
+
+    def _unlisted_older_epoch_files(self) -> list[str]:
+        """Epoch files on disk that the manifest no longer lists although it lists a newer
+        epoch: pruned by a save that was killed before it removed them. (An unlisted file newer
+        than every listed one is an epoch whose save never committed; its epoch is replayed and
+        the file rewritten, so it is left alone.)"""
+        listed = [e.epoch for e in self.entries.values() if _is_epoch_file(e.name)]
+        if not listed:
+            return []
+        newest = max(listed)
+        return sorted(p.name for p in self.dir.iterdir()
+                      if _is_epoch_file(p.name) and p.name not in self.entries
+                      and int(_EPOCH_FILE.match(p.name).group(1)) < newest)
+
+    # -- completing a save a crash interrupted ----------------------------------------------
+    def _value(self, entry: CheckpointEntry) -> float | None:
+        value = entry.metrics.get(self.best_metric)
+        return None if value is None or value != value else value
+
+    def best_recorded(self) -> CheckpointEntry | None:
+        """The best recorded epoch by the configured metric, among the epoch files listed and
+        the current ``best.pt`` (whose epoch file may be pruned). Ties go to the earlier epoch,
+        as in :meth:`is_better`."""
+        candidates = [e for e in self.entries.values()
+                      if (_is_epoch_file(e.name) or e.name == "best.pt") and self._value(e) is not None]
+        if not candidates:
+            return None
+        sign = -1.0 if self.best_mode == "max" else 1.0
+        # Among equals, an epoch file before best.pt, so the alias is checked against its source.
+        return min(candidates, key=lambda e: (sign * self._value(e), e.epoch, e.name == "best.pt"))
+
+    def complete_interrupted_save(self) -> list[str]:
+        """Bring the files and the manifest to what the last committed save meant: ``last.pt``
+        the newest epoch, ``best.pt`` the best recorded epoch, old epoch files pruned. Returns
+        what it changed (empty when the directory was consistent, the usual case)."""
+        epochs = [e for e in self.entries.values() if _is_epoch_file(e.name) and (self.dir / e.name).exists()]
+        if not epochs:
+            return []
+        newest = max(epochs, key=lambda e: (e.step, e.epoch))
+        changed = self._ensure_alias("last.pt", newest)
+        best = self.best_recorded()
+        if best is not None:
+            if best.name != "best.pt":
+                changed += self._ensure_alias("best.pt", best)
+            if self.entries.get("best.pt") is not None and self.entries["best.pt"].sha256 == best.sha256:
+                wanted = {"metric": self.best_metric, "value": self._value(best), "epoch": best.epoch}
+                if self.best != wanted:
+                    self.best = wanted
+                    changed.append("best")
+        doomed = self._plan_prune(newest.epoch)
+        if changed or doomed:
+            self._write_manifest()
+        doomed += self._unlisted_older_epoch_files()
+        self._remove(doomed)
+        changed += doomed
+        if changed:
+            log.warning("completed an interrupted checkpoint save: %s (last = epoch %d, best = %s)",
+                        ", ".join(changed), newest.epoch, self.best)
+        return changed
+
+    def _ensure_alias(self, alias: str, target: CheckpointEntry) -> list[str]:
+        """Point ``alias`` at ``target``'s epoch file unless it already holds those bytes.
+        Hashes only when the alias is not a link to the target (a copy, or a stale file), and
+        never replaces an alias with a source that fails verification."""
+        path, src = self.dir / alias, self.dir / target.name
+        current = self.entries.get(alias)
+        if current is not None and current.epoch == target.epoch and current.sha256 != target.sha256:
+            # Not a save left behind but other bytes for the same epoch (damage, tampering):
+            # left to the loader, which verifies, refuses and says so.
+            return []
+        if path.exists() and current is not None and current.sha256 == target.sha256:
+            if os.path.samefile(path, src) or sha256_file(path) == target.sha256:
+                return []
+        if sha256_file(src) != target.sha256:
+            log.warning("cannot point %s at %s: it does not match the manifest", alias, target.name)
+            return []
+        self._link(target.name, alias)
+        self.entries[alias] = dataclasses.replace(target, name=alias)
+        return [alias]
 
     # -- loading ----------------------------------------------------------------------------
     def candidates(self) -> list[CheckpointEntry]:

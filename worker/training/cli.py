@@ -61,10 +61,20 @@ def resolve_config(config_path: str | None, resume_dir: Path | None, sets: tuple
 
 
 def default_run_dir(name: str) -> Path:
-    base = default_runs_root() / name
-    if not base.exists():
-        return base
-    return default_runs_root() / f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    """``RUNS_ROOT/<name>`` for the first run of a config name, then
+    ``RUNS_ROOT/<name>-<UTC YYYYmmdd-HHMMSS>``, then ``...-2``, ``-3``, ... for runs started in
+    the same second. The directory is created here (mkdir fails if it exists), so two runs
+    started at once can never share one."""
+    root = default_runs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    stamped = f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    for candidate in (name, stamped, *(f"{stamped}-{n}" for n in range(2, 10_000))):
+        try:
+            (root / candidate).mkdir()
+        except FileExistsError:
+            continue
+        return root / candidate
+    raise FileExistsError(f"no free run directory for {name!r} under {root}")
 
 
 @click.command()

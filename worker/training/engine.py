@@ -328,6 +328,8 @@ def train_one_epoch(st: TrainState, epoch: int) -> tuple[Totals, float, float]:
             if f"sigterm_at_step:{st.step}" in st.faults.split(","):
                 os.kill(os.getpid(), signal.SIGTERM)  # test-only: a preemption at a known step
         if st.stop():
+            if "hold_stop" in st.faults.split(","):
+                signal.pause()  # test-only: hold the stop open until a second signal has been handled
             raise StopRequested()
     return sums.totals(), last_lr, time.perf_counter() - t0
 
@@ -365,6 +367,9 @@ def save_checkpoint(st: TrainState, ckpts: CheckpointManager, metrics: dict[str,
 
 def write_progress(st: TrainState, *, epoch: int, phase: str, batch: int, batches: int, throughput: float,
                    latest: dict[str, Any], status: str = "running", **extra: Any) -> None:
+    """Every write carries the latest integrity verdict (null until the first epoch ends), so
+    a poll between epoch ends does not lose it."""
+    extra.setdefault("integrity", st.integrity)
     epochs = st.cfg["optim"]["epochs"]
     done_fraction = ((epoch - 1) + batch / max(batches, 1)) / epochs if epoch else 0.0
     remaining_images = (1 - done_fraction) * epochs * st.dataset_sizes["train"]
@@ -460,10 +465,15 @@ def install_signal_handlers() -> tuple[Callable[[], bool], Callable[[], None]]:
     requested = {"signal": None}
 
     def handler(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
         if requested["signal"] is not None:
-            raise KeyboardInterrupt  # a second signal: stop now
+            # A second signal (a supervisor repeating itself, or one per thread of a dying
+            # parent) must not turn the graceful stop under way into a failure: raising here
+            # would abort at an arbitrary point and record a KeyboardInterrupt.
+            log.warning("received %s again: already stopping after the current step", name)
+            return
         requested["signal"] = signum
-        log.warning("received %s: stopping after the current step", signal.Signals(signum).name)
+        log.warning("received %s: stopping after the current step", name)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
@@ -534,9 +544,26 @@ def _final_progress(files: RunFiles, status: str, **extra: Any) -> None:
         log.warning("could not record the final status in progress.json: %s", exc)
 
 
+def _previous_integrity(files: RunFiles) -> dict[str, Any] | None:
+    """The integrity verdict the interrupted attempt last recorded (kept until this attempt
+    finishes an epoch of its own)."""
+    try:
+        value = json.loads((files.dir / "progress.json").read_text()).get("integrity")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _train(cfg: dict[str, Any], files: RunFiles, *, resume: bool, data_root: Path, runs_root: Path,
            faults: str, stop: Callable[[], bool]) -> RunResult:
     optim = cfg["optim"]
+    # Before anything else: a save that a crash cut short (after the manifest, before the
+    # links and pruning) is finished, so what follows sees a consistent checkpoint directory.
+    ckpts = CheckpointManager(files.dir / "checkpoints", keep_last=cfg["checkpoint"]["keep_last"],
+                              every_epochs=cfg["checkpoint"]["every_epochs"],
+                              best_metric=cfg["checkpoint"]["best_metric"],
+                              best_mode=BEST_METRICS[cfg["checkpoint"]["best_metric"]])
+    ckpts.complete_interrupted_save()
     run = resolve_runtime(cfg["runtime"])
     seed_everything(optim["seed"])
     bundle = data_mod.load_data(cfg["data"], data_root, seed=optim["seed"], num_classes=cfg["model"]["num_classes"])
@@ -565,15 +592,13 @@ def _train(cfg: dict[str, Any], files: RunFiles, *, resume: bool, data_root: Pat
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, optim=optim, steps_per_epoch=steps_per_epoch))
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.use_scaler)
-    ckpts = CheckpointManager(files.dir / "checkpoints", keep_last=cfg["checkpoint"]["keep_last"],
-                              every_epochs=cfg["checkpoint"]["every_epochs"],
-                              best_metric=cfg["checkpoint"]["best_metric"],
-                              best_mode=BEST_METRICS[cfg["checkpoint"]["best_metric"]])
     history = {"format": HISTORY_FORMAT, "accuracy_unit": "percent", "num_classes": num_classes,
                "class_names": bundle.class_names, "dataset_sizes": bundle.sizes, "epochs": []}
 
     epoch = step = 0
+    integrity: dict[str, Any] | None = None
     if resume:
+        integrity = _previous_integrity(files)
         loaded = ckpts.load_latest()
         if loaded is None:
             log.warning("no usable checkpoint in %s: starting from epoch 1", ckpts.dir)
@@ -595,7 +620,8 @@ def _train(cfg: dict[str, Any], files: RunFiles, *, resume: bool, data_root: Pat
     # purge_step: TensorBoard readers discard events from the interrupted epoch.
     writer = SummaryWriter(str(files.dir / "tb"), purge_step=step + 1 if resume else None)
     st = TrainState(cfg, run, files, model, optimizer, scheduler, scaler, writer, train_loader, val_loader,
-                    train_sampler, bundle.class_names, bundle.sizes, history, epoch, step, stop, faults)
+                    train_sampler, bundle.class_names, bundle.sizes, history, epoch, step, stop, faults,
+                    integrity if epoch else None)
     try:
         for epoch in range(st.epoch + 1, optim["epochs"] + 1):
             # Each epoch's randomness depends only on (seed, epoch): resume replays it exactly.
