@@ -26,8 +26,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log_file: Pa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise click.ClickException(f"the local stack exited with {proc.returncode} while starting "
-                                       f"(its log: {_show(log_file)})")
+            tail = "".join(log_file.read_text(errors="replace").splitlines(keepends=True)[-5:])
+            raise click.ClickException(f"the local stack exited with {proc.returncode} while starting; "
+                                       f"the end of {_show(log_file)}:\n{tail}")
         try:
             if requests.get(f"{url}/api/v1/health", timeout=5).status_code == 200:
                 return
