@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from typing import Any, Iterator
 
@@ -48,8 +47,7 @@ from common.config import (
     parse_yaml,
 )
 from common.store import Job, JobStatus, transaction
-from common.store.models import FINISHED
-from common.store.models import utcnow
+from common.store.deletion import delete_finished_job
 from common.store.jobs import (
     JobNotFound,
     JobPaths,
@@ -587,29 +585,8 @@ def checkpoint(job_id: str, name: str) -> Any:
 @blp.alt_response(404, description="no such job (or not yours)")
 @blp.alt_response(409, description="the job has not finished, or an unfinished job starts from its checkpoint")
 def delete(job_id: str) -> Any:
-    jobs_root = services().settings.jobs_root
-    with transaction(services().sessions) as s:
-        job = resolve_job(s, current_user(), job_id, for_update=True)
-        if not job.job_status.finished:
-            raise ApiError(409, f"job {job.id} is {job.status}; cancel it and wait until it has stopped, then delete it")
-        dependent = s.scalar(select(Job.id).where(Job.after_id == job.id, Job.deleted_at.is_(None),
-                                                  Job.status.not_in([st.value for st in FINISHED])).limit(1))
-        if dependent:
-            raise ApiError(409, f"job {dependent} has not finished and waits for (or starts from) job {job.id}")
-        root = JobPaths.of(jobs_root, job.id).root
-        trash = root.with_name(f".deleted-{job.id}")
-        if root.exists():
-            os.replace(root, trash)  # atomic: the job's files are gone from its path at once
-        try:
-            job.deleted_at = utcnow()
-            s.flush()
-        except BaseException:
-            if trash.exists():
-                os.replace(trash, root)
-            raise
-    shutil.rmtree(trash, ignore_errors=True)
-    if trash.exists():  # e.g. a file the API may not remove; the job is deleted all the same
-        log.warning("job %s: could not remove every file under %s", job.id, trash)
+    delete_finished_job(services().sessions, lambda s: resolve_job(s, current_user(), job_id, for_update=True),
+                        services().settings.jobs_root)  # JobConflict: 409 (errors.py)
     return Response(status=204)
 
 

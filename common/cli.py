@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "tokens": "common.service_cli:tokens",
     "serve": "common.serve:serve",
     "db": "common.service_cli:db",
+    "prune": "common.prune:prune",
     "demo": "common.demo:demo",
     "doctor": "common.doctor:doctor",
 }
