@@ -21,12 +21,14 @@ Re-sending is safe: the supervisor's claim ignores duplicates. Run it with
 
 How soon a job whose worker was SIGKILLed runs again (the loop, :func:`next_pass_in`): the pass
 runs when the job's heartbeat is ``dead_after_s`` old (3 heartbeats, 15 s by default) if the
-worker is provably gone by then, else when it is TEACHER_STALE_AFTER_S (60 s) old, up to
-``MIN_WAIT_S`` (1 s) later; then a free worker takes the message at once. So the bound is
-3 x TEACHER_HEARTBEAT_S + 1 s (worker on the reconciler's host and pid namespace: `teacher
-serve`; or a solo worker whose TEACHER_WORKER_BEAT_S beat row went stale: 3 beats, 30 s by
-default) or TEACHER_STALE_AFTER_S + 1 s otherwise, plus the wait for a free worker. (As the beat
-task, passes run only every TEACHER_RECONCILE_INTERVAL_S: add that.)
+worker is provably gone by then (checked again every heartbeat after that), else when it is
+TEACHER_STALE_AFTER_S (60 s) old, up to ``MIN_WAIT_S`` (1 s) later; then a free worker takes the
+message at once. So the bound is 3 x TEACHER_HEARTBEAT_S + max(TEACHER_HEARTBEAT_S, 1 s), 20 s by
+default, for a worker in the reconciler's host and pid namespace (`teacher serve`, a soak) or a
+solo worker whose beat row (TEACHER_WORKER_BEAT_S) is older than 3 beats (30 s by default:
+then ~35 s); else TEACHER_STALE_AFTER_S + 1 s (61 s); each plus one pass and the wait for a
+free worker. It was TEACHER_STALE_AFTER_S + TEACHER_RECONCILE_INTERVAL_S (90 s) + the wait.
+(As the beat task, passes run only every TEACHER_RECONCILE_INTERVAL_S: add that.)
 """
 from __future__ import annotations
 
@@ -282,6 +284,10 @@ def next_pass_in(settings: Settings, *, retry_soon: bool = False) -> float:
             if age is None:
                 return MIN_WAIT_S
             due += [t - age for t in (dead_after_s(settings), settings.stale_after_s)]
+            if dead_after_s(settings) <= age < settings.stale_after_s:
+                # Late, not (yet) proven gone: look again a heartbeat later, not only at the
+                # stale threshold (a busy box delays beats; a dead worker is found then).
+                due.append(max(MIN_WAIT_S, settings.heartbeat_s))
             beat_age = age_s(beats.get(job.worker or ""))
             if beat_age is not None:
                 due.append(WorkerBeat.ALIVE_BEATS * settings.worker_beat_s - beat_age)

@@ -136,12 +136,13 @@ def test_a_dead_worker_on_this_host_is_noticed_after_three_heartbeats(app, clien
     assert report["stale"] == [gone]  # 4 s > 3 heartbeats, and its pid is gone: no 60 s wait
     assert _get(app, alive).status == "running"  # alive (its pid exists): waits for the stale threshold
     assert _get(app, gone).interruptions == 1  # it never reported training progress
-    # The loop's next pass: after the interval at the latest, sooner when the live job's
-    # heartbeat reaches the stale threshold or 3 heartbeats, whichever comes first.
-    assert 29.9 < rec.next_pass_in(s) < 30.2
-    assert 55 < rec.next_pass_in(dataclasses.replace(s, reconcile_interval_s=120.0)) < 57
+    # The loop's next pass: a heartbeat later while a job's heartbeat is late but its worker not
+    # proven gone; when a fresh one turns 3 heartbeats old; after the interval at the latest.
+    assert rec.next_pass_in(s) == pytest.approx(1.1, abs=0.05)
     _set(app, alive, heartbeat_at=utcnow())
     assert 2.5 < rec.next_pass_in(s) < 3.2
+    _set(app, alive, status="succeeded")
+    assert rec.next_pass_in(s) == pytest.approx(30.1)
 
 
 # ----------------------------------------------------------------------------- real processes
@@ -248,14 +249,21 @@ def test_reconciler_loop_resends_a_sigkilled_workers_job_within_a_few_heartbeats
         assert loop.poll() is None, (stack.base / "reconciler.log").read_text()
         first.send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        wait_until(lambda: db_job(stack, job_id).attempts == 2, 30, "attempt 2", interval=0.1)
+        wait_until(lambda: (lambda j: j.status != "running" or j.attempts == 2)(db_job(stack, job_id)), 40,
+                   "the job re-sent", interval=0.1)
+        detected_after = time.monotonic() - killed
+        wait_until(lambda: db_job(stack, job_id).attempts == 2, 40, "attempt 2", interval=0.1)
         rerun_after = time.monotonic() - killed
         assert loop.poll() is None, (stack.base / "reconciler.log").read_text()
     finally:
         loop.send_signal(signal.SIGTERM)
         loop.wait(timeout=30)
-    bound = 3 * stack.settings.heartbeat_s + rec.MIN_WAIT_S + 5  # + delivery and claim on a loaded box
-    assert rerun_after < bound, (rerun_after, (stack.base / "reconciler.log").read_text())
+    # By design: found gone after 3 heartbeats (1.5 s here), at most MIN_WAIT_S later; then
+    # delivered and claimed. The slack is for a loaded 2-core CI box; before, both took > 60 s.
+    design = 3 * stack.settings.heartbeat_s + rec.MIN_WAIT_S
+    assert detected_after < design + 8, (detected_after, (stack.base / "reconciler.log").read_text())
+    assert rerun_after < stack.settings.stale_after_s / 2, (rerun_after, stack.logs())
     job = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=240)
     assert job["status"] == "succeeded" and job["attempts"] == 2, (job, stack.logs())
-    print(f"re-run {rerun_after:.1f}s after the SIGKILL (bound {bound:.1f}s)")
+    print(f"re-sent {detected_after:.1f}s and re-run {rerun_after:.1f}s after the SIGKILL (design bound "
+          f"{design:.1f}s + delivery)")
