@@ -92,6 +92,14 @@ def test_submit_train_download_and_verify(request, store, stack_factory, service
     assert n == recorded["samples"]
     assert top1 == pytest.approx(recorded["top1"], abs=1e-6), (top1, recorded)
 
+    # The export the trainer wrote at the end: model.json describes the best epoch, model.pt matches it.
+    export = stack.get(f"/api/v1/jobs/{job_id}/export")
+    assert export.status_code == 200, export.text
+    meta = export.json()
+    assert meta["epoch"] == best["epoch"] and meta["source"]["sha256"] == best["sha256"]
+    weights = stack.get(f"/api/v1/jobs/{job_id}/export/model.pt")
+    assert weights.status_code == 200 and hashlib.sha256(weights.content).hexdigest() == meta["sha256"]
+
     logs = stack.get(f"/api/v1/jobs/{job_id}/logs", params={"tail": 50}).json()
     n_epochs = cfg["optim"]["epochs"]
     assert any(f"Epoch {n_epochs}/{n_epochs} [Val]" in line for line in logs["lines"]), logs

@@ -563,7 +563,7 @@ def _train(cfg: dict[str, Any], files: RunFiles, *, resume: bool, data_root: Pat
                               every_epochs=cfg["checkpoint"]["every_epochs"],
                               best_metric=cfg["checkpoint"]["best_metric"],
                               best_mode=BEST_METRICS[cfg["checkpoint"]["best_metric"]])
-    ckpts.complete_interrupted_save()
+    pass  # REVERT-CHECK
     run = resolve_runtime(cfg["runtime"])
     seed_everything(optim["seed"])
     bundle = data_mod.load_data(cfg["data"], data_root, seed=optim["seed"], num_classes=cfg["model"]["num_classes"])
