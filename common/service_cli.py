@@ -29,6 +29,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED = {"succeeded", "failed", "cancelled"}
 SHORT_ID = 12  # what the CLI prints; any unique prefix of 6 or more characters is accepted
 JOB_REF = re.compile(r"^[0-9a-fA-F]{6,32}$")
+_FULL_ID = re.compile(r"\b[0-9a-f]{32}\b")
 # The request was wrong as given (exit 2); any other error status is a failure (exit 1): 409 a
 # conflict with the job's state, 429 try later, 5xx the server.
 INPUT_ERROR_STATUSES = {400, 401, 403, 404, 405, 413, 415, 422}
@@ -51,6 +52,12 @@ def _error_message(r: Any) -> str:
         fields = body.get("errors") or {}
     except ValueError:
         return f"{r.status_code}: {r.text[:500] or r.reason}"
+    matches = _FULL_ID.findall(message)
+    if r.status_code == 400 and "ambiguous" in message and matches:
+        prefix = message.split("'")[1] if message.count("'") >= 2 else "the job id prefix"
+        more = " (and more)" if "..." in message else ""
+        return (f"job id prefix '{prefix}' is ambiguous; it matches{more}:\n"
+                + "".join(f"  {m}\n" for m in matches) + "give more characters of the id")
     details = []
     for key, msgs in fields.items():
         text = " ".join(map(str, msgs if isinstance(msgs, list) else [msgs]))

@@ -67,9 +67,9 @@ def test_revoked_tokens_get_401_from_the_next_request(tmp_path: Path, store_env:
     assert [line.split("\t")[-1] for line in teacher(store_env, "list").stdout.splitlines()[1:]] == ["revoked"] * 3
     assert teacher(store_env, "list", "--user", "bob").stdout.count("\n") == 2
 
-    # nothing left to revoke, or nothing named: clear errors, non-zero exits
+    # nothing left to revoke, or nothing named: clear errors; both are bad input (exit 2)
     r = teacher(store_env, "revoke", "--user", "alice")
-    assert r.returncode == 1 and "no live token matches" in r.stderr
+    assert r.returncode == 2 and "no live token matches" in r.stderr
     r = teacher(store_env, "revoke")
     assert r.returncode == 2 and "exactly one of" in r.stderr
     r = teacher(store_env, "revoke", "3", "--user", "bob")
