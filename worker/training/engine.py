@@ -544,6 +544,19 @@ def _final_progress(files: RunFiles, status: str, **extra: Any) -> None:
         log.warning("could not record the final status in progress.json: %s", exc)
 
 
+def write_export(files: RunFiles, ckpts: CheckpointManager) -> None:
+    """A succeeded run's shippable model (``export/model.pt`` + ``model.json``, from best.pt),
+    written before the run reports done, so every succeeded job has one."""
+    best = ckpts.dir / "best.pt"
+    if not best.is_file():
+        log.warning("no best.pt (no epoch had a finite %s): nothing exported", ckpts.best_metric)
+        return
+    from .export import export_checkpoint
+
+    info = export_checkpoint(best, files.dir / "export")
+    log.info("exported best.pt (epoch %d) to %s", info.meta["epoch"], info.out_dir)
+
+
 def _previous_integrity(files: RunFiles) -> dict[str, Any] | None:
     """The integrity verdict the interrupted attempt last recorded (kept until this attempt
     finishes an epoch of its own)."""
@@ -563,7 +576,7 @@ def _train(cfg: dict[str, Any], files: RunFiles, *, resume: bool, data_root: Pat
                               every_epochs=cfg["checkpoint"]["every_epochs"],
                               best_metric=cfg["checkpoint"]["best_metric"],
                               best_mode=BEST_METRICS[cfg["checkpoint"]["best_metric"]])
-    pass  # REVERT-CHECK
+    ckpts.complete_interrupted_save()
     run = resolve_runtime(cfg["runtime"])
     seed_everything(optim["seed"])
     bundle = data_mod.load_data(cfg["data"], data_root, seed=optim["seed"], num_classes=cfg["model"]["num_classes"])
@@ -643,6 +656,7 @@ def _train(cfg: dict[str, Any], files: RunFiles, *, resume: bool, data_root: Pat
                 os.kill(os.getpid(), signal.SIGKILL)  # test-only: a crash between epochs
     finally:
         writer.close()
+    write_export(files, ckpts)
     last = st.history["epochs"][-1] if st.history["epochs"] else {}
     write_progress(st, epoch=st.epoch, phase="done", batch=len(train_loader), batches=len(train_loader),
                    throughput=(last.get("train") or {}).get("throughput") or 0.0,
