@@ -66,6 +66,7 @@ INVARIANTS: dict[str, str] = {
     "no_orphans": "no training process outlives its job or the stack; no gunicorn worker outlives its master",
     "no_5xx": "no API response is a 5xx (GET /health's documented 503 aside)",
     "components_stay_up": "no service process exits unless the soak stopped it, and each restarts when asked",
+    "harness": "the soak itself ran to the end (a crash here is a soak bug, or a service that never came up)",
 }
 
 
@@ -82,7 +83,7 @@ class Options:
     gap_max_s: float = 12.0
     restart_min_s: float = 1.0       # between a kill and the restart
     restart_max_s: float = 5.0
-    submit_fraction: float = 0.5     # jobs are submitted over this first part of the window
+    submit_fraction: float = 0.75    # jobs are submitted over this first part of the window
     max_attempts: int = 3
     heartbeat_s: float = 1.0
     stale_after_s: float = 12.0
@@ -445,7 +446,7 @@ class Soak:
                 self.faults_done.append(record)
                 self.log(f"fault {n}: {f.kind} {record.get('target', '')} {record.get('note', '')}".rstrip())
         except Exception:
-            self.violate("components_stay_up", f"the fault loop crashed (a harness bug): {traceback.format_exc()[-1500:]}")
+            self.violate("harness", f"the fault loop crashed (a harness bug): {traceback.format_exc()[-1500:]}")
         finally:
             self.window_over.set()
 
@@ -630,7 +631,7 @@ class Soak:
             try:
                 self.submit(job, replay=replay)
             except Exception:
-                self.violate("submit_accepted", f"{job.name}: the client crashed (a harness bug): "
+                self.violate("harness", f"{job.name}: the client crashed (a harness bug): "
                                                 f"{traceback.format_exc()[-1500:]}")
 
     # -- the run ------------------------------------------------------------------------------
@@ -656,7 +657,7 @@ class Soak:
             threads[0].join(timeout=30)
             self.check_invariants(settled)
         except Exception:
-            self.violate("components_stay_up", f"the soak crashed (a harness bug or a dead service): "
+            self.violate("harness", f"the soak crashed (a harness bug or a dead service): "
                                                f"{traceback.format_exc()[-2000:]}")
         finally:
             self.stop_polling.set()
