@@ -112,7 +112,6 @@ def inference_preprocessing(image_size: int) -> dict[str, Any]:
         "mean": by_op.get("normalize", {}).get("mean"),
         "std": by_op.get("normalize", {}).get("std"),
         "input_layout": "NCHW",
-        "torchvision": "transforms.v2.Compose([" + ", ".join(repr(t) for t in compose.transforms) + "])",
     }
 
 
