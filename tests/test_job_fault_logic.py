@@ -271,6 +271,7 @@ def test_a_malicious_resume_checkpoint_is_refused_and_the_previous_one_used(tmp_
     marker = tmp_path / "pwned"
     ckpts = _manager(tmp_path / "checkpoints")
     ckpts.save(_small_state(1), epoch=1, step=4, metrics={"val.top1": 10.0})
+    (ckpts.dir / "last.pt").unlink()  # replaced, not written into: it is a hard link to the epoch file
     torch.save({"model": Evil(marker)}, ckpts.dir / "last.pt")
     manifest = json.loads((ckpts.dir / "manifest.json").read_text())
     from worker.training.checkpoints import sha256_file

@@ -126,6 +126,7 @@ def plant_evil_checkpoint(paths: JobPaths, name: str, marker: Path) -> dict[str,
     """Replace checkpoint ``name`` with a malicious pickle and make the manifest vouch for it
     (as an attacker who can write the volume would), so the bytes reach the loader itself."""
     path = paths.checkpoints / name
+    path.unlink()  # replaced, not written into: it is a hard link to an epoch file
     torch.save({"format": "teacher-checkpoint/1", "model": Evil(marker), "epoch": 1}, path)
     data = path.read_bytes()
     man = manifest(paths)
