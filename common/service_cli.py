@@ -81,6 +81,9 @@ class ApiClient:
         kw.setdefault("timeout", 60)
         try:
             r = self.session.request(method, self.url + "/api/v1" + path, **kw)
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema) as exc:  # before ConnectionError: InvalidURL is not one
+            raise CliError(f"invalid server URL {self.url!r} (--url / TEACHER_URL): {exc}", EXIT_USAGE) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise CliError(f"cannot reach {self.url}: {exc}") from None
         if r.status_code not in ok:

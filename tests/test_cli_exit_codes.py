@@ -80,6 +80,8 @@ CASES = [
     ("submit: --set without =", ["submit", "{good}", "--set", "optim.lr"], USAGE, "key=value"),
     ("submit: server unreachable", ["submit", "{good}"], FAILED, "cannot reach"),
     ("status: server unreachable", ["status"], FAILED, "cannot reach"),
+    ("status: not a URL", ["status", "--url", "localhost-8000"], USAGE, "invalid server URL"),
+    ("status: bad URL scheme", ["status", "--url", "ftp://127.0.0.1:1"], USAGE, "invalid server URL"),
     ("status: not a job id", ["status", "xyz"], USAGE, "not a job id"),
     ("status: prefix too short", ["status", "abcde"], USAGE, "at least its first 6"),
     ("logs: not a job id", ["logs", "../etc"], USAGE, "not a job id"),
