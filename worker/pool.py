@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from celery import Task, signals
 from celery.worker.request import Request
 
 from worker import supervisor
+from worker.liveness import claimant_is_dead_here
 
 log = logging.getLogger(__name__)
 
@@ -197,21 +197,6 @@ def release_lost_job(job_id: str, settings: Any = None) -> bool:
         end_lost_attempt(job, "worker lost (its pool process died); will resume from the last checkpoint")
     log.warning("job %s: its pool process %s died; interrupted, the requeued message resumes it", job_id, claimant)
     return True
-
-
-def claimant_is_dead_here(worker: str | None) -> bool:
-    """Whether ``worker`` ("host:pid", as the claim records it) is a process of this host that is
-    gone (no such pid, or a zombie). False when it cannot tell: another host, or this process."""
-    host, _, pid = (worker or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] == "Z"  # exited, not yet reaped
 
 
 def _training_pids(job_id: str) -> list[int] | None:

@@ -32,7 +32,6 @@ free worker. It was TEACHER_STALE_AFTER_S + TEACHER_RECONCILE_INTERVAL_S (90 s) 
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import signal
@@ -46,6 +45,7 @@ from sqlalchemy import select
 from common.settings import Settings
 from common.store import Job, JobStatus, WorkerBeat, transaction, utcnow
 from common.store.jobs import age_s, end_lost_attempt, finish_dependents, mark_enqueued
+from worker.liveness import claimant_is_dead_here
 from worker.store import sessions_for
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,6 @@ def worker_gone(job: Job, settings: Settings, beats: dict[str, Any], now: Any = 
         return f"heartbeat {age:.0f}s old" if age is not None else "no heartbeat"
     if age < dead_after_s(settings):
         return None
-    from worker.pool import claimant_is_dead_here
-
     if claimant_is_dead_here(job.worker):
         return f"its process {job.worker} is gone (heartbeat {age:.1f}s old)"
     beat = beats.get(job.worker or "")

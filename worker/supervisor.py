@@ -50,8 +50,8 @@ from sqlalchemy.exc import OperationalError
 
 from common.settings import Settings
 from common.store import Job, JobStatus, transaction, utcnow
-from common.store.jobs import (JobPaths, age_s, attempt_started_training, end_lost_attempt, finish_dependents,
-                               init_from_path, lock_job, lost_attempts)
+from common.store.jobs import (JobPaths, age_s, end_lost_attempt, finish_dependents, init_from_path, lock_job,
+                               lost_attempts)
 from worker.store import sessions_for
 
 log = logging.getLogger(__name__)

@@ -259,9 +259,10 @@ def test_reconciler_loop_resends_a_sigkilled_workers_job_within_a_few_heartbeats
         loop.send_signal(signal.SIGTERM)
         loop.wait(timeout=30)
     # By design: found gone after 3 heartbeats (1.5 s here), at most MIN_WAIT_S later; then
-    # delivered and claimed. The slack is for a loaded 2-core CI box; before, both took > 60 s.
+    # delivered and claimed. Before, both took over 60 s (the stale threshold). The margin is for
+    # a loaded 2-core CI box (measured there: 6 s once, 20 s once with other suites running).
     design = 3 * stack.settings.heartbeat_s + rec.MIN_WAIT_S
-    assert detected_after < design + 8, (detected_after, (stack.base / "reconciler.log").read_text())
+    assert detected_after < stack.settings.stale_after_s / 2, (detected_after, (stack.base / "reconciler.log").read_text())
     assert rerun_after < stack.settings.stale_after_s / 2, (rerun_after, stack.logs())
     job = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=240)
     assert job["status"] == "succeeded" and job["attempts"] == 2, (job, stack.logs())
