@@ -19,16 +19,17 @@ message and is re-sent by the next pass.
 Re-sending is safe: the supervisor's claim ignores duplicates. Run it with
 `python -m worker.reconciler` (a loop) or as the `reconcile` beat task.
 
-How soon a job whose worker was SIGKILLed runs again (the loop, :func:`next_pass_in`): the pass
-runs when the job's heartbeat is ``dead_after_s`` old (3 heartbeats, 15 s by default) if the
-worker is provably gone by then (checked again every heartbeat after that), else when it is
-TEACHER_STALE_AFTER_S (60 s) old, up to ``MIN_WAIT_S`` (1 s) later; then a free worker takes the
-message at once. So the bound is 3 x TEACHER_HEARTBEAT_S + max(TEACHER_HEARTBEAT_S, 1 s), 20 s by
-default, for a worker in the reconciler's host and pid namespace (`teacher serve`, a soak) or a
-solo worker whose beat row (TEACHER_WORKER_BEAT_S) is older than 3 beats (30 s by default:
-then ~35 s); else TEACHER_STALE_AFTER_S + 1 s (61 s); each plus one pass and the wait for a
-free worker. It was TEACHER_STALE_AFTER_S + TEACHER_RECONCILE_INTERVAL_S (90 s) + the wait.
-(As the beat task, passes run only every TEACHER_RECONCILE_INTERVAL_S: add that.)
+How soon a job whose worker was SIGKILLed runs again (the loop, :func:`next_pass_in`): passes
+run at least every ``dead_after_s`` (3 heartbeats: 15 s by default), and a pass that sees a job
+running schedules the next one for when its heartbeat turns ``dead_after_s`` old, then every
+heartbeat while it is late. A worker provably gone (in the reconciler's host and pid namespace:
+`teacher serve`, a soak; or a solo worker whose beat row is older than 3 TEACHER_WORKER_BEAT_S
+beats, 30 s by default) is found then; any other only at TEACHER_STALE_AFTER_S (60 s). Then a
+free worker takes the message at once. Bound, default settings, plus the wait for a free
+worker: 3 x TEACHER_HEARTBEAT_S + max(TEACHER_HEARTBEAT_S, 1 s) = 20 s, or 2 x 15 s = 30 s for
+a job claimed and killed between two passes (~35 s via the beat row); else
+TEACHER_STALE_AFTER_S + 1 s = 61 s. It was TEACHER_STALE_AFTER_S + TEACHER_RECONCILE_INTERVAL_S
+(90 s) + the wait. (As the beat task, passes run only every TEACHER_RECONCILE_INTERVAL_S.)
 """
 from __future__ import annotations
 
@@ -268,11 +269,13 @@ def _clear_moot_deliveries(settings: Settings, sessions: Any, broker: BrokerSnap
 
 # ------------------------------------------------------------------------------ the loop
 def next_pass_in(settings: Settings, *, retry_soon: bool = False) -> float:
-    """Seconds until the next pass is due: TEACHER_RECONCILE_INTERVAL_S at most, sooner when a
-    running job's heartbeat is about to pass dead_after_s or stale_after_s (or its worker's beat
-    about to go stale), so that a dead worker's job is re-sent when it may be, not up to an
-    interval later; soon after a pass that could not send."""
-    interval = settings.reconcile_interval_s
+    """Seconds until the next pass is due: TEACHER_RECONCILE_INTERVAL_S or dead_after_s, whichever
+    is shorter, at most; sooner when a running job's heartbeat is about to pass dead_after_s or
+    stale_after_s (or its worker's beat about to go stale), so that a dead worker's job is
+    re-sent when it may be, not up to an interval later; soon after a pass that could not send."""
+    # At least every dead_after_s: a job claimed during a longer sleep could otherwise lose its
+    # worker unseen until the interval ends.
+    interval = min(settings.reconcile_interval_s, max(dead_after_s(settings), MIN_WAIT_S))
     due = [min(interval, 5.0)] if retry_soon else [interval]
     sessions = sessions_for(settings.database_url)
     with sessions() as s:
