@@ -104,6 +104,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     return {
         "id": job.id, "name": job.name, "user": job.user.name, "status": job.status, "queue": job.queue,
         "priority": job.priority, "attempts": job.attempts, "max_attempts": job.max_attempts,
+        "interruptions": job.interruptions or 0,
         "run_seconds": round(job.run_seconds or 0.0, 3),
         "cancel_requested": job.cancel_requested, "after": job.after_id, "init_from": job.init_from,
         "created_at": job.created_at, "updated_at": job.updated_at, "started_at": job.started_at,

@@ -112,8 +112,12 @@ class JobSchema(ma.Schema):
     status = fields.String(required=True, validate=validate.OneOf(STATUSES))
     queue = fields.String(required=True)
     priority = fields.Integer(required=True)
-    attempts = fields.Integer(required=True)
-    max_attempts = fields.Integer(required=True)
+    attempts = fields.Integer(required=True, metadata={"description": "attempts started (interruptions included)"})
+    max_attempts = fields.Integer(required=True, metadata={
+        "description": "cap on attempts whose worker or training process died while training (TEACHER_MAX_ATTEMPTS)"})
+    interruptions = fields.Integer(required=True, metadata={
+        "description": "attempts that ended without a failure of their own: a graceful stop (worker shutdown, "
+                       "preemption) or a worker lost before it trained; capped by TEACHER_MAX_INTERRUPTIONS"})
     run_seconds = fields.Float(required=True, metadata={
         "description": "Training time so far, summed over attempts (counts against TEACHER_MAX_JOB_SECONDS)"})
     cancel_requested = fields.Boolean(required=True)

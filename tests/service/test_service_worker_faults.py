@@ -121,6 +121,7 @@ def test_sigterm_to_worker_hands_the_job_back_promptly(stack_factory, service_co
     job_json = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=240)
     assert job_json["status"] == "succeeded", (job_json, stack.logs())
     assert job_json["attempts"] == 2
+    assert job_json["interruptions"] == 1  # a graceful stop: not a failure (the API shows the count)
     run = JobPaths.of(stack.settings.jobs_root, job_id).run
     history = json.loads((run / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
@@ -195,7 +196,7 @@ def test_job_that_kills_its_pool_process_fails_with_worker_lost(stack_factory, s
     assert job["status"] == "failed" and "worker lost" in job["failure_reason"], (job, stack.logs())
     assert job["attempts"] == stack.settings.max_interruptions == 3
     assert job["failure_reason"].startswith("interrupted too often"), job
-    assert db_job(stack, job_id).interruptions == 3
+    assert db_job(stack, job_id).interruptions == job["interruptions"] == 3
     assert job["progress"] is None  # no training ever started
     assert worker.poll() is None, stack.logs()
     log = (stack.base / "worker0.log").read_text()
