@@ -2,10 +2,15 @@
 
 The recipe is the classic one: write a temporary file in the *same* directory (so the rename
 stays on one filesystem), flush and fsync it, rename it over the target, then fsync the
-directory so the rename itself survives a power cut.
+directory so the rename itself survives a power cut. The temporary file is created with mode
+0600 (mkstemp), so the result is readable by its owner only.
+
+Also here, torch-free so the worker and the API can use it: the sha256 every verified file is
+named by.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -69,3 +74,11 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
         fh.write(line.rstrip("\n") + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from common.atomic import atomic_write_json
 from common.settings import state_root
 
 FILE_NAME = "serve.json"
@@ -41,14 +42,7 @@ def path(root: Path | None = None) -> Path:
 
 def write(state: ServeState, root: Path | None = None) -> Path:
     target = path(root)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(asdict(state), fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
+    atomic_write_json(target, asdict(state))  # mode 0600: the Redis URL carries a password
     return target
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from common.atomic import sha256_file
 from common.settings import Settings
 from common.store import Job, JobStatus, transaction, utcnow
 from common.store.jobs import (JobPaths, age_s, end_lost_attempt, finish_dependents, init_from_path, lock_job,
@@ -545,14 +545,6 @@ def _interrupted_reason(rc: int, stop: StopReason | None) -> str:
     return f"interrupted: {why}; will resume from the last checkpoint"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def run_finished(paths: JobPaths, epochs: int) -> bool:
     """Whether the run directory holds a completed run of ``epochs`` epochs: progress.json says
     succeeded, history.json has each epoch once, and every checkpoint the manifest lists is
@@ -572,7 +564,7 @@ def run_finished(paths: JobPaths, epochs: int) -> bool:
             return False
         if best is not None and (entries.get("best.pt") or {}).get("epoch") != best.get("epoch"):
             return False
-        return all(_sha256_file(paths.checkpoints / name) == e["sha256"] for name, e in entries.items())
+        return all(sha256_file(paths.checkpoints / name) == e["sha256"] for name, e in entries.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.info("%s: not a finished run (%s)", paths.run, exc)
         return False

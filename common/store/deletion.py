@@ -17,6 +17,7 @@ from typing import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.atomic import atomic_write_json
 from common.store.db import transaction
 
 from common.store.jobs import JobConflict, JobPaths
@@ -75,11 +76,7 @@ def keep_best_only(paths: JobPaths) -> int:
     if not kept:
         return 0
     manifest["checkpoints"] = kept
-    tmp = manifest_path.with_name(f".{manifest_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False))
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, manifest_path)  # the manifest first: it never names a file that is gone
+    atomic_write_json(manifest_path, manifest)  # the manifest first: it never names a file that is gone
     best_inode = best.stat().st_ino
     freed = 0
     for f in ckpts.glob("*.pt"):

@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 
-from common.atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_json, fsync_dir, remove_stale_temp_files
+from common.atomic import (TMP_PREFIX, atomic_write_bytes, atomic_write_json, fsync_dir, remove_stale_temp_files,
+                           sha256_file)
 
 from .artifacts import naming
 
@@ -71,12 +72,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def serialize(state: dict[str, Any]) -> bytes:
