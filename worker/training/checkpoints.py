@@ -141,8 +141,7 @@ def _is_epoch_file(name: str) -> bool:
 
 class CheckpointManager:
     def __init__(self, directory: Path, *, keep_last: int, every_epochs: int, best_metric: str, best_mode: str):
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(directory)  # created by the first save: a run that fails validation leaves none
         self.keep_last, self.every_epochs = keep_last, every_epochs
         self.best_metric, self.best_mode = best_metric, best_mode
         removed = remove_stale_temp_files(self.dir)
@@ -202,6 +201,7 @@ class CheckpointManager:
     def _save(self, state: dict[str, Any], *, epoch: int, step: int, metrics: dict[str, Any]) -> list[str]:
         data = serialize(state)
         epoch_name = f"epoch_{epoch:04d}.pt"
+        self.dir.mkdir(parents=True, exist_ok=True)
         _maybe_fault(epoch_name, data, self.dir / epoch_name)
         with naming(self.dir / epoch_name):
             atomic_write_bytes(self.dir / epoch_name, data)  # the only write of these bytes, ever

@@ -22,11 +22,12 @@ import math
 import os
 import random
 import signal
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -66,6 +67,43 @@ class IntegrityFailure(TrainingError):
 
 class StopRequested(Exception):
     """A signal asked the run to stop; the last epoch checkpoint stays the resume point."""
+
+
+class RunDirBusy(StopRequested):
+    """Another trainer still holds the run directory (e.g. the orphan of a SIGKILLed worker,
+    finishing its current step after its parent-death SIGTERM). Nothing was written: exit 3, and
+    the supervisor retries the attempt as an interruption."""
+
+
+RUN_LOCK = ".lock"
+RUN_LOCK_WAIT_S = 600.0  # an orphan stops after its current step (or validation + save)
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path, wait_s: float = RUN_LOCK_WAIT_S) -> Iterator[None]:
+    """Hold an exclusive flock on ``run_dir/.lock`` for the whole run, so that two trainers never
+    write one run directory at once (the next attempt waits for the previous one's orphan). The
+    kernel releases it when the process dies, however it dies."""
+    import fcntl
+
+    fd = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunDirBusy(f"another trainer still holds {run_dir} after {wait_s:.0f}s") from None
+                if not said:  # stderr: the run's log file belongs to the holder for now
+                    print(f"waiting for another trainer to release {run_dir}", file=sys.stderr, flush=True)
+                    said = True
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -498,6 +536,13 @@ def train(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, debug: bo
     """Train ``cfg`` into ``run_dir`` (a fresh directory, or an existing one with ``resume``)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(run_dir):
+        return _train_locked(cfg, run_dir, resume=resume, debug=debug, data_root=data_root, runs_root=runs_root,
+                             handle_signals=handle_signals)
+
+
+def _train_locked(cfg: dict[str, Any], run_dir: Path, *, resume: bool, debug: bool, data_root: Path | None,
+                  runs_root: Path | None, handle_signals: bool) -> RunResult:
     files = RunFiles(run_dir)
     setup_logging(run_dir, debug=debug)
     files.reserve_space()
