@@ -47,7 +47,7 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def _server_roots() -> list[tuple[str, str]]:
+def server_roots() -> list[tuple[str, str]]:
     """(absolute path, how a client may see it) for the server's own directories, longest
     first, in both the configured and the symlink-resolved spelling."""
     ext = current_app.extensions.get("teacher") if has_app_context() else None
@@ -77,7 +77,7 @@ def scrub(text: str, roots: list[tuple[str, str]]) -> str:
 
 def error_response(status: int, message: str, errors: Mapping[str, Any] | None = None,
                    headers: Mapping[str, str] | None = None) -> ResponseReturnValue:
-    roots = _server_roots()
+    roots = server_roots()
     body = {"code": status, "message": scrub(message, roots),
             "errors": {k: [scrub(str(m), roots) for m in v] for k, v in (errors or {}).items()}}
     resp = jsonify(body)

@@ -17,7 +17,7 @@ from flask import Response, request, send_file, stream_with_context, url_for
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.errors import ApiError
+from api.errors import ApiError, scrub, server_roots
 from api.extensions import current_user, services
 from api.limits import check_queued_cap
 from api.runfiles import read_json, read_new_events, tail_events
@@ -109,7 +109,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "cancel_requested": job.cancel_requested, "after": job.after_id, "init_from": job.init_from,
         "created_at": job.created_at, "updated_at": job.updated_at, "started_at": job.started_at,
         "heartbeat_at": job.heartbeat_at, "finished_at": job.finished_at, "exit_code": job.exit_code,
-        "failure_reason": job.failure_reason, "progress": job.progress, "integrity": integrity, "result": job.result,
+        "failure_reason": scrub(job.failure_reason, server_roots()) if job.failure_reason else None,
+        "progress": job.progress, "integrity": integrity, "result": job.result,
         "config": job.config, "links": links,
     }
 
@@ -269,13 +270,17 @@ def _build_spec(raw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             raise ConfigError({"init_from": ['in the service, name the job: {"init_from": {"job": ID, "checkpoint": "best"}}']})
     except ConfigError as exc:
         errors.update(exc.errors)
-    if not errors:
-        # The dataset, without torch and without listing every image: what would otherwise
-        # fail only once a worker picks the job up.
-        errors.update(check_data(config, services().settings.data_root))
     if errors:
         raise ConfigError(errors)
     return opts, config
+
+
+def _check_dataset(config: dict[str, Any]) -> None:
+    """The dataset, without torch and without listing every image: what would otherwise fail
+    only once a worker picks the job up (400 naming the field)."""
+    errors = check_data(config, services().settings.data_root)
+    if errors:
+        raise ConfigError(errors)
 
 
 def _resolve_ref(s: Any, user: Any, field_name: str, ref: str | None) -> str | None:
@@ -372,6 +377,7 @@ def submit() -> Any:
                     raise ApiError(409, "the job this Idempotency-Key created was deleted; use a new key",
                                    {"Idempotency-Key": ["its job was deleted"]})
                 if job is None:
+                    _check_dataset(config)  # not for a replay: its job exists whatever the data is now
                     after_id = _resolve_ref(s, user, "after", opts.get("after"))
                     init_from = opts.get("init_from")
                     if init_from:

@@ -44,7 +44,7 @@ def prune(older_than: str, keep_best: bool, dry_run: bool) -> None:
 
     from common.settings import Settings
     from common.store import FINISHED, Job, make_engine, make_sessionmaker, transaction, utcnow
-    from common.store.deletion import delete_finished_job, keep_best_only
+    from common.store.deletion import delete_finished_job, keep_best_only, unfinished_dependent
     from common.store.jobs import JobConflict, JobPaths, lock_job
 
     cutoff = utcnow() - parse_age(older_than)
@@ -63,6 +63,12 @@ def prune(older_than: str, keep_best: bool, dry_run: bool) -> None:
                 click.echo(f"would {'trim' if keep_best else 'delete'} {job_id}")
                 continue
             if keep_best:
+                with transaction(factory) as s:
+                    dependent = unfinished_dependent(s, job_id)
+                if dependent:  # it may start from last.pt or an epoch file: keep them all
+                    click.echo(f"kept {job_id}: job {dependent} has not finished and starts from it", err=True)
+                    skipped += 1
+                    continue
                 freed += keep_best_only(paths)
                 done += 1
                 continue

@@ -26,12 +26,25 @@ from common.store.models import FINISHED, Job, utcnow
 log = logging.getLogger(__name__)
 
 
+def unfinished_dependent(session: Session, job_id: str) -> str | None:
+    """An unfinished job that waits for ``job_id`` (``after``) or will start from one of its
+    checkpoints (``init_from``, which need not be its ``after``), if any."""
+    unfinished = (Job.deleted_at.is_(None), Job.status.not_in([st.value for st in FINISHED]))
+    waiting = session.scalar(select(Job.id).where(Job.after_id == job_id, *unfinished).limit(1))
+    if waiting:
+        return waiting
+    for other_id, init_from in session.execute(select(Job.id, Job.init_from).where(Job.init_from.is_not(None),
+                                                                                  *unfinished)):
+        if isinstance(init_from, dict) and init_from.get("job") == job_id:
+            return other_id
+    return None
+
+
 def check_deletable(session: Session, job: Job) -> None:
     """Raise :class:`JobConflict` unless the job's files may go now."""
     if not job.job_status.finished:
         raise JobConflict(f"job {job.id} is {job.status}; cancel it and wait until it has stopped, then delete it")
-    dependent = session.scalar(select(Job.id).where(Job.after_id == job.id, Job.deleted_at.is_(None),
-                                                    Job.status.not_in([st.value for st in FINISHED])).limit(1))
+    dependent = unfinished_dependent(session, job.id)
     if dependent:
         raise JobConflict(f"job {dependent} has not finished and waits for (or starts from) job {job.id}")
 
@@ -88,4 +101,4 @@ def keep_best_only(paths: JobPaths) -> int:
     return freed
 
 
-__all__ = ["check_deletable", "delete_finished_job", "keep_best_only"]
+__all__ = ["check_deletable", "delete_finished_job", "keep_best_only", "unfinished_dependent"]

@@ -30,7 +30,8 @@ def store(tmp_path: Path):
     engine.dispose()
 
 
-def _job(factory, jobs_root: Path, *, status: str, age_days: float, after: str | None = None) -> str:
+def _job(factory, jobs_root: Path, *, status: str, age_days: float, after: str | None = None,
+         init_from: str | None = None) -> str:
     job_id = uuid.uuid4().hex
     with transaction(factory) as s:
         user = s.scalar(select(User).where(User.name == "alice")) or User(name="alice")
@@ -38,7 +39,7 @@ def _job(factory, jobs_root: Path, *, status: str, age_days: float, after: str |
         s.flush()
         finished = utcnow() - dt.timedelta(days=age_days) if status in ("succeeded", "failed", "cancelled") else None
         s.add(Job(id=job_id, user_id=user.id, name="j", queue="default", status=status, config={}, after_id=after,
-                  finished_at=finished))
+                  init_from={"job": init_from, "checkpoint": "last"} if init_from else None, finished_at=finished))
     ckpts = jobs_root / job_id / "run" / "checkpoints"
     ckpts.mkdir(parents=True)
     entries = []
@@ -107,3 +108,16 @@ def test_prune_bad_age_is_a_usage_error(store, age):
     _, env, _ = store
     r = prune(env, "--older-than", age)
     assert r.returncode == 2 and "--older-than" in r.stderr
+
+
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_a_checkpoint_an_unfinished_job_starts_from_is_kept(store, keep_best):
+    """``init_from`` need not be the job's ``after`` (a body may name both): still a dependent."""
+    factory, env, jobs = store
+    other = _job(factory, jobs, status="succeeded", age_days=40)
+    source = _job(factory, jobs, status="succeeded", age_days=40)
+    _job(factory, jobs, status="waiting", age_days=0, after=other, init_from=source)  # starts from source's last.pt
+    done = prune(env, "--older-than", "30d", *(["--keep-best"] if keep_best else []))
+    assert done.returncode == 0, done.stderr
+    assert f"kept {source}" in done.stderr
+    assert (jobs / source / "run" / "checkpoints" / "last.pt").is_file() and not _deleted(factory, source)

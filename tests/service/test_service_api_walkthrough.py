@@ -401,3 +401,30 @@ def test_export_endpoints_serve_the_files_the_exporter_wrote(call, client, alice
     assert r.status_code == 304
     r = client.get(f"/api/v1/jobs/{job_id}/export/model.pt", headers={**alice, "Range": "bytes=0-9"})
     assert r.status_code == 206 and r.data == weights[:10]
+
+
+# ------------------------------------------------------------------------ review follow-ups
+def test_an_idempotent_replay_returns_its_job_even_if_the_dataset_is_gone_now(call, alice, settings):
+    key = {"Idempotency-Key": "replay-after-move"}
+    first = submit(call, {**alice, **key})
+    assert first.status_code == 202, first.json
+    data = settings.data_root / CFG["data"]["root"]
+    moved = data.with_name(data.name + "-moved")
+    data.rename(moved)
+    try:
+        again = submit(call, {**alice, **key})
+        assert again.status_code == 202 and again.json["id"] == first.json["id"], again.json
+        assert again.headers.get("Idempotent-Replayed") == "true"
+        fresh = submit(call, alice)  # a new job is still checked
+        assert fresh.status_code == 400 and "data.root" in fresh.json["errors"]
+    finally:
+        moved.rename(data)
+
+
+def test_failure_reasons_shown_to_clients_carry_no_server_path(call, alice, app, settings):
+    job_id = submit(call, alice).json["id"]
+    secret = f"split folder 'val' not found under {settings.data_root}/synthetic; see {settings.jobs_root}/{job_id}"
+    set_status(app, job_id, JobStatus.failed, failure_reason=secret)
+    body = call("get", f"/api/v1/jobs/{job_id}", headers=alice).json
+    assert str(settings.data_root) not in body["failure_reason"] and str(settings.jobs_root) not in body["failure_reason"]
+    assert "split folder 'val' not found under <the data root>/synthetic" in body["failure_reason"]
