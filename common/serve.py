@@ -47,6 +47,12 @@ def serve(host: str, port: int, queues: str | None, verbose: bool) -> None:
     from common.store import make_engine, upgrade
 
     settings = Settings.from_env()
+    running = serve_state.read(settings.state_root)
+    if running is not None:
+        # Two stacks on one state root would share the SQLite store and Redis folder while each
+        # reconciler saw only its own Redis.
+        raise click.ClickException(f"a local stack already runs on {settings.state_root} (teacher serve, pid "
+                                   f"{running.pid}, API {running.api_url}); stop it first (Ctrl-C in its terminal)")
     env = dict(os.environ)
     # The children read the same absolute roots, whatever their working directory.
     env.update(TEACHER_JOBS_ROOT=str(settings.jobs_root), TEACHER_DATA_ROOT=str(settings.data_root),
@@ -56,16 +62,20 @@ def serve(host: str, port: int, queues: str | None, verbose: bool) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+    def start(name: str, cmd: list[str], stdin: bytes | None = None) -> subprocess.Popen[bytes]:
         # Own sessions: Ctrl-C reaches only us, and we stop the children in order. Their output
         # goes to a file each (appended: a restart keeps the previous run's lines).
         out = None if verbose else (logs / f"{name}.log").open("ab")
         try:
-            proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                                    stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
                                     stdout=out, stderr=subprocess.STDOUT if out else None)
         finally:
             if out is not None:
                 out.close()
+        if stdin is not None:
+            proc.stdin.write(stdin)  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
         procs.append((name, proc))
         return proc
 
@@ -84,9 +94,11 @@ def serve(host: str, port: int, queues: str | None, verbose: bool) -> None:
             # A private Redis for this stack: loopback only, a fresh password each start.
             rport, password = _free_port(), secrets.token_urlsafe(24)
             (settings.state_root / "redis").mkdir(parents=True, exist_ok=True)
-            start("redis", ["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
-                            "--dir", str(settings.state_root / "redis"), "--requirepass", password,
-                            "--appendonly", "yes", "--save", ""])
+            # The config on stdin (`redis-server -`), not the command line: other local users can
+            # read a process's arguments, and the password is in it.
+            config = (f"port {rport}\nbind 127.0.0.1\ndir {settings.state_root / 'redis'}\nrequirepass {password}\n"
+                      "appendonly yes\nsave \"\"\n")
+            start("redis", ["redis-server", "-"], stdin=config.encode())
             env["TEACHER_REDIS_URL"] = f"redis://:{password}@127.0.0.1:{rport}/0"
             _wait_port(rport, 20)
         engine = make_engine(settings.database_url)
