@@ -168,3 +168,17 @@ def test_preprocessing_is_read_from_the_eval_transform(monkeypatch):
                         lambda size, **kw: T.Compose([*real(size, **kw).transforms, T.Grayscale()]))
     with pytest.raises(ExportError, match="Grayscale"):
         inference_preprocessing(224)
+
+
+def test_export_takes_a_job_id_or_unique_prefix(trained_run, tmp_path):
+    jobs = tmp_path / "jobs"
+    job_id = "abcdef12" + "0" * 24
+    shutil.copytree(trained_run["run_dir"], jobs / job_id / "run", symlinks=True)
+    shutil.copytree(trained_run["run_dir"], jobs / ("abcdef34" + "0" * 24) / "run", symlinks=True)
+    env = {**trained_run["env"], "TEACHER_JOBS_ROOT": str(jobs)}
+    proc = run_teacher(["export", job_id[:8], "--out", str(tmp_path / "o")], env)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "o" / "model.json").read_text())
+    assert meta["source"]["verified_against_manifest"] is True
+    proc = run_teacher(["export", "abcdef", "--out", str(tmp_path / "o2")], env)
+    assert proc.returncode == 2 and "ambiguous" in proc.stderr

@@ -8,18 +8,39 @@ from pathlib import Path
 import click
 
 
+def _job_or_path(source: Path) -> Path:
+    """A path as given, or, when nothing exists there and it looks like a job id (or a unique
+    prefix of 6+ characters), that job's directory under the jobs root (TEACHER_JOBS_ROOT)."""
+    import re
+
+    from common.settings import Settings
+    from .export import ExportError
+
+    text = str(source)
+    if source.exists() or not re.fullmatch(r"[0-9a-f]{6,32}", text.lower()):
+        return source
+    jobs_root = Settings.from_env().jobs_root
+    matches = sorted(p for p in jobs_root.glob(f"{text.lower()}*") if re.fullmatch(r"[0-9a-f]{32}", p.name))
+    if len(matches) > 1:
+        raise ExportError(f"{text} is ambiguous: {', '.join(p.name for p in matches)}")
+    if not matches:
+        raise ExportError(f"{text}: no such checkpoint, run directory or job under the jobs root")
+    return matches[0]
+
+
 @click.command("export")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for model.pt and model.json (created if needed).")
 def export_cmd(source: Path, out_dir: Path) -> None:
-    """Export SOURCE (a checkpoint, or the best.pt of a run or job directory) as a weights-only
+    """Export SOURCE (a checkpoint, the best.pt of a run or job directory, or a job id or unique
+    prefix, looked up under the jobs root) as a weights-only
     model.pt plus model.json (architecture, classes, exact preprocessing, metrics, sha256)."""
     from .checkpoints import CheckpointError
     from .export import ExportError, export_checkpoint
 
     try:
-        info = export_checkpoint(source, out_dir)
+        info = export_checkpoint(_job_or_path(source), out_dir)
     except ExportError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
