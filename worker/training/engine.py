@@ -367,7 +367,11 @@ def train_one_epoch(st: TrainState, epoch: int) -> tuple[Totals, float, float]:
                 os.kill(os.getpid(), signal.SIGTERM)  # test-only: a preemption at a known step
         if st.stop():
             if "hold_stop" in st.faults.split(","):
-                signal.pause()  # test-only: hold the stop open until a second signal has been handled
+                # Test-only: hold the stop open until a second signal has been handled (a flag
+                # polled with a deadline, not pause(): the signal may come before we get here).
+                seen, deadline = getattr(st.stop, "signals_seen", lambda: 2), time.monotonic() + 120
+                while seen() < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
             raise StopRequested()
     return sums.totals(), last_lr, time.perf_counter() - t0
 
@@ -500,10 +504,11 @@ def init_from_checkpoint(model: nn.Module, rel_path: str, runs_root: Path) -> No
 
 def install_signal_handlers() -> tuple[Callable[[], bool], Callable[[], None]]:
     """SIGTERM/SIGINT ask for a stop after the current step. Returns (stop requested?, restore)."""
-    requested = {"signal": None}
+    requested: dict[str, Any] = {"signal": None, "count": 0}
 
     def handler(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
+        requested["count"] += 1
         if requested["signal"] is not None:
             # A second signal (a supervisor repeating itself, or one per thread of a dying
             # parent) must not turn the graceful stop under way into a failure: raising here
@@ -519,7 +524,11 @@ def install_signal_handlers() -> tuple[Callable[[], bool], Callable[[], None]]:
         for sig, old in previous.items():
             signal.signal(sig, old)
 
-    return (lambda: requested["signal"] is not None), restore
+    def stop_requested() -> bool:
+        return requested["signal"] is not None
+
+    stop_requested.signals_seen = lambda: requested["count"]  # type: ignore[attr-defined]  # for hold_stop
+    return stop_requested, restore
 
 
 @dataclass
