@@ -45,9 +45,18 @@ def test_flushall_with_jobs_queued_and_one_running(stack_factory, service_config
     # The first pass finds the queued jobs' messages missing and re-sends exactly those; the
     # running job still heartbeats, so it is left alone (re-sending it would be a harmless
     # duplicate, but it is not needed).
-    report = wait_until(lambda: (lambda rep: rep if rep["lost"] else None)(stack.reconcile()), 30,
-                        "the reconciler to notice the lost messages")
-    assert sorted(report["lost"]) == sorted(queued) and report["stale"] == []
+    # (Each job counts as lost once its own grace period since it was enqueued has passed, so on a
+    # loaded box the two may be found by two passes: collect the passes' reports.)
+    lost: list[str] = []
+
+    def passes() -> bool:
+        report = stack.reconcile()
+        assert report["stale"] == [], report
+        lost.extend(report["lost"])
+        return len(lost) >= len(queued)
+
+    wait_until(passes, 30, "the reconciler to notice the lost messages")
+    assert sorted(lost) == sorted(queued)  # each queued job re-sent once; the running one not at all
     assert stack.reconcile()["lost"] == []  # the messages are back: no second copy
 
     for job_id, cfg in [(running, running_cfg), *((j, queued_cfg) for j in queued)]:
