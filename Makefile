@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast bench soak demo run clean
+.PHONY: install lint test test-fast bench soak demo run clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Layers import downwards only (the contracts are in pyproject.toml; docs/architecture.md).
+lint: $(STAMP)
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

@@ -23,7 +23,7 @@ def celery_enqueue(settings: Settings) -> Enqueue:
     """Publish through Celery with these settings (imported on first use; tests replace it)."""
 
     def enqueue(job_id: str, queue: str, priority: int) -> None:
-        from worker.celery_app import publish
+        from common.broker import publish
 
         publish(settings, job_id, queue, priority)
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from api.errors import ApiError, scrub, server_roots
 from api.extensions import current_user, services
 from api.limits import check_queued_cap
-from api.runfiles import read_json, read_new_events, tail_events
+from common.runfiles import read_json, read_new_events, tail_events
 from api.precheck import check_data
 from api.schemas import (
     CHECKPOINT_REF,

@@ -9,16 +9,16 @@ PY=${PY:-python3}
 export PYTHONPATH=$PWD TEACHER_DATA_ROOT=${TMPDIR:-/tmp}/teacher-data TEACHER_RUNS_ROOT=${TMPDIR:-/tmp}/teacher-runs
 rm -rf "$TEACHER_DATA_ROOT" "$TEACHER_RUNS_ROOT"
 $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "")'
-$PY -m common.cli make-data --classes 24 --train-per-class 200 --val-per-class 40 --image-size 64
+$PY -m common.apps.cli make-data --classes 24 --train-per-class 200 --val-per-class 40 --image-size 64
 common=(--config configs/demo.yaml --set runtime.device=cuda --set data.image_size=64 --set runtime.num_workers=6
         --set optim.epochs=4 --set optim.batch_size=128 --set runtime.log_interval=10)
 for variant in bf16:auto fp16:auto off:auto bf16:off; do
   amp=${variant%%:*}; cl=${variant##*:}
-  $PY -m common.cli train "${common[@]}" --set runtime.amp=$amp --set runtime.channels_last=$cl \
+  $PY -m common.apps.cli train "${common[@]}" --set runtime.amp=$amp --set runtime.channels_last=$cl \
       --run-dir "$TEACHER_RUNS_ROOT/amp-$amp-cl-$cl" > "$OUT/train-$amp-$cl.log" 2>&1 || { tail -30 "$OUT/train-$amp-$cl.log"; exit 1; }
   grep -E "device cuda|Epoch 4/4" "$OUT/train-$amp-$cl.log" | cut -c21-
 done
-$PY -m common.cli evaluate "$TEACHER_RUNS_ROOT/amp-bf16-cl-auto/checkpoints/best.pt" --device cuda | tee "$OUT/evaluate.json"
+$PY -m common.apps.cli evaluate "$TEACHER_RUNS_ROOT/amp-bf16-cl-auto/checkpoints/best.pt" --device cuda | tee "$OUT/evaluate.json"
 $PY - <<'PY' | tee "$OUT/cuda_summary.json"
 import json, os, pathlib
 root = pathlib.Path(os.environ["TEACHER_RUNS_ROOT"])

@@ -481,7 +481,7 @@ class Soak:
             self.restart(name)
             return out
         if f.kind == "child_kill":
-            live_trainers = [p for p in trainers(self.settings.jobs_root) if "common.cli" in p.argv]
+            live_trainers = [p for p in trainers(self.settings.jobs_root) if "common.apps.cli" in p.argv]
             if not live_trainers:
                 return {"note": "no training child running; skipped"}
             victim = live_trainers[int(f.pick * len(live_trainers))]

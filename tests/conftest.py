@@ -69,7 +69,7 @@ def write_config(path: Path, cfg: dict[str, Any]) -> Path:
 
 def run_teacher(args: list[str], env: dict[str, str], *, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
     """The real CLI in a separate process, as a user (or the worker) runs it."""
-    proc = subprocess.run([sys.executable, "-m", "common.cli", *args], env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "common.apps.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"teacher {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

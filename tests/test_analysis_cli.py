@@ -67,7 +67,7 @@ def test_json_flag_prints_the_report_on_stdout(healthy: Path, tmp_path: Path) ->
 
 def test_real_subprocess_exit_codes(tmp_path: Path, healthy: Path) -> None:
     teacher = REPO / ".venv" / "bin" / "teacher"
-    cmd = [str(teacher)] if teacher.exists() else [sys.executable, "-m", "common.cli"]
+    cmd = [str(teacher)] if teacher.exists() else [sys.executable, "-m", "common.apps.cli"]
     env = dict(os.environ, MPLBACKEND="Agg")
 
     def run(*args: str) -> subprocess.CompletedProcess:

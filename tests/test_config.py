@@ -11,7 +11,7 @@ import pytest
 import torchvision
 from click.testing import CliRunner
 
-from common.cli import main
+from common.apps.cli import main
 from common.config import ARCH_ALLOWLIST, ConfigError, apply_overrides, load_config_dict, load_config_file
 from conftest import CONFIGS, TINY_CONFIG, run_teacher, write_config
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from click.testing import CliRunner
 
-from common.doctor import doctor
+from common.apps.doctor import doctor
 from common.store import LATEST_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -396,7 +396,7 @@ def test_unreadable_data_root_and_unwritable_jobs_root(tmp_path: Path) -> None:
         jobs.mkdir()
         data.chmod(0)
         jobs.chmod(0o555)
-        cmd = [sys.executable, "-m", "common.cli", "doctor", "--only", "data", "--only", "jobs", *NO_DISK_LIMITS]
+        cmd = [sys.executable, "-m", "common.apps.cli", "doctor", "--only", "data", "--only", "jobs", *NO_DISK_LIMITS]
         if os.geteuid() == 0:
             if shutil.which("setpriv") is None:
                 pytest.skip("running as root and setpriv is missing: cannot make a directory unreadable")
@@ -431,7 +431,7 @@ def test_cuda_is_unknown_for_workers_and_probed_locally(deploy: Deployment) -> N
 
 
 def test_doctor_does_not_import_torch() -> None:
-    code = ("import sys; from common.doctor import run_checks; run_checks(['data', 'jobs']); "
+    code = ("import sys; from common.apps.doctor import run_checks; run_checks(['data', 'jobs']); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60,
                    env={**os.environ, "TEACHER_DATA_ROOT": "/nonexistent"})
@@ -476,14 +476,14 @@ def test_cuda_probe_formats_devices(deploy: Deployment, tmp_path: Path) -> None:
 def test_real_subprocess_healthy_then_broken_json(deploy: Deployment) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
     env.update(deploy.env)
-    ok = subprocess.run([sys.executable, "-m", "common.cli", "doctor", *NO_DISK_LIMITS], cwd=ROOT, env=env,
+    ok = subprocess.run([sys.executable, "-m", "common.apps.cli", "doctor", *NO_DISK_LIMITS], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "FAIL" not in ok.stdout and "unknown (workers do not report devices)" in ok.stdout
 
     env["TEACHER_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
     env["TEACHER_DATA_ROOT"] = str(deploy.base / "gone")
-    bad = subprocess.run([sys.executable, "-m", "common.cli", "doctor", "--json", *NON_CUDA, *NO_DISK_LIMITS],
+    bad = subprocess.run([sys.executable, "-m", "common.apps.cli", "doctor", "--json", *NON_CUDA, *NO_DISK_LIMITS],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     doc = json.loads(bad.stdout)

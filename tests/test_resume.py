@@ -155,7 +155,7 @@ def test_sigterm_stops_within_a_step_and_exits_resumable(resume_setup):
     moment is deterministic; the service tests send it from outside): the run stops after that
     step, exits 3, keeps epoch 1's checkpoint, and resumes to the uninterrupted result."""
     run_dir = resume_setup["base"] / "sigterm"
-    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "train", "--config", str(resume_setup["config"]),
+    proc = subprocess.Popen([sys.executable, "-m", "common.apps.cli", "train", "--config", str(resume_setup["config"]),
                              "--run-dir", str(run_dir)], env={**resume_setup["env"], "TEACHER_FAULT": "sigterm_at_step:3"},
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=600)
@@ -262,7 +262,7 @@ def test_a_second_signal_while_stopping_keeps_the_stop_a_stop(resume_setup, seco
     open (test-only ``hold_stop``) until the test, having read "received SIGTERM" in the log,
     sends a second signal. Still a graceful stop: exit 3, progress 'stopped', resumable."""
     run_dir = resume_setup["base"] / f"twice-{second.name}"
-    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "train", "--config", str(resume_setup["config"]),
+    proc = subprocess.Popen([sys.executable, "-m", "common.apps.cli", "train", "--config", str(resume_setup["config"]),
                              "--run-dir", str(run_dir)],
                             env={**resume_setup["env"], "TEACHER_FAULT": "sigterm_at_step:3,hold_stop"},
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -37,7 +37,7 @@ def test_resume_waits_for_the_trainer_that_still_holds_the_run(tmp_path, tiny_co
     fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # stands for a previous attempt's trainer that is still running
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
-    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "train", "--resume", str(run)], env=teacher_env,
+    proc = subprocess.Popen([sys.executable, "-m", "common.apps.cli", "train", "--resume", str(run)], env=teacher_env,
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()  # blocks until it says it waits (or exits)

@@ -213,7 +213,7 @@ def _training_pids(job_id: str) -> list[int] | None:
             cmdline = (entry / "cmdline").read_bytes()  # empty for zombies
         except OSError:
             continue
-        if job_id.encode() in cmdline and b"common.cli" in cmdline:
+        if job_id.encode() in cmdline and b"common.apps.cli" in cmdline:
             pids.append(int(entry.name))
     return pids
 

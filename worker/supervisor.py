@@ -66,7 +66,7 @@ _GUARD = (
     "libc = ctypes.CDLL(None, use_errno=True)\n"
     "libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
     "if os.getppid() != int(sys.argv[1]): sys.exit(3)\n"
-    "os.execv(sys.executable, [sys.executable, '-m', 'common.cli'] + sys.argv[2:])\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'common.apps.cli'] + sys.argv[2:])\n"
 )
 
 
@@ -573,7 +573,7 @@ def run_finished(paths: JobPaths, epochs: int) -> bool:
 def _failure_reason(paths: JobPaths, progress: dict[str, Any] | None, rc: int) -> str:
     if progress and progress.get("error"):
         return str(progress["error"])
-    from api.runfiles import tail_lines
+    from common.runfiles import tail_lines
 
     lines = [ln for ln in tail_lines(paths.log, 20, include_partial=True)[0] if ln.strip() and not ln.startswith("=== attempt")]
     return lines[-1].strip()[:2000] if lines else f"training exited with code {rc}"

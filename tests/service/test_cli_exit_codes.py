@@ -15,7 +15,7 @@ import pytest
 from .conftest import ROOT, Stack, free_port
 
 pytestmark = pytest.mark.slow
-TEACHER = [sys.executable, "-m", "common.cli"]
+TEACHER = [sys.executable, "-m", "common.apps.cli"]
 PREFIX = "abcdef"
 
 
@@ -111,7 +111,7 @@ def test_client_finds_the_running_stack_from_its_endpoints_file(api, tmp_path):
 
 def test_default_url_falls_back_when_no_stack_is_running(tmp_path, monkeypatch):
     from common import serve_state
-    from common.service_cli import DEFAULT_URL, default_url
+    from common.apps.service_cli import DEFAULT_URL, default_url
 
     monkeypatch.setenv("TEACHER_STATE_ROOT", str(tmp_path))
     assert default_url() == DEFAULT_URL  # no file

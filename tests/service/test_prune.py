@@ -55,7 +55,7 @@ def _job(factory, jobs_root: Path, *, status: str, age_days: float, after: str |
 
 
 def prune(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "common.cli", "prune", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "common.apps.cli", "prune", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

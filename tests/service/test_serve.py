@@ -32,7 +32,7 @@ def test_serve_records_its_endpoints_hides_the_redis_password_and_refuses_a_seco
     env.update(TEACHER_STATE_ROOT=str(tmp_path / "state"), TEACHER_JOBS_ROOT=str(tmp_path / "jobs"),
                TEACHER_DATA_ROOT=str(tmp_path / "data"), TEACHER_DATABASE_URL=f"sqlite:///{tmp_path / 'state' / 't.db'}")
     port = free_port()
-    cmd = [sys.executable, "-m", "common.cli", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "common.apps.cli", "serve", "--port", str(port)]
     stack = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)
     pids: dict[str, int] = {}

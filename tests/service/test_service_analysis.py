@@ -314,7 +314,7 @@ def test_broken_metric_recording_stops_the_job_after_the_first_epoch(stack_facto
     assert job["integrity"]["verdict"] == "fail"
     assert {"cross_source", "dead_metric"} <= set(job["integrity"]["failed"])
     assert job["progress"]["epoch"] == 1 and job["progress"]["integrity"] == job["integrity"]
-    cli = subprocess.run([sys.executable, "-m", "common.cli", "status", job_id], capture_output=True, text=True,
+    cli = subprocess.run([sys.executable, "-m", "common.apps.cli", "status", job_id], capture_output=True, text=True,
                          timeout=120, cwd=stack.base, env={**stack.env, "TEACHER_URL": stack.api_url,
                                                           "TEACHER_TOKEN": stack.headers["Authorization"].split()[1]})
     assert cli.returncode == 0, cli.stderr

@@ -15,7 +15,7 @@ import yaml
 from .conftest import ROOT, free_port, stop_process, wait_until
 
 pytestmark = pytest.mark.slow
-TEACHER = [sys.executable, "-m", "common.cli"]
+TEACHER = [sys.executable, "-m", "common.apps.cli"]
 
 
 def _run_with_tty_stderr(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:

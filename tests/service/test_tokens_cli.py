@@ -12,7 +12,7 @@ from common.settings import Settings
 
 from .conftest import ROOT, FakeBroker, free_port
 
-TEACHER = [sys.executable, "-m", "common.cli"]
+TEACHER = [sys.executable, "-m", "common.apps.cli"]
 
 
 @pytest.fixture

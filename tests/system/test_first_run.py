@@ -61,7 +61,7 @@ def _light_venv(clone: Path) -> None:
     # The clone's code first (what an editable install does), then this venv's packages.
     (purelib / "_teacher_clone.pth").write_text("\n".join([str(clone), *sorted(ours)]) + "\n")
     script = venv / "bin" / "teacher"
-    script.write_text(f"#!{venv / 'bin' / 'python'}\nfrom common.cli import main\nmain()\n")
+    script.write_text(f"#!{venv / 'bin' / 'python'}\nfrom common.apps.cli import main\nmain()\n")
     script.chmod(0o755)
     # The Makefile's "installed" mark must be newer than pyproject.toml.
     earlier = time.time() - 60

@@ -18,18 +18,18 @@ COMMANDS: dict[str, str] = {
     "evaluate": "worker.training.cli:evaluate_cmd",
     "export": "worker.training.export_cli:export_cmd",
     "analyze": "common.analysis.cli:analyze",
-    # job-service client and operations (common/service_cli.py)
-    "submit": "common.service_cli:submit",
-    "status": "common.service_cli:status",
-    "logs": "common.service_cli:logs",
-    "cancel": "common.service_cli:cancel",
-    "download": "common.service_cli:download",
-    "tokens": "common.service_cli:tokens",
-    "serve": "common.serve:serve",
-    "db": "common.service_cli:db",
-    "prune": "common.prune:prune",
-    "demo": "common.demo:demo",
-    "doctor": "common.doctor:doctor",
+    # job-service client and operations (common/apps/service_cli.py)
+    "submit": "common.apps.service_cli:submit",
+    "status": "common.apps.service_cli:status",
+    "logs": "common.apps.service_cli:logs",
+    "cancel": "common.apps.service_cli:cancel",
+    "download": "common.apps.service_cli:download",
+    "tokens": "common.apps.service_cli:tokens",
+    "serve": "common.apps.serve:serve",
+    "db": "common.apps.service_cli:db",
+    "prune": "common.apps.prune:prune",
+    "demo": "common.apps.demo:demo",
+    "doctor": "common.apps.doctor:doctor",
 }
 
 

@@ -48,7 +48,7 @@ def _show(path: Path) -> str:
 
 def _teacher(*args: str) -> str:
     """Run a `teacher` subcommand as its own process, the way a user would; its stdout."""
-    done = subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "common.apps.cli", *args], capture_output=True, text=True)
     if done.returncode != 0:
         raise click.ClickException(f"`teacher {args[0]}` failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     return done.stdout
@@ -65,8 +65,8 @@ def _say(message: str) -> None:
 def demo(port: int, config_path: Path) -> None:
     """Run the demo job end to end on the local stack and print where its outputs are."""
     from common.analysis.cli import write_analysis
-    from common.serve import LOG_DIR_NAME, _free_port, _stop
-    from common.service_cli import ApiClient, _wait
+    from common.apps.serve import LOG_DIR_NAME, _free_port, _stop
+    from common.apps.service_cli import ApiClient, _wait
     from common.settings import Settings
     from common.store.jobs import JobPaths
 
@@ -88,7 +88,7 @@ def demo(port: int, config_path: Path) -> None:
     _say(f"starting the local stack (private Redis, API, one CPU worker, SQLite job store); "
          f"service logs in {_show(logs)}/")
     with (logs / "serve.log").open("ab") as serve_log:
-        stack = subprocess.Popen([sys.executable, "-m", "common.cli", "serve", "--port", str(port)],
+        stack = subprocess.Popen([sys.executable, "-m", "common.apps.cli", "serve", "--port", str(port)],
                                  stdin=subprocess.DEVNULL, stdout=serve_log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
     try:
