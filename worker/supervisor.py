@@ -28,7 +28,6 @@ checks whether the run on disk already finished (:func:`run_finished`: its worke
 from __future__ import annotations
 
 import enum
-import errno
 import json
 import logging
 import os
@@ -56,9 +55,7 @@ from worker.store import sessions_for
 
 log = logging.getLogger(__name__)
 
-# `teacher train` exit codes (worker/training/engine.py; copied: this module must not import torch).
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_NO_SPACE = 0, 1, 2, 3, 4
-NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+from common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NO_SPACE, EXIT_OK, EXIT_STOPPED, NO_SPACE_ERRNOS  # noqa: F401
 
 # Runs in the child before exec: die with the parent, and bail out if the parent is already gone.
 _GUARD = (

@@ -14,7 +14,7 @@ from common.analysis.report import Report
 from common.analysis.series import AnalysisInputError
 from common.atomic import atomic_write_text
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK  # noqa: F401
 
 
 def write_analysis(paths: list[Path], out: Path, *, num_classes: int | None = None,

@@ -33,7 +33,7 @@ _FULL_ID = re.compile(r"\b[0-9a-f]{32}\b")
 # The request was wrong as given (exit 2); any other error status is a failure (exit 1): 409 a
 # conflict with the job's state, 429 try later, 5xx the server.
 INPUT_ERROR_STATUSES = {400, 401, 403, 404, 405, 413, 415, 422}
-EXIT_FAILED, EXIT_USAGE = 1, 2
+from common.exitcodes import EXIT_FAILED, EXIT_USAGE
 
 
 class CliError(click.ClickException):

@@ -46,9 +46,7 @@ from .models import build_model, load_matching, load_pretrained
 
 log = logging.getLogger("teacher")
 
-# Exit codes of `teacher train` (documented in README.md and docs/run-directory.md; the
-# supervisor in worker/supervisor.py keeps its own copy because it must not import torch).
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_NO_SPACE = 0, 1, 2, 3, 4
+from common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NO_SPACE, EXIT_OK, EXIT_STOPPED, NO_SPACE_ERRNOS  # noqa: F401 (re-exported)
 
 
 class TrainingError(RuntimeError):
@@ -106,7 +104,6 @@ def run_dir_lock(run_dir: Path, wait_s: float = RUN_LOCK_WAIT_S) -> Iterator[Non
         os.close(fd)  # releases the lock
 
 
-NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def find_no_space(exc: BaseException | None) -> OSError | None:
