@@ -1,0 +1,113 @@
+"""Test-only fault points, parsed once from ``TEACHER_FAULT`` into named hooks.
+
+The fault tests (tests/system, tests/service) start real processes and need them to crash at
+exact places: a SIGKILL half-way through writing a checkpoint, a SIGTERM at step N, a worker
+that exits while its child trains. Production code calls a named hook at each such place; with
+``TEACHER_FAULT`` unset (always, outside tests) every hook is a no-op, and the spec is parsed
+once per process instead of each call site grepping the environment with its own syntax.
+
+``TEACHER_FAULT`` is a comma-separated list of ``name`` or ``name:N`` items, e.g.
+``kill_at_step:7,hold_stop``. Torch-free: the supervisor uses it too.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+# name -> takes a number (the epoch or step it fires at)
+KNOWN: dict[str, bool] = {
+    "kill_at_step": True,            # SIGKILL the trainer right after logging step N
+    "sigterm_at_step": True,         # SIGTERM the trainer after step N (a preemption)
+    "kill_after_epoch": True,        # SIGKILL after epoch N's checkpoint is complete
+    "kill_in_checkpoint": True,      # write half of epoch N's file to its temp name, then SIGKILL
+    "kill_after_manifest": True,     # SIGKILL after epoch N's manifest, before links and pruning
+    "hold_stop": False,              # keep a requested stop open until a second signal came
+    "zero_train_metrics": False,     # record train metrics as 0.0 (the original incident)
+    "worker_exit": False,            # the worker process exits after claiming a job
+    "worker_exit_after_child": False,  # ... after its training child has started
+}
+
+
+class FaultSpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Faults:
+    flags: frozenset[str] = frozenset()
+    at: dict[str, frozenset[int]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str) -> "Faults":
+        flags: set[str] = set()
+        at: dict[str, set[int]] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            name, _, arg = item.partition(":")
+            if name not in KNOWN:
+                raise FaultSpecError(f"TEACHER_FAULT: unknown fault {name!r} (known: {', '.join(sorted(KNOWN))})")
+            if KNOWN[name]:
+                if not arg.isdigit():
+                    raise FaultSpecError(f"TEACHER_FAULT: {name} needs a number ({name}:N), got {item!r}")
+                at.setdefault(name, set()).add(int(arg))
+            else:
+                flags.add(name)
+        return cls(frozenset(flags), {k: frozenset(v) for k, v in at.items()})
+
+    @classmethod
+    def from_env(cls) -> "Faults":
+        return cls.parse(os.environ.get("TEACHER_FAULT", ""))
+
+    def __bool__(self) -> bool:
+        return bool(self.flags or self.at)
+
+    def on(self, name: str) -> bool:
+        return name in self.flags
+
+    def fires(self, name: str, n: int) -> bool:
+        return n in self.at.get(name, ())
+
+    # ---- the hooks, named by where they are called
+    def after_step(self, step: int) -> None:
+        if self.fires("kill_at_step", step):
+            os.kill(os.getpid(), signal.SIGKILL)  # a crash in the middle of an epoch
+        if self.fires("sigterm_at_step", step):
+            os.kill(os.getpid(), signal.SIGTERM)  # a preemption at a known step
+
+    def after_epoch(self, epoch: int) -> None:
+        if self.fires("kill_after_epoch", epoch):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def after_manifest(self, epoch: int) -> None:
+        if self.fires("kill_after_manifest", epoch):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def in_checkpoint_write(self, epoch: int, data: bytes, partial_path: "os.PathLike[str]") -> None:
+        """Write half the file's bytes to its temp name, then SIGKILL, as a power cut would."""
+        if self.fires("kill_in_checkpoint", epoch):
+            with open(partial_path, "wb") as fh:
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def hold_stop(self, signals_seen: Callable[[], int], deadline_s: float = 120) -> None:
+        """Hold a requested stop open until a second signal has been handled (a flag polled with
+        a deadline, not pause(): the signal may come before we get here)."""
+        if self.on("hold_stop"):
+            deadline = time.monotonic() + deadline_s
+            while signals_seen() < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+
+_current: Faults | None = None
+
+
+def current() -> Faults:
+    """This process's faults (parsed on first use)."""
+    global _current
+    if _current is None:
+        _current = Faults.from_env()
+    return _current
