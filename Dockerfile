@@ -76,4 +76,4 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/api/v1/health', timeout=8).status == 200 else 1)"]
 
 # Exec form: gunicorn is PID 1's direct child under compose's `init: true` and gets SIGTERM.
-CMD ["gunicorn", "api:create_app()", "-b", "0.0.0.0:8000"]
+CMD ["gunicorn", "api:create_app()", "-c", "python:common.apps.gunicorn_conf", "-b", "0.0.0.0:8000"]

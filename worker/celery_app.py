@@ -11,13 +11,12 @@ the API; this module adds what only a worker process needs: the app instance and
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 
 from celery import signals
 
 from common import broker
+from common.logs import configure_logging, worker_id as worker_name  # hostname:pid, as on the log lines
 from common.broker import CONTROL_QUEUE, RECONCILE, RUN_JOB, broker_priority, make_celery, publish, send_job  # noqa: F401 (re-exported)
 from common.settings import Settings
 
@@ -29,12 +28,16 @@ celery_app = make_celery(settings)
 broker.register_publisher(settings, celery_app)  # this process's publishes reuse its connection
 
 
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, logfile: str | None = None, **_: object) -> None:
+    # Connected, this replaces Celery's own root-logger setup: JSON lines (common/logs.py) with
+    # the worker's name on each, and a job's id and attempt from the supervisor's log_context.
+    stream = open(logfile, "a", buffering=1, encoding="utf-8") if logfile else None  # noqa: SIM115 (the process's log)
+    configure_logging("worker", level=loglevel or logging.INFO, stream=stream)
+
+
 # ---------------------------------------------------------------- worker liveness for /health
 _beat_stop = threading.Event()
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _beat_loop(name: str, queues: str) -> None:

@@ -108,7 +108,8 @@ def serve(host: str, port: int, queues: str | None, verbose: bool) -> None:
         start("worker", [py, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues or ",".join(settings.queues),
                          "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO", "--without-gossip", "--without-mingle"])
         start("reconciler", [py, "-m", "worker.reconciler"])
-        start("api", [py, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", "2", "-k", "gthread", "--threads", "8",
+        start("api", [py, "-m", "gunicorn", "-c", "python:common.apps.gunicorn_conf",  # JSON log lines
+                      "-b", f"{host}:{port}", "-w", "2", "-k", "gthread", "--threads", "8",
                       "--graceful-timeout", "10", "api:create_app()"])
         state_file = serve_state.write(serve_state.ServeState(
             api_url=api_url, redis_url=env["TEACHER_REDIS_URL"], database_url=settings.database_url,
