@@ -202,45 +202,7 @@ __all__ = [
 # ------------------------------------------------------------------------- on-disk job layout
 
 
-@dataclass(frozen=True)
-class JobPaths:
-    """JOBS_ROOT/<id>/{config.yaml, child.log, run/}; `run/` is `teacher train --run-dir`."""
-
-    root: Path
-
-    @classmethod
-    def of(cls, jobs_root: Path, job_id: str) -> "JobPaths":
-        if not re.fullmatch(r"[0-9a-f]{32}", job_id):
-            raise JobNotFound(job_id)  # never build paths from anything but a real id
-        return cls(Path(jobs_root) / job_id)
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "child.log"
-
-    @property
-    def run(self) -> Path:
-        return self.root / "run"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.run / "checkpoints"
-
-    @property
-    def progress(self) -> Path:
-        return self.run / "progress.json"
-
-    @property
-    def history(self) -> Path:
-        return self.run / "history.json"
-
-    @property
-    def manifest(self) -> Path:
-        return self.checkpoints / "manifest.json"
+from common.rundir import JobPaths  # noqa: F401
 
 
 def init_from_path(job_id: str, checkpoint: str) -> str:
