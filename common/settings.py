@@ -16,6 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+import environs
+import marshmallow as ma
+
 
 QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -79,26 +82,6 @@ def database_url(env: Mapping[str, str] | None = None) -> str:
     return absolute_database_url(env.get("TEACHER_DATABASE_URL") or DEFAULT_DATABASE_URL)
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-
-
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-
-
 @dataclass(frozen=True)
 class RateLimit:
     """At most ``requests`` requests per ``seconds``-second window."""
@@ -110,44 +93,102 @@ class RateLimit:
         return f"{self.requests}/{self.seconds}"
 
 
+# -------------------------------------------------------------------- parsing (environs)
+# Each variable is read by environs through a marshmallow field. The fields' messages say
+# "{name}" and "{raw}" for the variable and its value as given, filled in by _fill (marshmallow
+# formats built-in messages itself, hence the doubled braces there).
+def _fill(message: str, name: str, raw: str) -> str:
+    return message.replace("{name}", name).replace("{raw}", repr(raw))
+
+
+class _IntField(ma.fields.Integer):
+    default_error_messages = {"invalid": "{{name}} must be an integer, got {{raw}}",
+                              "too_large": "{{name}} must be an integer, got {{raw}}"}
+
+
+class _FloatField(ma.fields.Float):
+    # NaN and infinities are refused too (a heartbeat of nan seconds never fires).
+    default_error_messages = {"invalid": "{{name}} must be a number, got {{raw}}",
+                              "too_large": "{{name}} must be a number, got {{raw}}",
+                              "special": "{{name}} must be a number, got {{raw}}"}
+
+
+class _RateLimitField(ma.fields.Field):
+    """``"<requests>/<seconds>"`` (e.g. ``"600/60"``); ``"0"`` or ``"off"`` disables (None)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> RateLimit | None:
+        text = str(value).strip().lower()
+        if text in ("0", "off"):
+            return None
+        requests, sep, seconds = text.partition("/")
+        try:
+            if not sep:
+                raise ValueError(text)
+            limit = RateLimit(int(requests), int(seconds))
+        except ValueError:
+            raise ma.ValidationError("{name} must be '<requests>/<seconds>' (e.g. '600/60'), '0' or 'off'; got {raw}") from None
+        if limit.requests < 1 or limit.seconds < 1:
+            raise ma.ValidationError("{name}: requests and seconds must both be at least 1 (or '0'/'off' to disable); got {raw}")
+        return limit
+
+
+class _CapField(ma.fields.Field):
+    """A non-negative count; ``0`` or ``off`` disables (0)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
+        if str(value).strip().lower() == "off":
+            return 0
+        try:
+            count = int(value)
+        except ValueError:
+            raise ma.ValidationError("{name} must be a whole number, '0' or 'off'; got {raw}") from None
+        if count < 0:
+            raise ma.ValidationError("{name} must not be negative (use '0' or 'off' to disable); got {raw}")
+        return count
+
+
+class _QueuesField(ma.fields.Field):
+    """Comma-separated queue names (the first is the default queue)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> tuple[str, ...]:
+        queues = tuple(q.strip() for q in str(value).split(",") if q.strip())
+        bad = [q for q in queues if not QUEUE_NAME.match(q)]
+        if not queues or bad:
+            raise ma.ValidationError(f"{{name}} must be comma-separated queue names, bad: {bad}")
+        return queues
+
+
+class _Env(environs.Env):
+    """environs over a given mapping (os.environ by default; tests pass a dict). An empty or
+    blank value counts as unset (the default), as it always has here."""
+
+    def __init__(self, source: Mapping[str, str]) -> None:
+        super().__init__(eager=True)
+        self._source = source
+        for kind, field_cls in (("integer", _IntField), ("number", _FloatField), ("rate_limit", _RateLimitField),
+                                ("cap", _CapField), ("queues", _QueuesField)):
+            self.add_parser_from_field(kind, field_cls)
+
+    def _get_value(self, env_key: str, default: Any) -> Any:  # environs' hook: where values come from
+        raw = self._source.get(env_key)
+        return default if raw is None or not raw.strip() else raw
+
+    def parse(self, kind: str, name: str, default: Any) -> Any:
+        """One variable through the parser ``kind``; a bad value is a ValueError with our message
+        (environs' own reads 'Environment variable "X" invalid: [...]')."""
+        try:
+            return getattr(self, kind)(name, default)
+        except environs.EnvValidationError as exc:
+            messages = exc.error_messages if isinstance(exc.error_messages, list) else [str(exc)]
+            raise ValueError(_fill(str(messages[0]), name, self._source[name])) from None
+
+
 def parse_rate_limit(name: str, raw: str) -> RateLimit | None:
     """``"<requests>/<seconds>"`` (e.g. ``"600/60"``); ``"0"`` or ``"off"`` disables (None)."""
-    text = raw.strip().lower()
-    if text in ("0", "off"):
-        return None
-    requests, sep, seconds = text.partition("/")
     try:
-        if not sep:
-            raise ValueError(text)
-        limit = RateLimit(int(requests), int(seconds))
-    except ValueError:
-        raise ValueError(f"{name} must be '<requests>/<seconds>' (e.g. '600/60'), '0' or 'off'; got {raw!r}") from None
-    if limit.requests < 1 or limit.seconds < 1:
-        raise ValueError(f"{name}: requests and seconds must both be at least 1 (or '0'/'off' to disable); got {raw!r}")
-    return limit
-
-
-def _env_rate_limit(env: Mapping[str, str], name: str, default: RateLimit | None) -> RateLimit | None:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    return parse_rate_limit(name, raw)
-
-
-def _env_cap(env: Mapping[str, str], name: str, default: int) -> int:
-    """A non-negative count; ``0`` or ``off`` disables (0)."""
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    if raw.strip().lower() == "off":
-        return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, '0' or 'off'; got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must not be negative (use '0' or 'off' to disable); got {raw!r}")
-    return value
+        return _RateLimitField().deserialize(raw)
+    except ma.ValidationError as exc:
+        raise ValueError(_fill(str(exc.messages[0]), name, raw)) from None
 
 
 @dataclass(frozen=True)
@@ -209,10 +250,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         env = os.environ if env is None else env
-        queues = tuple(q.strip() for q in env.get("TEACHER_QUEUES", "default").split(",") if q.strip())
-        bad = [q for q in queues if not QUEUE_NAME.match(q)]
-        if not queues or bad:
-            raise ValueError(f"TEACHER_QUEUES must be comma-separated queue names, bad: {bad}")
+        read = _Env(env).parse
         s = cls(
             database_url=database_url(env),
             redis_url=env.get("TEACHER_REDIS_URL") or cls.redis_url,
@@ -221,24 +259,24 @@ class Settings:
             torch_home=torch_home(env),
             state_root=state_root(env),
             configs_dir=Path(env["TEACHER_CONFIGS_DIR"]) if env.get("TEACHER_CONFIGS_DIR") else None,
-            max_content_length=_env_int(env, "TEACHER_MAX_CONTENT_LENGTH", cls.max_content_length),
-            max_upload_length=_env_int(env, "TEACHER_MAX_UPLOAD_LENGTH", cls.max_upload_length),
+            max_content_length=read("integer", "TEACHER_MAX_CONTENT_LENGTH", cls.max_content_length),
+            max_upload_length=read("integer", "TEACHER_MAX_UPLOAD_LENGTH", cls.max_upload_length),
             analyses_root=Path(env["TEACHER_ANALYSES_ROOT"]) if env.get("TEACHER_ANALYSES_ROOT") else None,
-            queues=queues,
-            max_attempts=_env_int(env, "TEACHER_MAX_ATTEMPTS", cls.max_attempts),
-            max_interruptions=_env_int(env, "TEACHER_MAX_INTERRUPTIONS", cls.max_interruptions),
-            heartbeat_s=_env_float(env, "TEACHER_HEARTBEAT_S", cls.heartbeat_s),
-            stale_after_s=_env_float(env, "TEACHER_STALE_AFTER_S", cls.stale_after_s),
-            cancel_grace_s=_env_float(env, "TEACHER_CANCEL_GRACE_S", cls.cancel_grace_s),
-            max_job_seconds=_env_int(env, "TEACHER_MAX_JOB_SECONDS", cls.max_job_seconds),
-            visibility_timeout_s=_env_int(env, "TEACHER_VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s),
-            reconcile_interval_s=_env_float(env, "TEACHER_RECONCILE_INTERVAL_S", cls.reconcile_interval_s),
-            lost_message_grace_s=_env_float(env, "TEACHER_LOST_MESSAGE_GRACE_S", cls.lost_message_grace_s),
-            worker_beat_s=_env_float(env, "TEACHER_WORKER_BEAT_S", cls.worker_beat_s),
+            queues=read("queues", "TEACHER_QUEUES", cls.queues),
+            max_attempts=read("integer", "TEACHER_MAX_ATTEMPTS", cls.max_attempts),
+            max_interruptions=read("integer", "TEACHER_MAX_INTERRUPTIONS", cls.max_interruptions),
+            heartbeat_s=read("number", "TEACHER_HEARTBEAT_S", cls.heartbeat_s),
+            stale_after_s=read("number", "TEACHER_STALE_AFTER_S", cls.stale_after_s),
+            cancel_grace_s=read("number", "TEACHER_CANCEL_GRACE_S", cls.cancel_grace_s),
+            max_job_seconds=read("integer", "TEACHER_MAX_JOB_SECONDS", cls.max_job_seconds),
+            visibility_timeout_s=read("integer", "TEACHER_VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s),
+            reconcile_interval_s=read("number", "TEACHER_RECONCILE_INTERVAL_S", cls.reconcile_interval_s),
+            lost_message_grace_s=read("number", "TEACHER_LOST_MESSAGE_GRACE_S", cls.lost_message_grace_s),
+            worker_beat_s=read("number", "TEACHER_WORKER_BEAT_S", cls.worker_beat_s),
             python=env.get("TEACHER_PYTHON", ""),
-            rate_limit=_env_rate_limit(env, "TEACHER_RATE_LIMIT", cls.rate_limit),
-            submit_rate_limit=_env_rate_limit(env, "TEACHER_SUBMIT_RATE_LIMIT", cls.submit_rate_limit),
-            max_queued_per_user=_env_cap(env, "TEACHER_MAX_QUEUED_PER_USER", cls.max_queued_per_user),
+            rate_limit=read("rate_limit", "TEACHER_RATE_LIMIT", cls.rate_limit),
+            submit_rate_limit=read("rate_limit", "TEACHER_SUBMIT_RATE_LIMIT", cls.submit_rate_limit),
+            max_queued_per_user=read("cap", "TEACHER_MAX_QUEUED_PER_USER", cls.max_queued_per_user),
         )
         return replace(s, **overrides) if overrides else s
 
