@@ -19,6 +19,8 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from api.limits import TooManyRequests
+from api.lookup import BadJobRef
+from common.analysis.uploads import UploadRejected
 from common.auth import AuthError
 from common.config import ConfigError, flatten_errors
 from common.store.jobs import IdempotencyMismatch, JobConflict, JobNotFound
@@ -116,6 +118,8 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(
         AuthError, lambda e: error_response(401, str(e), headers={"WWW-Authenticate": 'Bearer realm="teacher"'})
     )
+    app.register_error_handler(BadJobRef, lambda e: error_response(400, e.message, e.errors))
+    app.register_error_handler(UploadRejected, lambda e: error_response(400, e.message, e.errors))
     app.register_error_handler(ConfigError, lambda e: error_response(400, f"invalid job: {e}", e.errors))
     app.register_error_handler(JobNotFound, lambda e: error_response(404, f"job {e} not found"))
     app.register_error_handler(JobConflict, lambda e: error_response(409, str(e)))

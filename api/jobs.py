@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from api.errors import ApiError, scrub, server_roots
 from api.extensions import current_user, services
 from api.limits import check_queued_cap
+from api.lookup import AMBIGUOUS, load_job, resolve_job
 from common.runfiles import read_json, read_new_events, tail_events
 from api.precheck import check_data
 from api.schemas import (
@@ -113,45 +114,6 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "progress": job.progress, "integrity": integrity, "result": job.result,
         "config": job.config, "links": links,
     }
-
-
-MIN_PREFIX = 6
-_HEX = re.compile(r"^[0-9a-f]{1,32}$")
-MAX_LISTED_MATCHES = 10
-AMBIGUOUS = "an ambiguous job id prefix (the matching ids are listed) or a prefix shorter than 6 characters"
-
-
-def resolve_job(session: Any, user: Any, ref: str, *, field: str = "job_id", for_update: bool = False) -> Job:
-    """The job a full id or a unique prefix (at least 6 hex digits) names. Only jobs the
-    caller may see are candidates (their own; every job for an admin), so a prefix never tells
-    one user anything about another's jobs. JobNotFound (404) when none matches; ApiError 400
-    naming ``field`` when the prefix is too short or matches several."""
-    ref = ref.strip().lower()
-    if not _HEX.match(ref):
-        raise JobNotFound(ref[:64])
-    if len(ref) == 32:
-        return visible_job(session, user, ref, for_update=for_update)
-    if len(ref) < MIN_PREFIX:
-        raise ApiError(400, f"job id prefix '{ref}' is too short: give at least {MIN_PREFIX} characters",
-                       {field: [f"at least {MIN_PREFIX} characters of a job id"]})
-    stmt = select(Job.id).where(Job.id.startswith(ref), Job.deleted_at.is_(None))  # ref is hex: no LIKE wildcards
-    if not user.is_admin:
-        stmt = stmt.where(Job.user_id == user.id)
-    matches = list(session.scalars(stmt.order_by(Job.pk.desc()).limit(MAX_LISTED_MATCHES + 1)))
-    if not matches:
-        raise JobNotFound(ref)
-    if len(matches) > 1:
-        listed = ", ".join(matches[:MAX_LISTED_MATCHES]) + (" ..." if len(matches) > MAX_LISTED_MATCHES else "")
-        raise ApiError(400, f"job id prefix '{ref}' is ambiguous: it matches {listed}; give more characters",
-                       {field: [f"ambiguous: matches {listed}"]})
-    return visible_job(session, user, matches[0], for_update=for_update)
-
-
-def _load_job(job_id: str) -> Job:
-    with services().sessions() as s:
-        job = resolve_job(s, current_user(), job_id)
-        job.user  # load the owner while the session is open  # noqa: B018
-        return job
 
 
 def _parse_body() -> Any:
@@ -430,7 +392,7 @@ def index(args: dict[str, Any]) -> Any:
 @blp.alt_response(400, description=AMBIGUOUS)
 @blp.alt_response(404, description="no such job (or not yours)")
 def get_job(job_id: str) -> Any:
-    return job_to_dict(_load_job(job_id))
+    return job_to_dict(load_job(job_id))
 
 
 @blp.route("/<string:job_id>/cancel", methods=["POST"], endpoint="cancel")
@@ -462,7 +424,7 @@ LAST_EVENT_ID = {"in": "header", "name": "Last-Event-ID", "required": False, "sc
 @blp.alt_response(400, description=AMBIGUOUS)
 @blp.alt_response(404, description="no such job (or not yours)")
 def logs(args: dict[str, Any], job_id: str) -> Any:
-    job = _load_job(job_id)
+    job = load_job(job_id)
     paths = JobPaths.of(services().settings.jobs_root, job.id)
     finished = job.job_status.finished
     resume = _last_event_offset() if args["follow"] else None
@@ -525,7 +487,7 @@ def _follow(job_id: str, paths: JobPaths, events: list[tuple[int, str]], offset:
 @blp.alt_response(400, description=AMBIGUOUS)
 @blp.alt_response(404, description="no such job")
 def metrics(job_id: str) -> Any:
-    job = _load_job(job_id)
+    job = load_job(job_id)
     history = read_json(JobPaths.of(services().settings.jobs_root, job.id).history)
     return history if isinstance(history, dict) else {"epochs": []}
 
@@ -537,7 +499,7 @@ def metrics(job_id: str) -> Any:
 @blp.alt_response(400, description=AMBIGUOUS)
 @blp.alt_response(404, description="no such job")
 def checkpoints(job_id: str) -> Any:
-    job = _load_job(job_id)
+    job = load_job(job_id)
     manifest = read_json(JobPaths.of(services().settings.jobs_root, job.id).manifest) or {}
     out = []
     for entry in manifest.get("checkpoints", []):
@@ -556,7 +518,7 @@ def checkpoints(job_id: str) -> Any:
 @blp.alt_response(400, description="invalid checkpoint name, or " + AMBIGUOUS)
 @blp.alt_response(404, description="no such job or checkpoint")
 def checkpoint(job_id: str, name: str) -> Any:
-    job = _load_job(job_id)
+    job = load_job(job_id)
     paths = JobPaths.of(services().settings.jobs_root, job.id)
     try:
         CHECKPOINT_REF(name)
@@ -599,7 +561,7 @@ def delete(job_id: str) -> Any:
 
 # ---------------------------------------------------------------------------------- export
 def _export_dir(job_id: str) -> tuple[Job, Path]:
-    job = _load_job(job_id)
+    job = load_job(job_id)
     export = JobPaths.of(services().settings.jobs_root, job.id).run / "export"
     if not (export / "model.json").is_file() or not (export / "model.pt").is_file():
         if not job.job_status.finished:

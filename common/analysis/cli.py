@@ -10,30 +10,12 @@ from pathlib import Path
 
 import click
 
-from common.analysis.report import Report
 from common.analysis.series import AnalysisInputError
-from common.atomic import atomic_write_text
+from common.analysis.service import write_analysis  # also imported from here by older callers
 
 from common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK  # noqa: F401
 
-
-def write_analysis(paths: list[Path], out: Path, *, num_classes: int | None = None,
-                   patterns: tuple[str, ...] = (), plots: bool = True) -> tuple[Report, dict]:
-    """Read ``paths``, run every check, write ``out/report.json`` (atomically) and the PNGs.
-    Raises :class:`AnalysisInputError` on bad input."""
-    from common.analysis.checks import run_checks
-    from common.analysis.readers import load_inputs
-
-    run = load_inputs(list(paths), num_classes=num_classes, patterns=patterns)
-    report = run_checks(run)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "report.json", report.to_json() + "\n")
-    written: dict = {}
-    if plots:
-        from common.analysis.plots import write_plots
-
-        written = write_plots(run, report, out)
-    return report, written
+__all__ = ["analyze", "default_out_dir", "write_analysis"]
 
 
 def default_out_dir(paths: tuple[Path, ...]) -> Path:

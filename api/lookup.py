@@ -1,0 +1,63 @@
+"""Finding the job a request names: by its full id or a unique prefix, among the jobs the
+caller may see. Shared by every blueprint that takes a job id (jobs, analysis) and by the
+submission service (``after`` and ``init_from.job``)."""
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.extensions import current_user, services
+from common.store import Job, User
+from common.store.jobs import JobNotFound, visible_job
+
+MIN_PREFIX = 6
+MAX_LISTED_MATCHES = 10
+_HEX = re.compile(r"^[0-9a-f]{1,32}$")
+# The description of the 400 every operation with a job id in its path documents.
+AMBIGUOUS = "an ambiguous job id prefix (the matching ids are listed) or a prefix shorter than 6 characters"
+
+
+class BadJobRef(ValueError):
+    """A job id prefix too short, or matching several jobs: 400 naming ``field``."""
+
+    def __init__(self, field: str, message: str, detail: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.errors = {field: [detail]}
+
+
+def resolve_job(session: Session, user: User, ref: str, *, field: str = "job_id", for_update: bool = False) -> Job:
+    """The job a full id or a unique prefix (at least 6 hex digits) names. Only jobs the
+    caller may see are candidates (their own; every job for an admin), so a prefix never tells
+    one user anything about another's jobs. JobNotFound (404) when none matches; BadJobRef
+    (400 naming ``field``) when the prefix is too short or matches several."""
+    ref = ref.strip().lower()
+    if not _HEX.match(ref):
+        raise JobNotFound(ref[:64])
+    if len(ref) == 32:
+        return visible_job(session, user, ref, for_update=for_update)
+    if len(ref) < MIN_PREFIX:
+        raise BadJobRef(field, f"job id prefix '{ref}' is too short: give at least {MIN_PREFIX} characters",
+                        f"at least {MIN_PREFIX} characters of a job id")
+    stmt = select(Job.id).where(Job.id.startswith(ref), Job.deleted_at.is_(None))  # ref is hex: no LIKE wildcards
+    if not user.is_admin:
+        stmt = stmt.where(Job.user_id == user.id)
+    matches = list(session.scalars(stmt.order_by(Job.pk.desc()).limit(MAX_LISTED_MATCHES + 1)))
+    if not matches:
+        raise JobNotFound(ref)
+    if len(matches) > 1:
+        listed = ", ".join(matches[:MAX_LISTED_MATCHES]) + (" ..." if len(matches) > MAX_LISTED_MATCHES else "")
+        raise BadJobRef(field, f"job id prefix '{ref}' is ambiguous: it matches {listed}; give more characters",
+                        f"ambiguous: matches {listed}")
+    return visible_job(session, user, matches[0], for_update=for_update)
+
+
+def load_job(job_id: str) -> Job:
+    """The caller's job named in the URL, read in a session of its own (owner loaded)."""
+    with services().sessions() as s:
+        job = resolve_job(s, current_user(), job_id)
+        job.user  # load the owner while the session is open  # noqa: B018
+        return job

@@ -1,0 +1,187 @@
+"""The analysis as a service: what ``teacher analyze`` and the API both call.
+
+- :func:`write_analysis`: read inputs, run every check, write ``report.json`` and the plots.
+- :func:`run_analysis`: the same for a job's run directory, cached in ``<run>/analysis`` and
+  recomputed only when the run's files change; one process or thread at a time per run.
+- :func:`public_report`: a report without the server's paths, for a client.
+
+Flask-free and torch-free; errors are :class:`AnalysisInputError` (bad input) and
+:class:`NoMetrics` (nothing to analyse yet), for the caller to translate.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+from common.atomic import atomic_write_text
+
+if TYPE_CHECKING:  # the readers import NumPy: not at import time (the API imports this module)
+    from common.analysis.report import Report
+    from common.analysis.series import RunData
+
+# The plots write_plots may draw, in the order clients list them.
+PLOT_NAMES = ("loss", "accuracy", "lr", "throughput", "step_loss")
+# The files of a run directory whose changes make a cached report stale (plus tb/*tfevents*).
+RUN_INPUTS = ("history.json", "steps.jsonl", "train.log", "config.yaml")
+METRICS_FILES = ("history.json", "steps.jsonl")
+ANALYSIS_DIR = "analysis"
+REPORT = "report.json"
+SIGNATURE = "inputs.json"
+
+
+class NoMetrics(LookupError):
+    """The run directory has no metrics (no history, no step stream) to analyse yet."""
+
+
+def write_analysis(paths: Sequence[Path], out: Path, *, num_classes: int | None = None,
+                   patterns: tuple[str, ...] = (), plots: bool = True,
+                   display_names: Mapping[str, str] | None = None) -> tuple[Report, dict[str, Path]]:
+    """Read ``paths``, run every check, write ``out/report.json`` (atomically) and the PNGs.
+    ``display_names`` (file name -> name to show) renames sources before the checks and plots
+    run, so messages and legends say "console.log", not the stored name. Raises
+    :class:`AnalysisInputError` on bad input."""
+    from common.analysis.checks import run_checks
+    from common.analysis.readers import load_inputs
+
+    run = load_inputs(list(paths), num_classes=num_classes, patterns=patterns)
+    if display_names:
+        rename_sources(run, display_names)
+    report = run_checks(run)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / REPORT, report.to_json() + "\n")
+    written: dict[str, Path] = {}
+    if plots:
+        from common.analysis.plots import write_plots
+
+        written = write_plots(run, report, out)
+    return report, written
+
+
+def rename_sources(run: RunData, shown: Mapping[str, str]) -> None:
+    """Give each source read from a file named in ``shown`` its display name (series too)."""
+    for source in run.sources:
+        stored = Path(source.path).name
+        if stored in shown:
+            new = shown[stored] if source.name == stored else source.name.replace(stored, shown[stored])
+            for series in [*source.series.values(), *source.steps.values()]:
+                series.source = new
+            source.name = new
+
+
+# ---------------------------------------------------------------------------- run directories
+@dataclass(frozen=True)
+class RunAnalysis:
+    """A run directory's report (client-safe: :func:`public_report`) and its plots' folder."""
+
+    report: dict[str, Any]
+    out: Path
+
+    def plots(self) -> list[str]:
+        """The names of the plots drawn (a run without data for one has no file for it)."""
+        return [name for name in PLOT_NAMES if (self.out / f"{name}.png").is_file()]
+
+    def plot_bytes(self, name: str) -> bytes | None:
+        """The PNG of an allowlisted plot, or None; read under the run's lock, since a
+        concurrent recomputation may be rewriting it."""
+        with locked(self.out):
+            path = plot_path(self.out, name)
+            return path.read_bytes() if path is not None else None
+
+
+def plot_path(out: Path, name: str) -> Path | None:
+    """The PNG of plot ``name`` in ``out`` if drawn; the path is built from the allowlist's
+    constant, never from the name given."""
+    for allowed in PLOT_NAMES:
+        if name == allowed:
+            path = out / f"{allowed}.png"
+            return path if path.is_file() else None
+    return None
+
+
+def has_metrics(run_dir: Path) -> bool:
+    return any((run_dir / name).is_file() for name in METRICS_FILES)
+
+
+def run_analysis(run_dir: Path) -> RunAnalysis:
+    """The report of a run directory, computed with :func:`write_analysis` into
+    ``run_dir/analysis`` and reused while the run's files are unchanged. Raises
+    :class:`NoMetrics` when there is nothing to analyse and :class:`AnalysisInputError` when
+    the run's files cannot be read."""
+    if not has_metrics(run_dir):
+        raise NoMetrics(str(run_dir))
+    out = run_dir / ANALYSIS_DIR
+    with locked(out):
+        current = signature(run_dir)
+        cached = _cached_report(out, current)
+        if cached is not None:
+            return RunAnalysis(public_report(cached, run_dir), out)
+        for name in PLOT_NAMES:  # a plot whose data is gone must not be served from an older run
+            (out / f"{name}.png").unlink(missing_ok=True)
+        report, _ = write_analysis([run_dir], out)
+        atomic_write_text(out / SIGNATURE, json.dumps(current))
+        return RunAnalysis(public_report(report.to_dict(), run_dir), out)
+
+
+def signature(run_dir: Path) -> list[list[Any]]:
+    """What the report of a run directory depends on: (name, size, mtime) of each input."""
+    files = [run_dir / name for name in RUN_INPUTS]
+    tb = run_dir / "tb"
+    if tb.is_dir():
+        files += sorted(p for p in tb.rglob("*tfevents*") if p.is_file())
+    out = []
+    for path in files:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        out.append([str(path.relative_to(run_dir)), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _cached_report(out: Path, current: list[list[Any]]) -> dict[str, Any] | None:
+    try:
+        if json.loads((out / SIGNATURE).read_text()) != current:
+            return None
+        report = json.loads((out / REPORT).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return report if isinstance(report, dict) and report else None
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """One writer or reader of an analysis directory at a time, across threads and processes
+    (flock on a fresh descriptor), so nobody reads a PNG that another is still writing."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".lock").open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------- for clients
+def public_report(report: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The report without server paths: sources are named relative to ``base``."""
+    for source in report.get("sources", []):
+        raw = str(source.get("path") or "")
+        try:
+            source["path"] = str(Path(raw).relative_to(base))
+        except ValueError:
+            source["path"] = Path(raw).name
+    text = json.dumps(report, allow_nan=False)
+    for prefix in {str(base), str(base.resolve())}:
+        text = text.replace(prefix + "/", "")
+    return json.loads(text)
+
+
+def strip_base(message: str, base: Path) -> str:
+    """A reader's message with ``base``'s path left out (files are named relative to it)."""
+    for prefix in {str(base.resolve()), str(base)}:
+        message = message.replace(prefix + "/", "")
+    return message
