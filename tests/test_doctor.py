@@ -192,12 +192,11 @@ def _unmigrated(dep: Deployment) -> None:
 
 
 def _newer(dep: Deployment) -> None:
-    from common.store import LATEST_VERSION, make_engine
-    from common.store.models import SchemaVersion
+    from common.store import make_engine
 
     engine = make_engine(dep.db_url)
-    with engine.begin() as conn:
-        conn.execute(SchemaVersion.__table__.insert().values(version=LATEST_VERSION + 1))
+    with engine.begin() as conn:  # an Alembic revision that only newer code knows
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'f00dcafe0005'")
     engine.dispose()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from sqlalchemy import inspect, select
+from sqlalchemy import select
 
 from common.settings import Settings
 from common.config import ConfigError
@@ -233,33 +233,6 @@ def test_the_time_limit_counts_earlier_attempts(tmp_path):
     assert row.status == "failed" and row.attempts == 2 and row.failure_reason.startswith("time limit: ")
 
 
-def test_migration_2_adds_run_seconds_to_a_version_1_store(tmp_path):
-    from common.store import current_version, make_engine, upgrade
-    from common.store.db import _v1_initial
-    from common.store.models import SchemaVersion
-
-    engine_ = make_engine(f"sqlite:///{tmp_path / 'v1.db'}")
-    with engine_.begin() as conn:  # the store as version 1 left it, with a job in it
-        SchemaVersion.__table__.create(conn)
-        _v1_initial(conn)
-        conn.exec_driver_sql("ALTER TABLE jobs DROP COLUMN run_seconds")
-        conn.execute(SchemaVersion.__table__.insert().values(version=1))
-        conn.exec_driver_sql("INSERT INTO users (id, name, is_admin, created_at) VALUES (1, 'a', 0, '2025-01-01')")
-        conn.exec_driver_sql(
-            "INSERT INTO jobs (id, user_id, name, queue, priority, status, config, attempts, max_attempts, "
-            "cancel_requested, created_at, updated_at) VALUES ('" + "a" * 32 + "', 1, 'j', 'default', 5, 'queued', "
-            "'{}', 0, 3, 0, '2025-01-01', '2025-01-01')")
-    from common.store import LATEST_VERSION  # later migrations run too
-
-    assert upgrade(engine_) == LATEST_VERSION
-    assert upgrade(engine_) == LATEST_VERSION  # idempotent
-    with engine_.connect() as conn:
-        assert current_version(conn) == LATEST_VERSION
-        assert "run_seconds" in {c["name"] for c in inspect(conn).get_columns("jobs")}
-        assert conn.exec_driver_sql("SELECT run_seconds FROM jobs").scalar() == 0
-    engine_.dispose()
-
-
 # ----------------------------------------------------------------------------- malicious pickle
 class Evil:
     def __init__(self, marker: Path):
@@ -393,26 +366,3 @@ def test_attempts_lost_while_training_count_against_max_attempts(tmp_path):
     assert row.status == "failed" and row.attempts == 3 and row.interruptions == 0
     assert row.failure_reason.startswith("worker lost: gave up after 3 attempts whose")
 
-
-def test_migration_4_adds_interruptions_and_claimed_at(tmp_path):
-    from common.store import make_engine, upgrade
-    from common.store.db import _v1_initial
-    from common.store.models import SchemaVersion
-
-    engine_ = make_engine(f"sqlite:///{tmp_path / 'v3.db'}")
-    with engine_.begin() as conn:
-        SchemaVersion.__table__.create(conn)
-        _v1_initial(conn)
-        conn.exec_driver_sql("ALTER TABLE jobs DROP COLUMN interruptions")
-        conn.exec_driver_sql("ALTER TABLE jobs DROP COLUMN claimed_at")
-        for v in (1, 2, 3):
-            conn.execute(SchemaVersion.__table__.insert().values(version=v))
-        conn.exec_driver_sql("INSERT INTO users (id, name, is_admin, created_at) VALUES (1, 'a', 0, '2025-01-01')")
-        conn.exec_driver_sql(
-            "INSERT INTO jobs (id, user_id, name, queue, priority, status, config, attempts, max_attempts, "
-            "cancel_requested, created_at, updated_at) VALUES ('" + "a" * 32 + "', 1, 'j', 'default', 5, 'queued', "
-            "'{}', 0, 3, 0, '2025-01-01', '2025-01-01')")
-    assert upgrade(engine_) >= 4
-    with engine_.connect() as conn:
-        assert conn.exec_driver_sql("SELECT interruptions, claimed_at FROM jobs").one() == (0, None)
-    engine_.dispose()

@@ -151,6 +151,7 @@ def check_database(url: str, timeout: float) -> tuple[Check, bool]:
     from sqlalchemy.engine import make_url
 
     from common.store import LATEST_VERSION, current_version
+    from common.store.db import current_revision
 
     try:
         shown = make_url(url).render_as_string(hide_password=True)
@@ -167,7 +168,7 @@ def check_database(url: str, timeout: float) -> tuple[Check, bool]:
         return Check("database", FAIL, f"cannot open the database at {shown}: {exc}"), False
     try:
         with engine.connect() as conn:
-            version = current_version(conn)
+            version, revision = current_version(conn), current_revision(conn)
     except Exception as exc:
         return _connect_failure(shown, path, exc), False
     finally:
@@ -179,7 +180,9 @@ def check_database(url: str, timeout: float) -> tuple[Check, bool]:
         return Check("database", FAIL, f"the database at {shown} is at schema version {version}, behind this code's "
                                        f"{LATEST_VERSION}: run `teacher db upgrade`"), True
     if version > LATEST_VERSION:
-        return Check("database", FAIL, f"the database at {shown} is at schema version {version}, newer than this code's "
+        # An Alembic revision this code does not know: how far ahead it is, only newer code knows.
+        at = f"schema revision {revision}" if revision else f"schema version {version}"
+        return Check("database", FAIL, f"the database at {shown} is at {at}, newer than this code's "
                                        f"{LATEST_VERSION}: upgrade teacher on this host to the version the others run"), True
     return Check("database", OK, f"{shown}, schema version {version} (latest)"), True
 

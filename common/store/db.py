@@ -1,4 +1,4 @@
-"""Engine, sessions and versioned migrations of the job store.
+"""Engine, sessions and migrations (Alembic) of the job store.
 
 SQLite (the default, one file on the data volume) runs in WAL mode with a busy timeout, and every
 transaction starts with ``BEGIN IMMEDIATE``: the API's gunicorn workers and the Celery worker all
@@ -11,16 +11,30 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from sqlalchemy import Engine, Float, create_engine, event, inspect, select, text
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.settings import DEFAULT_DATABASE_URL, absolute_database_url, database_url
-from common.store.models import Base, Job, SchemaVersion
 
 log = logging.getLogger(__name__)
+
+
+class _NoContextBanner(logging.Filter):
+    """Alembic announces its dialect at every configure (each process start, several times);
+    its "Running upgrade a -> b" lines are the ones worth keeping."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Context impl ", "Will assume "))
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_NoContextBanner())
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -66,68 +80,78 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 # ---------------------------------------------------------------------------------- migrations
-# Each entry upgrades the schema from version N-1 to N. Never edit an applied migration; append.
-def _v1_initial(conn: Connection) -> None:
-    # The v1 tables exactly as the models define them today; later migrations must ALTER.
-    tables = [Base.metadata.tables[n] for n in ("users", "tokens", "jobs", "idempotency_keys", "worker_beats")]
-    Base.metadata.create_all(conn, tables=tables)
+# Alembic revisions in common/store/migrations/versions/, configured from code (no alembic.ini).
+# A store's "schema version" is how many revisions it has applied (0001..0004 were the old
+# numbered scheme's versions 1..4), which is what `teacher db upgrade` and `teacher doctor` show.
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# The old scheme's table: a store that has it (and no alembic_version) is adopted by stamping the
+# revision of its version, then upgraded like any other.
+_LEGACY = Table("schema_version", MetaData(), Column("version", Integer, primary_key=True))
+_PG_MIGRATION_LOCK = 7263201  # pg_advisory_xact_lock key: one migrator at a time across hosts
 
 
-def _v2_job_run_seconds(conn: Connection) -> None:
-    # A store created at v1 by today's models already has the column (v1 creates the tables
-    # as the models define them), so add it only where it is missing.
-    if "run_seconds" in {c["name"] for c in inspect(conn).get_columns("jobs")}:
-        return
-    column_type = Float().compile(dialect=conn.dialect)
-    conn.execute(text(f"ALTER TABLE jobs ADD COLUMN run_seconds {column_type} DEFAULT 0 NOT NULL"))
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration for the job store; env.py runs on ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
 
 
-def _v3_job_deleted_at(conn: Connection) -> None:
-    # As in v2: a store created at v1 by today's models already has the column.
-    if "deleted_at" in {c["name"] for c in inspect(conn).get_columns("jobs")}:
-        return
-    column_type = Job.__table__.c.deleted_at.type.compile(dialect=conn.dialect)
-    conn.execute(text(f"ALTER TABLE jobs ADD COLUMN deleted_at {column_type}"))
+def _revisions() -> list[str]:
+    """Revision ids, oldest first (one linear history)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return [r.revision for r in reversed(list(script.walk_revisions("base", "heads")))]
 
 
-def _v4_job_interruptions(conn: Connection) -> None:
-    # As in v2: a store created at v1 by today's models already has the columns.
-    present = {c["name"] for c in inspect(conn).get_columns("jobs")}
-    if "interruptions" not in present:
-        conn.execute(text("ALTER TABLE jobs ADD COLUMN interruptions INTEGER DEFAULT 0 NOT NULL"))
-    if "claimed_at" not in present:
-        column_type = Job.__table__.c.claimed_at.type.compile(dialect=conn.dialect)
-        conn.execute(text(f"ALTER TABLE jobs ADD COLUMN claimed_at {column_type}"))
+REVISIONS = _revisions()
+LATEST_VERSION = len(REVISIONS)
 
 
-MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
-    (1, "initial schema", _v1_initial),
-    (2, "jobs.run_seconds: training time summed over attempts", _v2_job_run_seconds),
-    (3, "jobs.deleted_at: a deleted job's row stays, unlisted", _v3_job_deleted_at),
-    (4, "jobs.interruptions and jobs.claimed_at: interruptions counted apart from failures", _v4_job_interruptions),
-]
-LATEST_VERSION = MIGRATIONS[-1][0]
+def current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
 
 
 def current_version(conn: Connection) -> int:
-    if not inspect(conn).has_table("schema_version"):
+    """Revisions applied (0: no schema). A store of the old scheme reports its old number; a
+    revision this code does not know (newer code migrated the store) counts as
+    LATEST_VERSION + 1."""
+    revision = current_revision(conn)
+    if revision is None:
+        return _legacy_version(conn)
+    return REVISIONS.index(revision) + 1 if revision in REVISIONS else LATEST_VERSION + 1
+
+
+def _legacy_version(conn: Connection) -> int:
+    if not inspect(conn).has_table(_LEGACY.name):
         return 0
-    return conn.execute(select(text("max(version)")).select_from(SchemaVersion.__table__)).scalar() or 0
+    return conn.execute(select(func.max(_LEGACY.c.version))).scalar() or 0
 
 
 def upgrade(engine: Engine) -> int:
-    """Apply pending migrations; safe to call from several processes at once."""
+    """``alembic upgrade head``, under a lock, so that it is safe to call from several processes
+    at once (the API's, the worker's, `teacher db upgrade`); returns the schema version."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            # One migrator at a time across hosts; released at commit.
-            conn.execute(text("SELECT pg_advisory_xact_lock(7263201)"))
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})"))  # released at commit
         # (SQLite: BEGIN IMMEDIATE already serialises this transaction.)
-        SchemaVersion.__table__.create(conn, checkfirst=True)
+        if current_revision(conn) is None:
+            _adopt_legacy(conn)
         version = current_version(conn)
-        for number, description, apply in MIGRATIONS:
-            if number > version:
-                log.info("job store: applying migration %d (%s)", number, description)
-                apply(conn)
-                conn.execute(SchemaVersion.__table__.insert().values(version=number))
-                version = number
-    return version
+        if version > LATEST_VERSION:  # newer code migrated it; this code leaves it alone
+            log.warning("job store: at revision %s, which this code does not know; not migrating",
+                        current_revision(conn))
+            return version
+        command.upgrade(alembic_config(conn), "head")
+        return current_version(conn)
+
+
+def _adopt_legacy(conn: Connection) -> None:
+    """A store of the old numbered scheme at version N: stamp revision N, drop the old table."""
+    version = _legacy_version(conn)
+    if version:
+        revision = REVISIONS[min(version, LATEST_VERSION) - 1]
+        log.info("job store: adopting schema_version %d as revision %s", version, revision)
+        MigrationContext.configure(conn).stamp(ScriptDirectory.from_config(alembic_config()), revision)
+    if inspect(conn).has_table(_LEGACY.name):
+        _LEGACY.drop(conn)

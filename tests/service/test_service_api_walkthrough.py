@@ -351,26 +351,6 @@ def test_idempotent_replay_of_a_deleted_job_is_409(call, alice, app):
     assert r.status_code == 409 and "Idempotency-Key" in r.json["errors"]
 
 
-def test_migration_3_adds_deleted_at_to_a_version_2_store(tmp_path):
-    from sqlalchemy import inspect
-
-    from common.store import LATEST_VERSION, current_version, make_engine, upgrade
-    from common.store.db import _v1_initial
-    from common.store.models import SchemaVersion
-
-    engine = make_engine(f"sqlite:///{tmp_path / 'v2.db'}")
-    with engine.begin() as conn:
-        SchemaVersion.__table__.create(conn)
-        _v1_initial(conn)
-        conn.exec_driver_sql("ALTER TABLE jobs DROP COLUMN deleted_at")
-        conn.execute(SchemaVersion.__table__.insert().values(version=2))
-    assert upgrade(engine) == LATEST_VERSION >= 3
-    with engine.connect() as conn:
-        assert current_version(conn) == LATEST_VERSION
-        assert "deleted_at" in {c["name"] for c in inspect(conn).get_columns("jobs")}
-    engine.dispose()
-
-
 # ------------------------------------------------------------------------ §4 export
 def test_export_endpoints_serve_the_files_the_exporter_wrote(call, client, alice, app, settings, finished_job_files):
     job_id = finished_job_files

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import time
 
-import pytest
 import redis as redis_lib
 from sqlalchemy import select
 
@@ -146,29 +145,3 @@ def test_job_is_committed_before_enqueue_and_survives_a_broker_outage(settings):
     job = _get(app, r.json["id"])
     assert job.status == "queued" and job.enqueued_at is None  # the reconciler will send it
     app.extensions["teacher"].engine.dispose()
-
-
-@pytest.mark.parametrize("store", ["sqlite", "postgres"])
-def test_migrations_are_versioned_and_idempotent(request, store, tmp_path):
-    import threading
-
-    from common.store import LATEST_VERSION, current_version, make_engine, upgrade
-
-    url = request.getfixturevalue("pg_database_url") if store == "postgres" else f"sqlite:///{tmp_path}/m.db"
-    engines = [make_engine(url) for _ in range(4)]
-    results: list[int] = []
-    threads = [threading.Thread(target=lambda e=e: results.append(upgrade(e))) for e in engines]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert results == [LATEST_VERSION] * 4  # concurrent starters: one migrates, the rest see it
-    with engines[0].connect() as conn:
-        assert current_version(conn) == LATEST_VERSION
-        rows = conn.exec_driver_sql("SELECT count(*) FROM schema_version").scalar()
-    assert rows == LATEST_VERSION
-    if store == "sqlite":
-        with engines[0].connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-    for e in engines:
-        e.dispose()

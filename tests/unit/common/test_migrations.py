@@ -1,0 +1,167 @@
+"""Job-store migrations (Alembic, common/store/migrations): an empty store, a store of the old
+numbered scheme at each of its versions, and concurrent starters, on SQLite and PostgreSQL; the
+migrated schema matches the models (autogenerate finds nothing to do)."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from click.testing import CliRunner
+from sqlalchemy import inspect
+
+from common.store import LATEST_VERSION, current_version, make_engine, upgrade
+from common.store.db import REVISIONS, alembic_config, current_revision
+from common.store.migrations.helpers import include_object
+from common.store.models import Base
+
+STORES = ["sqlite", "postgres"]
+JOB_ID = "a" * 32
+
+
+@pytest.fixture(params=STORES)
+def url(request, tmp_path) -> str:
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_database_url")  # skips when no server is reachable
+    return f"sqlite:///{tmp_path / 'teacher.db'}"
+
+
+@pytest.fixture
+def engine(url):
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def schema_diff(engine) -> list:
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": include_object})
+        return compare_metadata(ctx, Base.metadata)
+
+
+def tables(engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(inspect(conn).get_table_names())
+
+
+def legacy_store(engine, version: int) -> None:
+    """The store as version ``version`` of the old numbered scheme left it: that schema (the first
+    ``version`` revisions are those versions), its schema_version rows, no Alembic table; and a
+    job row."""
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), REVISIONS[version - 1])
+        conn.exec_driver_sql("DROP TABLE alembic_version")
+        conn.exec_driver_sql("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+        for v in range(1, version + 1):
+            conn.exec_driver_sql(f"INSERT INTO schema_version (version) VALUES ({v})")
+        insert_job(conn)
+
+
+def insert_job(conn) -> None:
+    conn.exec_driver_sql("INSERT INTO users (id, name, is_admin, created_at) VALUES (1, 'a', false, '2025-01-01')")
+    conn.exec_driver_sql(
+        "INSERT INTO jobs (id, user_id, name, queue, priority, status, config, attempts, max_attempts, "
+        f"cancel_requested, created_at, updated_at) VALUES ('{JOB_ID}', 1, 'j', 'default', 5, 'queued', "
+        "'{}', 0, 3, false, '2025-01-01', '2025-01-01')")
+
+
+def test_the_revisions_are_the_old_versions_in_order():
+    assert REVISIONS == ["0001", "0002", "0003", "0004"] and LATEST_VERSION == 4
+
+
+def test_an_empty_store_upgrades_to_head_and_matches_the_models(engine):
+    assert upgrade(engine) == LATEST_VERSION
+    assert upgrade(engine) == LATEST_VERSION  # idempotent
+    with engine.connect() as conn:
+        assert current_version(conn) == LATEST_VERSION and current_revision(conn) == REVISIONS[-1]
+    assert "schema_version" not in tables(engine)
+    assert schema_diff(engine) == []
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, LATEST_VERSION])
+def test_a_store_of_the_old_numbered_scheme_is_adopted_and_upgraded(engine, version, caplog):
+    legacy_store(engine, version)
+    with engine.connect() as conn:
+        assert current_version(conn) == version  # doctor reads it before anything is migrated
+    with caplog.at_level(logging.INFO, logger="common.store.db"):
+        assert upgrade(engine) == LATEST_VERSION
+    assert f"adopting schema_version {version} as revision {REVISIONS[version - 1]}" in caplog.text
+    assert upgrade(engine) == LATEST_VERSION
+    assert "schema_version" not in tables(engine)  # one record of the version: Alembic's
+    with engine.connect() as conn:
+        assert current_revision(conn) == REVISIONS[-1]
+        row = conn.exec_driver_sql(f"SELECT run_seconds, deleted_at, interruptions, claimed_at FROM jobs "
+                                   f"WHERE id = '{JOB_ID}'").one()
+    assert tuple(row) == (0, None, 0, None)  # the job survives; the new columns take their defaults
+    assert schema_diff(engine) == []
+
+
+def test_a_version_1_store_created_by_later_models_is_adopted(engine):
+    """The old version 1 created the tables as the models of the day defined them, so a store can
+    be at version 1 with later columns already there: the revisions add only what is missing."""
+    with engine.begin() as conn:
+        Base.metadata.create_all(conn, tables=[t for n, t in Base.metadata.tables.items() if n != "schema_version"])
+        conn.exec_driver_sql("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+        conn.exec_driver_sql("INSERT INTO schema_version (version) VALUES (1)")
+    assert upgrade(engine) == LATEST_VERSION
+    assert schema_diff(engine) == []
+
+
+def test_concurrent_starters_migrate_once(url):
+    """The API's gunicorn workers, the worker and `teacher db upgrade` may start together: one
+    migrates (under the lock), the others wait and find it done."""
+    engines = [make_engine(url) for _ in range(4)]
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def start(e) -> None:
+        try:
+            results.append(upgrade(e))
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == [] and results == [LATEST_VERSION] * 4
+        with engines[0].connect() as conn:
+            assert current_version(conn) == LATEST_VERSION
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == [REVISIONS[-1]]
+            if conn.dialect.name == "sqlite":
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        for e in engines:
+            e.dispose()
+
+
+def test_a_store_migrated_by_newer_code_is_left_alone(engine, caplog):
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'f00dcafe0005'")
+    with caplog.at_level(logging.WARNING, logger="common.store.db"):
+        assert upgrade(engine) == LATEST_VERSION + 1  # no error: an older API keeps serving
+    assert "at revision f00dcafe0005, which this code does not know" in caplog.text
+    with engine.connect() as conn:
+        assert current_revision(conn) == "f00dcafe0005"
+
+
+def test_teacher_db_upgrade_runs_alembic_upgrade_head(tmp_path, monkeypatch):
+    from common.apps.service_cli import db
+
+    db_url = f"sqlite:///{tmp_path / 'state' / 'teacher.db'}"
+    monkeypatch.setenv("TEACHER_DATABASE_URL", db_url)
+    for _ in range(2):
+        result = CliRunner().invoke(db, ["upgrade"], catch_exceptions=False)
+        assert result.exit_code == 0 and result.output == f"job store at schema version {LATEST_VERSION} (latest {LATEST_VERSION})\n"
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            assert current_revision(conn) == REVISIONS[-1]
+    finally:
+        engine.dispose()
