@@ -177,14 +177,14 @@ class Stack:
         assert api.poll() is None, (self.base / "gunicorn.log").read_text()[-3000:]
 
     def start_worker(self, argv: list[str] | None = None, *, may_exit: bool = False) -> subprocess.Popen[Any]:
-        """A Celery worker (prefork, concurrency 1), or the command ``argv`` (e.g.
+        """A Celery worker (solo pool, the only one supported), or the command ``argv`` (e.g.
         :func:`deployed_worker_argv`), logging to ``worker<n>.log``; stack.stop() kills it.
         ``may_exit``: a worker that takes a queued job which kills it may be gone by the time
         it has said "ready"."""
         n = len(self.workers)
         log = self.base / f"worker{n}.log"
         argv = argv or [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "default",
-                        "--concurrency", "1", "-n", f"w{n}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO",
+                        "--pool", "solo", "--concurrency", "1", "-n", f"w{n}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO",
                         "--without-gossip", "--without-mingle", "--without-heartbeat"]
         proc = subprocess.Popen(argv, env=self.env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
