@@ -12,14 +12,14 @@ import logging
 from typing import Any, Mapping
 
 import marshmallow as ma
-from pathlib import Path
-
-from flask import Flask, current_app, has_app_context, jsonify
+from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from api.limits import TooManyRequests
 from api.lookup import BadJobRef
+from api.redact import scrub, server_roots
+from api.submission import KeyOfDeletedJob, SubmitContention, UnknownJobRef
 from common.analysis.uploads import UploadRejected
 from common.auth import AuthError
 from common.config import ConfigError, flatten_errors
@@ -47,34 +47,6 @@ class ApiError(Exception):
         self.message = message
         self.errors = dict(errors or {})
         self.headers = dict(headers or {})
-
-
-def server_roots() -> list[tuple[str, str]]:
-    """(absolute path, how a client may see it) for the server's own directories, longest
-    first, in both the configured and the symlink-resolved spelling."""
-    ext = current_app.extensions.get("teacher") if has_app_context() else None
-    settings = getattr(ext, "settings", None)
-    if settings is None:
-        return []
-    from common.config import CONFIGS_DIR
-
-    named = {"the data root": settings.data_root, "the jobs root": settings.jobs_root,
-             "the analyses root": getattr(settings, "analyses_dir", None),
-             "the configs folder": getattr(settings, "configs_dir", None) or CONFIGS_DIR}
-    roots: dict[str, str] = {}
-    for label, path in named.items():
-        if path:
-            for spelling in {str(path), str(Path(path).resolve())}:
-                roots.setdefault(spelling.rstrip("/"), f"<{label}>")
-    return sorted(roots.items(), key=lambda item: -len(item[0]))
-
-
-def scrub(text: str, roots: list[tuple[str, str]]) -> str:
-    """Error text for a client: the server's absolute paths never appear in it."""
-    for path, label in roots:
-        if path and path != "/":
-            text = text.replace(path, label)
-    return text
 
 
 def error_response(status: int, message: str, errors: Mapping[str, Any] | None = None,
@@ -119,6 +91,9 @@ def register_error_handlers(app: Flask) -> None:
         AuthError, lambda e: error_response(401, str(e), headers={"WWW-Authenticate": 'Bearer realm="teacher"'})
     )
     app.register_error_handler(BadJobRef, lambda e: error_response(400, e.message, e.errors))
+    app.register_error_handler(UnknownJobRef, lambda e: error_response(404, str(e), e.errors))
+    app.register_error_handler(KeyOfDeletedJob, lambda e: error_response(409, str(e), e.errors))
+    app.register_error_handler(SubmitContention, lambda e: error_response(409, str(e)))
     app.register_error_handler(UploadRejected, lambda e: error_response(400, e.message, e.errors))
     app.register_error_handler(ConfigError, lambda e: error_response(400, f"invalid job: {e}", e.errors))
     app.register_error_handler(JobNotFound, lambda e: error_response(404, f"job {e} not found"))

@@ -1,15 +1,23 @@
-"""marshmallow schemas of the API: request options, query strings and responses.
+"""marshmallow schemas of the API: request bodies, query strings and responses. Each one both
+validates (or dumps) and documents its body in the OpenAPI document.
 
 The training config itself is ``common.config.TrainConfigSchema`` (the exact class `teacher
-train` validates with); this module adds only what the service layers on top.
+train` validates with); this module adds only what the service layers on top. Bodies load into
+the dataclasses below; responses are dumped from the objects the views return (a job's row for
+JobSchema).
 """
 from __future__ import annotations
 
-import marshmallow as ma
-from marshmallow import fields, validate
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
-from common.config import StrictInteger, TrainConfigSchema
-from common.store.models import JobStatus
+import marshmallow as ma
+from flask import url_for
+from marshmallow import fields, post_load, pre_load, validate
+
+from api.redact import scrub, server_roots
+from common.config import ConfigError, StrictInteger, TrainConfigSchema, apply_overrides
+from common.store.models import Job, JobStatus
 
 JOB_ID = validate.Regexp(r"^[0-9a-f]{32}$", error="not a job id")
 # Where a client names one of its jobs: the id or a unique prefix of it (api.jobs.resolve_job).
@@ -24,50 +32,145 @@ class _Strict(ma.Schema):
         unknown = ma.RAISE
 
 
+# ---------------------------------------------------------------------------- job bodies
+@dataclass(frozen=True)
+class InitFrom:
+    """Another job's checkpoint that initialises a job: ``job`` as the client wrote it (an id
+    or a unique prefix) until the submission resolves it to the full id."""
+
+    job: str
+    checkpoint: str = "best"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job body: the training config (TrainConfigSchema's result, every default
+    filled in; ``init_from`` is set from the job reference at submit) and the service options."""
+
+    config: dict[str, Any]
+    queue: str | None = None
+    priority: int = 5
+    after: str | None = None
+    init_from: InitFrom | None = None
+
+
 class InitFromSchema(_Strict):
     job = fields.String(required=True, validate=JOB_REF)
     checkpoint = fields.String(load_default="best", validate=CHECKPOINT_REF,
                                metadata={"description": "checkpoint name in that job: best, last, epoch_0003 ..."})
 
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> InitFrom:
+        return InitFrom(**data)
 
-class JobOptionsSchema(_Strict):
-    """Service keys that may sit next to the config sections in a job body."""
 
-    queue = fields.String(load_default=None, metadata={"description": "queue name (a configured one)"})
+class CheckpointRefField(fields.Nested):
+    """``init_from`` in a job body: a reference to another job's checkpoint, never a path (a
+    path under the runs root could name anyone's job; a reference is checked for ownership)."""
+
+    default_error_messages = {"type": 'refer to another job\'s checkpoint as {{"job": ID, "checkpoint": "best"}}'}
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(InitFromSchema, **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise self.make_error("type")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class _JobOptions(_Strict):
+    """The service's keys in a job body, next to the config (or to a config's name)."""
+
+    queue = fields.String(load_default=None, allow_none=True,
+                          metadata={"description": "queue name (a configured one)"})
     priority = StrictInteger(load_default=5, validate=validate.Range(min=0, max=9),
-                              metadata={"description": "0..9; higher runs first"})
+                             metadata={"description": "0..9; higher runs first"})
     after = fields.String(load_default=None, allow_none=True, validate=JOB_REF,
                           metadata={"description": "start only when this job has succeeded"})
-    init_from = fields.Nested(InitFromSchema, load_default=None, allow_none=True,
-                              metadata={"description": "initialise from another job's checkpoint"})
-    config = fields.String(load_default=None, validate=CONFIG_NAME,
+    init_from = CheckpointRefField(load_default=None, allow_none=True,
+                                   metadata={"description": "initialise from another job's checkpoint"})
+    overrides = fields.Dict(keys=fields.String(), load_default=dict, metadata={
+        "description": "dotted-key overrides of the config, applied before it is validated, e.g. "
+                       "{\"optim.lr\": 0.1} or {\"optim\": {\"lr\": 0.1}}"})
+
+    def __init__(self, *args: Any, queues: Sequence[str] | None = None, **kwargs: Any):
+        """``queues``: the configured ones (Settings.queues), which ``queue`` must name; not
+        checked without (as when the OpenAPI document is generated)."""
+        super().__init__(*args, **kwargs)
+        if queues is not None:
+            queue = self.fields["queue"]  # a shallow copy of the declared field: its list is shared
+            queue.validators = [*queue.validators, _one_of_queues(tuple(queues))]
+
+
+def _one_of_queues(queues: tuple[str, ...]) -> Callable[[str | None], None]:
+    def check(value: str | None) -> None:
+        if value is not None and value not in queues:
+            raise ma.ValidationError(f"unknown queue; use one of: {', '.join(queues)}")
+
+    return check
+
+
+OPTION_FIELDS = frozenset(_JobOptions._declared_fields)
+# The config key the service sets from the body's job reference, never through overrides.
+SERVICE_OWNED = "init_from"
+OWNED_BY_SERVICE = 'in the service, name the job: {"init_from": {"job": ID, "checkpoint": "best"}}'
+NOT_CONFIG = "a service option, not part of the config: set it in the body, not in overrides"
+
+
+class JobSpecSchema(_JobOptions, TrainConfigSchema):
+    """A job body: a training config (the exact schema `teacher train` validates with) and the
+    service options. ``overrides`` are applied to the config before it is validated. Loads
+    into a :class:`JobSpec`; every bad field is reported at once, under its dotted name."""
+
+    @pre_load
+    def _apply_overrides(self, data: Any, **_: Any) -> Any:
+        overrides = data.get("overrides") if isinstance(data, Mapping) else None
+        if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
+            return data  # not a mapping: the field reports it
+        flat = _flatten(overrides)
+        refused = {head: [OWNED_BY_SERVICE if head == SERVICE_OWNED else NOT_CONFIG]
+                   for head in (k.split(".")[0] for k in flat) if head in OPTION_FIELDS}
+        if refused:
+            raise ma.ValidationError(refused)
+        try:
+            return {**apply_overrides(dict(data), flat), "overrides": overrides}
+        except ConfigError as exc:
+            raise ma.ValidationError(exc.errors) from None
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> JobSpec:
+        config = {k: v for k, v in data.items() if k not in OPTION_FIELDS}
+        config[SERVICE_OWNED] = None  # the path of init_from's checkpoint, set once it is resolved
+        return JobSpec(config=config, queue=data["queue"], priority=data["priority"], after=data["after"],
+                       init_from=data["init_from"])
+
+
+class NamedConfigSpecSchema(_JobOptions):
+    """A job body that names a config file (under configs/, without .yaml). The body's other
+    keys go on top of the file's config, which is then validated as a job body."""
+
+    config = fields.String(required=True, validate=CONFIG_NAME,
                            metadata={"description": "name of a file under configs/ (without .yaml)"})
-    overrides = fields.Dict(keys=fields.String(), load_default=dict,
-                            metadata={"description": "dotted-key overrides, e.g. {\"optim.lr\": 0.1}"})
+    name = fields.String(validate=TrainConfigSchema._declared_fields["name"].validate,
+                         metadata={"description": "the job's name (default: the file's)"})
+
+    error_messages = {"unknown": "not allowed next to 'config'; use 'overrides'"}
 
 
-class JobSpecSchema(TrainConfigSchema):
-    """Documentation of a full job body: a training config plus the service options. (The body
-    is validated in two parts, options then config, so that both report every bad field.)"""
-
-    queue = JobOptionsSchema._declared_fields["queue"]
-    priority = JobOptionsSchema._declared_fields["priority"]
-    after = JobOptionsSchema._declared_fields["after"]
-    init_from = fields.Nested(InitFromSchema, load_default=None, allow_none=True)
-
-
-class NamedConfigSpecSchema(_Strict):
-    """Documentation of a job body that names a config file."""
-
-    config = fields.String(required=True, validate=CONFIG_NAME)
-    overrides = fields.Dict(keys=fields.String())
-    name = fields.String()
-    queue = fields.String()
-    priority = StrictInteger()
-    after = fields.String(allow_none=True)
-    init_from = fields.Nested(InitFromSchema, allow_none=True)
+def _flatten(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; an empty mapping is a value."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, dotted))
+        else:
+            out[dotted] = value
+    return out
 
 
+# ---------------------------------------------------------------------------- responses
 class IntegritySummarySchema(ma.Schema):
     """The live metrics-integrity check the trainer runs after every epoch (progress.json)."""
 
@@ -77,7 +180,9 @@ class IntegritySummarySchema(ma.Schema):
 
 
 class ProgressSchema(ma.Schema):
-    status = fields.String(allow_none=True)
+    status = fields.String(allow_none=True, metadata={
+        "description": "how the trainer's last record says the attempt stands: running, succeeded, failed or "
+                       "stopped; never running while the job is not (see docs/api.md, Progress)"})
     phase = fields.String(allow_none=True)
     epoch = fields.Integer(allow_none=True)
     epochs = fields.Integer(allow_none=True)
@@ -105,10 +210,65 @@ class LinksSchema(ma.Schema):
     export = fields.String(metadata={"description": "the exported model (model.json; weights at .../export/model.pt)"})
 
 
+# What a job response derives from the row, rather than reads from one column.
+_LINK_ENDPOINTS = {"self": "jobs.job", "cancel": "jobs.cancel", "logs": "jobs.logs", "metrics": "jobs.metrics",
+                   "checkpoints": "jobs.checkpoints", "report": "analysis.job_report",
+                   "plots": "analysis.job_plots", "export": "jobs.export"}
+# The progress status a job that is not running shows for a record left at "running" (the
+# trainer was killed before it could write how the attempt ended).
+_ENDED_PROGRESS = {JobStatus.succeeded: "succeeded", JobStatus.failed: "failed"}
+STOPPED = "stopped"
+
+
+def reported_progress(job: Job) -> dict[str, Any] | None:
+    """The trainer's last progress record (the supervisor copies progress.json into the row),
+    with a status that never contradicts the job's: while the job is not running, a record
+    still saying ``running`` is shown as it was when the attempt ended, with ``failed`` or
+    ``succeeded`` for a job that did, else ``stopped`` (cancelled, interrupted, queued again)."""
+    progress = job.progress if isinstance(job.progress, dict) else None
+    if progress is None or progress.get("status") != "running" or job.status == JobStatus.running.value:
+        return progress
+    return {**progress, "status": _ENDED_PROGRESS.get(job.job_status, STOPPED)}
+
+
+def _job_links(job: Job) -> dict[str, str]:
+    return {name: url_for(endpoint, job_id=job.id) for name, endpoint in _LINK_ENDPOINTS.items()}
+
+
+def _failure_reason(job: Job) -> str | None:
+    return scrub(job.failure_reason, server_roots()) if job.failure_reason else None  # no server paths
+
+
+class _Derived:
+    """A field whose value is computed from the whole object being dumped, not read from one
+    attribute; unlike ``fields.Function``, its own type documents it in the OpenAPI document."""
+
+    def __init__(self, *args: Any, derive: Callable[[Any], Any], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.derive = derive
+
+    def get_value(self, obj: Any, attr: str, accessor: Any = None, default: Any = ma.missing) -> Any:
+        return self.derive(obj)
+
+
+class DerivedFloat(_Derived, fields.Float):
+    pass
+
+
+class DerivedString(_Derived, fields.String):
+    pass
+
+
+class DerivedNested(_Derived, fields.Nested):
+    pass
+
+
 class JobSchema(ma.Schema):
+    """A job response, dumped from the job's row (common.store.Job)."""
+
     id = fields.String(required=True)
     name = fields.String(required=True)
-    user = fields.String(required=True)
+    user = fields.String(required=True, attribute="user.name")
     status = fields.String(required=True, validate=validate.OneOf(STATUSES))
     queue = fields.String(required=True)
     priority = fields.Integer(required=True)
@@ -118,10 +278,10 @@ class JobSchema(ma.Schema):
     interruptions = fields.Integer(required=True, metadata={
         "description": "attempts that ended without a failure of their own: a graceful stop (worker shutdown, "
                        "preemption) or a worker lost before it trained; capped by TEACHER_MAX_INTERRUPTIONS"})
-    run_seconds = fields.Float(required=True, metadata={
+    run_seconds = DerivedFloat(required=True, derive=lambda job: round(job.run_seconds or 0.0, 3), metadata={
         "description": "Training time so far, summed over attempts (counts against TEACHER_MAX_JOB_SECONDS)"})
     cancel_requested = fields.Boolean(required=True)
-    after = fields.String(allow_none=True)
+    after = fields.String(allow_none=True, attribute="after_id")
     init_from = fields.Nested(InitFromSchema, allow_none=True)
     created_at = fields.DateTime(required=True)
     updated_at = fields.DateTime(allow_none=True)
@@ -129,13 +289,14 @@ class JobSchema(ma.Schema):
     heartbeat_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
     exit_code = fields.Integer(allow_none=True)
-    failure_reason = fields.String(allow_none=True)
-    progress = fields.Nested(ProgressSchema, allow_none=True)
-    integrity = fields.Nested(IntegritySummarySchema, allow_none=True, metadata={
+    failure_reason = DerivedString(allow_none=True, derive=_failure_reason)
+    progress = DerivedNested(ProgressSchema, allow_none=True, derive=reported_progress)
+    integrity = DerivedNested(IntegritySummarySchema, allow_none=True,
+                              derive=lambda job: (reported_progress(job) or {}).get("integrity"), metadata={
         "description": "the latest live integrity check (after the last finished epoch); null before the first"})
     result = fields.Dict(allow_none=True, metadata={"description": "final metrics of a succeeded job"})
     config = fields.Dict(metadata={"description": "the resolved training config"})
-    links = fields.Nested(LinksSchema)
+    links = DerivedNested(LinksSchema, derive=_job_links)
 
 
 class JobListSchema(ma.Schema):
