@@ -10,8 +10,10 @@ This module must not import torch: the API process loads it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
@@ -21,6 +23,7 @@ from marshmallow import (
     Schema,
     ValidationError,
     fields,
+    post_load,
     pre_load,
     validate,
     validates,
@@ -271,6 +274,130 @@ class TrainConfigSchema(_Strict):
         if not isinstance(data, Mapping):
             raise ValidationError("a config must be a mapping of sections")
         return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The typed config: what the trainer reads (attribute access, frozen). The YAML file, the
+# checkpoint and the API keep the validated mapping (``to_dict``); the two round-trip exactly.
+# Each section's fields are declared in its schema's order, so ``to_dict`` keeps the key order
+# that config.yaml is written in.
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    num_classes: int | None
+    pretrained: bool
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    column: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    format: str
+    root: str
+    manifest: str
+    train_split: str
+    val_split: str
+    image_size: int
+    max_samples: int | None
+    filter: FilterConfig | None
+    augment: bool
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    scheduler: str
+    warmup_epochs: float
+    step_size: int
+    gamma: float
+    label_smoothing: float
+    grad_accum_steps: int
+    grad_clip_norm: float | None
+    seed: int
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str
+    amp: str
+    channels_last: str
+    num_workers: int
+    log_interval: int
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_epochs: int
+    keep_last: int
+    best_metric: str
+
+
+@dataclass(frozen=True)
+class IntegrityConfig:
+    on_fail: str
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig
+    runtime: RuntimeConfig
+    checkpoint: CheckpointConfig
+    integrity: IntegrityConfig
+    init_from: str | None
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "TrainConfig":
+        """From a mapping the schema has validated and defaulted (see :func:`load_train_config`)."""
+        data = dict(cfg["data"])
+        if data["filter"] is not None:
+            data["filter"] = FilterConfig(data["filter"]["column"], tuple(data["filter"]["values"]))
+        return cls(name=cfg["name"], model=ModelConfig(**cfg["model"]), data=DataConfig(**data),
+                   optim=OptimConfig(**cfg["optim"]), runtime=RuntimeConfig(**cfg["runtime"]),
+                   checkpoint=CheckpointConfig(**cfg["checkpoint"]), integrity=IntegrityConfig(**cfg["integrity"]),
+                   init_from=cfg["init_from"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The validated mapping (what config.yaml, a checkpoint and the API hold)."""
+        out = dataclasses.asdict(self)
+        if out["data"]["filter"] is not None:
+            out["data"]["filter"]["values"] = list(out["data"]["filter"]["values"])
+        return out
+
+    def replace(self, **sections: Mapping[str, Any]) -> "TrainConfig":
+        """A copy with some fields of some sections changed: ``cfg.replace(optim={"epochs": 2})``."""
+        changes = {name: dataclasses.replace(getattr(self, name), **values) for name, values in sections.items()}
+        return dataclasses.replace(self, **changes)
+
+
+class TypedTrainConfigSchema(TrainConfigSchema):
+    """:class:`TrainConfigSchema` whose ``load`` returns a :class:`TrainConfig`. A subclass, so
+    the plain schema (the API's, which stores the config as submitted) keeps returning the
+    mapping."""
+
+    @post_load
+    def _typed(self, data: dict[str, Any], **_: Any) -> TrainConfig:
+        return TrainConfig.from_dict(data)
+
+
+def load_train_config(raw: Any) -> TrainConfig:
+    """Validate a config mapping into the typed config the trainer reads."""
+    try:
+        return TypedTrainConfigSchema().load(copy.deepcopy(raw))
+    except ValidationError as exc:
+        raise ConfigError(flatten_errors(exc.messages)) from None
 
 
 def load_config_dict(raw: Any) -> dict[str, Any]:

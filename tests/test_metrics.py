@@ -12,9 +12,7 @@ from hypothesis import given, settings, strategies as st
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from worker.training.data import batch_sizes
-from worker.training.engine import accumulation_windows
-from worker.training.metrics import MetricSums, shard_indices, topk_correct
+from worker.training.metrics import MetricSums, accumulation_windows, batch_sizes, shard_indices, topk_correct
 
 
 def reference(losses: np.ndarray, logits: np.ndarray, targets: np.ndarray) -> tuple[float, float, float]:

@@ -13,14 +13,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
 from common.config import (
     ConfigError,
+    TrainConfig,
     apply_overrides,
-    load_config_dict,
+    load_train_config,
     parse_set_option,
     parse_yaml,
 )
@@ -36,14 +36,14 @@ def _fail(message: str, code: int) -> None:
 
 
 def resolve_config(config_path: str | None, resume_dir: Path | None, sets: tuple[str, ...],
-                   debug: bool, max_samples: int | None) -> dict[str, Any]:
+                   debug: bool, max_samples: int | None) -> TrainConfig:
     if resume_dir is not None:
         cfg_file = resume_dir / "config.yaml"
         if not cfg_file.is_file():
             raise ConfigError({"--resume": [f"{resume_dir} holds no run (no config.yaml)"]})
         if sets or debug or max_samples:
             raise ConfigError({"--resume": ["a resumed run keeps its config; --set/--debug/--max-samples are not allowed"]})
-        return load_config_dict(parse_yaml(cfg_file.read_text(), source=str(cfg_file)))
+        return load_train_config(parse_yaml(cfg_file.read_text(), source=str(cfg_file)))
     assert config_path is not None
     raw = parse_yaml(Path(config_path).read_text(encoding="utf-8"), source=config_path)
     if not isinstance(raw, dict):
@@ -51,12 +51,10 @@ def resolve_config(config_path: str | None, resume_dir: Path | None, sets: tuple
     overrides = dict(parse_set_option(item) for item in sets)
     if max_samples is not None:
         overrides["data.max_samples"] = max_samples
-    cfg = load_config_dict(apply_overrides(raw, overrides))
+    cfg = load_train_config(apply_overrides(raw, overrides))
     if debug:
         # --debug: the same code path, made quick and talkative (the original workflow's quick test).
-        cfg["optim"]["epochs"] = min(cfg["optim"]["epochs"], 2)
-        cfg["runtime"]["log_interval"] = 1
-        cfg["runtime"]["num_workers"] = 0
+        cfg = cfg.replace(optim={"epochs": min(cfg.optim.epochs, 2)}, runtime={"log_interval": 1, "num_workers": 0})
     return cfg
 
 
@@ -96,7 +94,7 @@ def train(config_path: str | None, run_dir: Path | None, resume_dir: Path | None
     if resume_dir is not None:
         run_dir = resume_dir
     elif run_dir is None:
-        run_dir = default_run_dir(cfg["name"])
+        run_dir = default_run_dir(cfg.name)
     elif (run_dir / "config.yaml").exists():
         _fail(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir", 2)
 

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2 as T
 
-from common.config import ConfigError, PathEscapeError, confine
+from common.config import ConfigError, DataConfig, FilterConfig, PathEscapeError, confine
 
 from .metrics import shard_indices
 
@@ -99,7 +99,7 @@ def load_imagefolder(root: Path, train_split: str, val_split: str) -> tuple[list
 
 
 def load_csv_manifest(
-    root: Path, manifest: str, train_split: str, val_split: str, row_filter: dict[str, Any] | None
+    root: Path, manifest: str, train_split: str, val_split: str, row_filter: FilterConfig | None
 ) -> tuple[list[str], dict[str, list[tuple[Path, str]]]]:
     path = _confined_file(root, manifest, "data.manifest")
     if not path.is_file():
@@ -111,14 +111,14 @@ def load_csv_manifest(
         missing = {"path", "label", "split"} - set(reader.fieldnames or [])
         if missing:
             raise DataError({"data.manifest": [f"manifest lacks column(s) {sorted(missing)}"]})
-        if row_filter and row_filter["column"] not in (reader.fieldnames or []):
-            raise DataError({"data.filter.column": [f"manifest has no column '{row_filter['column']}'"]})
-        allowed = set(row_filter["values"]) if row_filter else None
+        if row_filter and row_filter.column not in (reader.fieldnames or []):
+            raise DataError({"data.filter.column": [f"manifest has no column '{row_filter.column}'"]})
+        allowed = set(row_filter.values) if row_filter else None
         for line_no, row in enumerate(reader, start=2):
             split = split_key.get(row["split"])
             if split is None:
                 continue
-            if allowed is not None and row[row_filter["column"]] not in allowed:
+            if allowed is not None and row[row_filter.column] not in allowed:
                 continue
             if not row["label"]:
                 raise DataError({"data.manifest": [f"line {line_no}: empty label"]})
@@ -161,24 +161,24 @@ def stratified_subset(samples: list[tuple[Path, int]], limit: int | None, seed: 
     return sorted(out, key=lambda s: (s[1], str(s[0])))
 
 
-def load_data(data_cfg: dict[str, Any], data_root: Path, *, seed: int, num_classes: int | None) -> DataBundle:
-    root = confine(data_root, data_cfg["root"], what="data.root")
+def load_data(data_cfg: DataConfig, data_root: Path, *, seed: int, num_classes: int | None) -> DataBundle:
+    root = confine(data_root, data_cfg.root, what="data.root")
     if not root.is_dir():
-        raise DataError({"data.root": [f"dataset folder '{data_cfg['root']}' not found under {data_root.resolve()}"]})
-    if data_cfg["format"] == "imagefolder":
-        classes, rows = load_imagefolder(root, data_cfg["train_split"], data_cfg["val_split"])
+        raise DataError({"data.root": [f"dataset folder '{data_cfg.root}' not found under {data_root.resolve()}"]})
+    if data_cfg.format == "imagefolder":
+        classes, rows = load_imagefolder(root, data_cfg.train_split, data_cfg.val_split)
     else:
-        classes, rows = load_csv_manifest(root, data_cfg["manifest"], data_cfg["train_split"], data_cfg["val_split"], data_cfg.get("filter"))
+        classes, rows = load_csv_manifest(root, data_cfg.manifest, data_cfg.train_split, data_cfg.val_split, data_cfg.filter)
     if num_classes is not None and num_classes != len(classes):
         raise DataError({"model.num_classes": [f"config says {num_classes} classes but the training data has {len(classes)}"]})
     index = {c: i for i, c in enumerate(classes)}
     splits = {}
     for split, items in rows.items():
         labelled = [(p, index[c]) for p, c in items]
-        splits[split] = stratified_subset(labelled, data_cfg.get("max_samples"), seed + (0 if split == "train" else 1))
+        splits[split] = stratified_subset(labelled, data_cfg.max_samples, seed + (0 if split == "train" else 1))
     val_classes = {label for _, label in splits["val"]}
     absent = [classes[i] for i in range(len(classes)) if i not in val_classes]
-    if absent and data_cfg.get("max_samples") is None:
+    if absent and data_cfg.max_samples is None:
         log.warning("%d class(es) have no validation samples, e.g. %s", len(absent), absent[:5])
     return DataBundle(root=root, class_names=classes,
                       train=SplitData("train", splits["train"]), val=SplitData("val", splits["val"]))
@@ -244,7 +244,3 @@ def build_loader(dataset: Dataset, sampler: EpochSampler, *, batch_size: int, nu
         persistent_workers=False,  # workers are re-seeded from the generator each epoch
     )
 
-
-def batch_sizes(num_samples: int, batch_size: int) -> list[int]:
-    full, rest = divmod(num_samples, batch_size)
-    return [batch_size] * full + ([rest] if rest else [])

@@ -13,8 +13,9 @@ last batch is smaller, and zeros where a metric was never updated. Here every ep
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sized
 
 import torch
 
@@ -122,3 +123,90 @@ def shard_indices(n: int, world_size: int, rank: int, *, pad: bool) -> tuple[lis
         while len(mine) < per_rank:
             mine.append(mine[len(mine) % max(real, 1)] if real else 0)
     return mine, real
+
+
+# ---------------------------------------------------------------------------------------------
+# Log intervals and loss weighting: the pieces of the training loop that keep its records exact
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Interval:
+    """A log interval of an epoch: the epoch's running sums at its end, and its own mean loss
+    and throughput (over the samples since the previous interval)."""
+
+    totals: Totals
+    loss: float
+    throughput: float
+
+
+class IntervalMeter:
+    """Cuts an epoch's running sums into log intervals (and times the epoch)."""
+
+    def __init__(self) -> None:
+        self.started = self._last_t = time.perf_counter()
+        self._last = Totals(0.0, 0.0, 0.0, 0.0)
+
+    def lap(self, totals: Totals) -> Interval:
+        now = time.perf_counter()
+        n = totals.samples - self._last.samples
+        loss = (totals.loss_sum - self._last.loss_sum) / n if n else math.nan
+        interval = Interval(totals, loss, throughput=n / max(now - self._last_t, 1e-9))
+        self._last, self._last_t = totals, now
+        return interval
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def batch_sizes(num_samples: int, batch_size: int) -> list[int]:
+    full, rest = divmod(num_samples, batch_size)
+    return [batch_size] * full + ([rest] if rest else [])
+
+
+def accumulation_windows(sizes: list[int], accum: int) -> list[int]:
+    """Samples per optimizer step: each window of ``accum`` micro-batches, the last one shorter."""
+    return [sum(sizes[i:i + accum]) for i in range(0, len(sizes), accum)]
+
+
+@dataclass(frozen=True)
+class AccumulationPlan:
+    """How an epoch's micro-batches make optimizer steps, with per-sample exact gradients: each
+    window's loss is Σ loss / (samples in the window), so a smaller last batch or last window is
+    weighted exactly, not as a full one. Positions from ``num_real`` on are a sharded sampler's
+    padding (several processes, see :func:`shard_indices`): they weigh 0, in the loss and in the
+    metric sums. With one process there is none, and :meth:`weight` is always None."""
+
+    batch_size: int
+    accum: int
+    num_real: int
+    positions: tuple[int, ...]  # per batch, as the loader yields them (padding included)
+    windows: tuple[int, ...]  # real samples per optimizer step (at least 1)
+
+    @classmethod
+    def for_sampler(cls, sampler: Sized, batch_size: int, accum: int) -> "AccumulationPlan":
+        num_real = getattr(sampler, "num_real", len(sampler))
+        positions = batch_sizes(len(sampler), batch_size)
+        real = [max(0, min(size, num_real - i * batch_size)) for i, size in enumerate(positions)]
+        windows = [max(1, w) for w in accumulation_windows(real, accum)]
+        return cls(batch_size, accum, num_real, tuple(positions), tuple(windows))
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def ends_window(self, batch: int) -> bool:
+        """Does micro-batch ``batch`` (from 0) end an optimizer step?"""
+        return (batch + 1) % self.accum == 0 or self.is_last(batch)
+
+    def is_last(self, batch: int) -> bool:
+        return batch + 1 == len(self.positions)
+
+    def weight(self, batch: int, device: torch.device | str) -> torch.Tensor | None:
+        """1 for each real sample of the batch, 0 for padding; None when all are real."""
+        start = batch * self.batch_size
+        if start + self.positions[batch] <= self.num_real:
+            return None
+        return (torch.arange(start, start + self.positions[batch], device=device) < self.num_real).float()
+
+    def loss(self, per_sample: torch.Tensor, batch: int, weight: torch.Tensor | None) -> torch.Tensor:
+        """The micro-batch's share of its window's mean loss (what ``backward`` is called on)."""
+        terms = per_sample if weight is None else per_sample * weight
+        return terms.sum() / self.windows[batch // self.accum]
