@@ -27,7 +27,7 @@ from common.analysis.service import PLOT_NAMES, NoMetrics, RunAnalysis, plot_pat
 from common.analysis.uploads import OUT, IncomingFile, StoredAnalysis, for_form, is_complete, load_analysis
 from common.analysis.uploads import create_analysis as store_analysis
 from common.store import Job
-from common.store.jobs import JobPaths
+from common.rundir import JobPaths
 
 blp = Blueprint("analysis", __name__, url_prefix="/api/v1", description="Metrics-integrity reports and plots")
 

@@ -23,6 +23,7 @@ from api.submission import KeyOfDeletedJob, SubmitContention, UnknownJobRef
 from common.analysis.uploads import UploadRejected
 from common.auth import AuthError
 from common.config import ConfigError, flatten_errors
+from common.rundir import InvalidJobId
 from common.store.jobs import IdempotencyMismatch, JobConflict, JobNotFound
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(UploadRejected, lambda e: error_response(400, e.message, e.errors))
     app.register_error_handler(ConfigError, lambda e: error_response(400, f"invalid job: {e}", e.errors))
     app.register_error_handler(JobNotFound, lambda e: error_response(404, f"job {e} not found"))
+    app.register_error_handler(InvalidJobId, lambda e: error_response(404, f"job {e} not found"))
     app.register_error_handler(JobConflict, lambda e: error_response(409, str(e)))
     app.register_error_handler(  # a rate limit or the queued-jobs cap (api.limits)
         TooManyRequests, lambda e: error_response(429, e.message, headers={"Retry-After": str(e.retry_after)})

@@ -31,11 +31,13 @@ from api.schemas import (
     NamedConfigSpecSchema,
 )
 from api.smorest import Blueprint
+from common import rundir
 from common.config import PathEscapeError, confine
 from common.runfiles import read_json, read_new_events, tail_events
 from common.store import Job, JobStatus, transaction
 from common.store.deletion import delete_finished_job
-from common.store.jobs import JobPaths, list_jobs, request_cancel
+from common.rundir import JobPaths
+from common.store.jobs import list_jobs, request_cancel
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,20 @@ JOB_LINKS = {
 
 
 # ---------------------------------------------------------------------------------- helpers
+CHECKPOINT_KEYS = ("name", "epoch", "step", "size", "sha256", "metrics")
+
+
+def _files(job: Job) -> JobPaths:
+    return JobPaths.of(services().settings.jobs_root, job.id)
+
+
+def _manifest_entries(paths: JobPaths) -> list[dict[str, Any]]:
+    """The manifest's entries that have a name, as written (read leniently: a listing shows what
+    there is; rundir.Manifest.read would refuse a manifest with one incomplete entry)."""
+    manifest = read_json(paths.manifest) or {}
+    return [entry for entry in manifest.get("checkpoints", []) if isinstance(entry, dict) and entry.get("name")]
+
+
 def _encode_cursor(pk: int) -> str:
     return base64.urlsafe_b64encode(f"pk:{pk}".encode()).decode().rstrip("=")
 
@@ -171,7 +187,7 @@ LAST_EVENT_ID = {"in": "header", "name": "Last-Event-ID", "required": False, "sc
 @blp.alt_response(404, description="no such job (or not yours)")
 def logs(args: dict[str, Any], job_id: str) -> Any:
     job = load_job(job_id)
-    paths = JobPaths.of(services().settings.jobs_root, job.id)
+    paths = _files(job)
     finished = job.job_status.finished
     resume = _last_event_offset() if args["follow"] else None
     if resume is not None:
@@ -234,7 +250,7 @@ def _follow(job_id: str, paths: JobPaths, events: list[tuple[int, str]], offset:
 @blp.alt_response(404, description="no such job")
 def metrics(job_id: str) -> Any:
     job = load_job(job_id)
-    history = read_json(JobPaths.of(services().settings.jobs_root, job.id).history)
+    history = read_json(_files(job).history)  # as written: HistorySchema documents its keys
     return history if isinstance(history, dict) else {"epochs": []}
 
 
@@ -246,15 +262,9 @@ def metrics(job_id: str) -> Any:
 @blp.alt_response(404, description="no such job")
 def checkpoints(job_id: str) -> Any:
     job = load_job(job_id)
-    manifest = read_json(JobPaths.of(services().settings.jobs_root, job.id).manifest) or {}
-    out = []
-    for entry in manifest.get("checkpoints", []):
-        name = str(entry.get("name") or "")
-        if not name:
-            continue
-        out.append({**{k: entry.get(k) for k in ("name", "epoch", "step", "size", "sha256", "metrics")},
-                    "url": url_for("jobs.checkpoint", job_id=job.id, name=name)})
-    return {"checkpoints": out}
+    return {"checkpoints": [{**{k: entry.get(k) for k in CHECKPOINT_KEYS},
+                             "url": url_for("jobs.checkpoint", job_id=job.id, name=entry["name"])}
+                            for entry in _manifest_entries(_files(job))]}
 
 
 @blp.route("/<string:job_id>/checkpoints/<path:name>", methods=["GET"], endpoint="checkpoint")
@@ -265,7 +275,7 @@ def checkpoints(job_id: str) -> Any:
 @blp.alt_response(404, description="no such job or checkpoint")
 def checkpoint(job_id: str, name: str) -> Any:
     job = load_job(job_id)
-    paths = JobPaths.of(services().settings.jobs_root, job.id)
+    paths = _files(job)
     try:
         CHECKPOINT_REF(name)
     except ma.ValidationError:
@@ -280,10 +290,9 @@ def checkpoint(job_id: str, name: str) -> Any:
         raise ApiError(400, "invalid checkpoint name", exc.errors) from None
     if not path.is_file():
         raise ApiError(404, f"no checkpoint {filename} in job {job.id}")
-    etag: str | bool = True
-    manifest = read_json(paths.manifest) or {}
-    for entry in manifest.get("checkpoints", []):
-        if entry.get("name") == filename and entry.get("sha256") and entry.get("size") == path.stat().st_size:
+    etag: str | bool = True  # the manifest's digest when it describes these bytes, else werkzeug's
+    for entry in _manifest_entries(paths):
+        if entry["name"] == filename and entry.get("sha256") and entry.get("size") == path.stat().st_size:
             etag = str(entry["sha256"])
     return send_file(path, mimetype="application/octet-stream", as_attachment=True,
                      download_name=f"{job.id}-{filename}", conditional=True, etag=etag, max_age=0)
@@ -308,8 +317,8 @@ def delete(job_id: str) -> Any:
 # ---------------------------------------------------------------------------------- export
 def _export_dir(job_id: str) -> tuple[Job, Path]:
     job = load_job(job_id)
-    export = JobPaths.of(services().settings.jobs_root, job.id).run / "export"
-    if not (export / "model.json").is_file() or not (export / "model.pt").is_file():
+    export = _files(job).files.export
+    if not (export / rundir.EXPORT_META).is_file() or not (export / rundir.EXPORT_MODEL).is_file():
         if not job.job_status.finished:
             raise ApiError(409, f"job {job.id} is {job.status}; its export is written when it succeeds")
         raise ApiError(404, f"job {job.id} has no export (it ended {job.status}"
@@ -330,7 +339,7 @@ def _export_dir(job_id: str) -> tuple[Job, Path]:
 @blp.alt_response(409, description="the job has not finished; the export is written when it succeeds")
 def export(job_id: str) -> Any:
     _, export_dir = _export_dir(job_id)
-    return send_file(export_dir / "model.json", mimetype="application/json", max_age=0, conditional=True)
+    return send_file(export_dir / rundir.EXPORT_META, mimetype="application/json", max_age=0, conditional=True)
 
 
 @blp.route("/<string:job_id>/export/model.pt", methods=["GET"], endpoint="export_weights")
@@ -344,10 +353,10 @@ def export(job_id: str) -> Any:
 @blp.alt_response(409, description="the job has not finished; the export is written when it succeeds")
 def export_weights(job_id: str) -> Any:
     job, export_dir = _export_dir(job_id)
-    weights = export_dir / "model.pt"
+    weights = export_dir / rundir.EXPORT_MODEL
     etag: str | bool = True
     try:
-        meta = read_json(export_dir / "model.json")
+        meta = read_json(export_dir / rundir.EXPORT_META)
     except ValueError:
         meta = None
     sha = meta.get("sha256") if isinstance(meta, dict) else None

@@ -17,6 +17,7 @@ from marshmallow import fields, post_load, pre_load, validate
 
 from api.redact import scrub, server_roots
 from common.config import ConfigError, StrictInteger, TrainConfigSchema, apply_overrides
+from common.rundir import RunStatus
 from common.store.models import Job, JobStatus
 
 JOB_ID = validate.Regexp(r"^[0-9a-f]{32}$", error="not a job id")
@@ -215,9 +216,8 @@ _LINK_ENDPOINTS = {"self": "jobs.job", "cancel": "jobs.cancel", "logs": "jobs.lo
                    "checkpoints": "jobs.checkpoints", "report": "analysis.job_report",
                    "plots": "analysis.job_plots", "export": "jobs.export"}
 # The progress status a job that is not running shows for a record left at "running" (the
-# trainer was killed before it could write how the attempt ended).
-_ENDED_PROGRESS = {JobStatus.succeeded: "succeeded", JobStatus.failed: "failed"}
-STOPPED = "stopped"
+# trainer was killed before it could write how the attempt ended); any other: stopped.
+_ENDED_PROGRESS = {JobStatus.succeeded: RunStatus.SUCCEEDED, JobStatus.failed: RunStatus.FAILED}
 
 
 def reported_progress(job: Job) -> dict[str, Any] | None:
@@ -226,9 +226,9 @@ def reported_progress(job: Job) -> dict[str, Any] | None:
     still saying ``running`` is shown as it was when the attempt ended, with ``failed`` or
     ``succeeded`` for a job that did, else ``stopped`` (cancelled, interrupted, queued again)."""
     progress = job.progress if isinstance(job.progress, dict) else None
-    if progress is None or progress.get("status") != "running" or job.status == JobStatus.running.value:
+    if progress is None or progress.get("status") != RunStatus.RUNNING.value or job.status == JobStatus.running.value:
         return progress
-    return {**progress, "status": _ENDED_PROGRESS.get(job.job_status, STOPPED)}
+    return {**progress, "status": _ENDED_PROGRESS.get(job.job_status, RunStatus.STOPPED).value}
 
 
 def _job_links(job: Job) -> dict[str, str]:

@@ -32,7 +32,8 @@ from api.precheck import check_data
 from api.schemas import InitFrom, JobSpec, JobSpecSchema, NamedConfigSpecSchema
 from common.config import CONFIGS_DIR, ConfigError, PathEscapeError, confine, flatten_errors, parse_yaml
 from common.store import Job, JobStatus, User, transaction
-from common.store.jobs import JobNotFound, JobPaths, create_job, find_idempotent, init_from_path
+from common.rundir import JobPaths
+from common.store.jobs import JobNotFound, create_job, find_idempotent, init_from_path
 
 # How often a submission that lost an Idempotency-Key race to a concurrent one is retried.
 ATTEMPTS = 3

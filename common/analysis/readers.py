@@ -27,8 +27,11 @@ from common.analysis.series import (
     shift_zero_based_epochs,
 )
 from common.analysis.steps_reader import read_steps_jsonl
+from common import rundir
+from common.rundir import RunPaths
 
-RUN_DIR_FILES = ("history.json", "steps.jsonl", "train.log", "config.yaml", "tb")
+# What makes a directory one of our run directories (docs/run-directory.md).
+RUN_DIR_FILES = (rundir.HISTORY, rundir.STEPS, rundir.LOG, rundir.CONFIG, rundir.TENSORBOARD)
 FOREIGN_FILES = ("summary.csv", "metrics.csv", "*history*.json")
 # Keys with a fixed meaning that the split/metric vocabulary does not cover.
 _SPECIAL_KEYS = {"step": "step", "global_step": "step", "epoch_time_s": "epoch_time", "epoch_time": "epoch_time"}
@@ -149,21 +152,18 @@ def read_by_content(path: Path, patterns: Sequence[str] | None) -> Source:
 def read_run_dir(path: Path, *, patterns: Sequence[str] | None = None, include_tensorboard: bool = True) -> RunData:
     """All sources of one of our run directories; files not written yet are simply absent."""
     run = RunData()
-    config = path / "config.yaml"
-    if config.is_file():
-        run.num_classes, run.batch_size = read_config_task(config)
-    history = path / "history.json"
-    if history.is_file():
-        run.sources.append(read_history_json(history))
-    steps = path / "steps.jsonl"
-    if steps.is_file():
-        run.sources.append(read_steps_jsonl(steps))
-    log = path / "train.log"
-    if log.is_file():
-        source = read_console_log(log, patterns, require_metrics=False)
+    files = RunPaths(path)
+    if files.config.is_file():
+        run.num_classes, run.batch_size = read_config_task(files.config)
+    if files.history.is_file():
+        run.sources.append(read_history_json(files.history))
+    if files.steps.is_file():
+        run.sources.append(read_steps_jsonl(files.steps))
+    if files.log.is_file():
+        source = read_console_log(files.log, patterns, require_metrics=False)
         if source.series:
             run.sources.append(source)
-    tb = path / "tb"
+    tb = files.tensorboard
     if include_tensorboard and tb.is_dir():
         from common.analysis.tb_reader import find_event_files, read_tensorboard
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
+from common import rundir
 from common.atomic import atomic_write_text
 
 if TYPE_CHECKING:  # the readers import NumPy: not at import time (the API imports this module)
@@ -26,9 +27,9 @@ if TYPE_CHECKING:  # the readers import NumPy: not at import time (the API impor
 # The plots write_plots may draw, in the order clients list them.
 PLOT_NAMES = ("loss", "accuracy", "lr", "throughput", "step_loss")
 # The files of a run directory whose changes make a cached report stale (plus tb/*tfevents*).
-RUN_INPUTS = ("history.json", "steps.jsonl", "train.log", "config.yaml")
-METRICS_FILES = ("history.json", "steps.jsonl")
-ANALYSIS_DIR = "analysis"
+RUN_INPUTS = (rundir.HISTORY, rundir.STEPS, rundir.LOG, rundir.CONFIG)
+METRICS_FILES = (rundir.HISTORY, rundir.STEPS)
+ANALYSIS_DIR = "analysis"  # in a run directory: its cached report and plots (docs/run-directory.md)
 REPORT = "report.json"
 SIGNATURE = "inputs.json"
 
@@ -129,7 +130,7 @@ def run_analysis(run_dir: Path) -> RunAnalysis:
 def signature(run_dir: Path) -> list[list[Any]]:
     """What the report of a run directory depends on: (name, size, mtime) of each input."""
     files = [run_dir / name for name in RUN_INPUTS]
-    tb = run_dir / "tb"
+    tb = run_dir / rundir.TENSORBOARD
     if tb.is_dir():
         files += sorted(p for p in tb.rglob("*tfevents*") if p.is_file())
     out = []
