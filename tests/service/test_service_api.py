@@ -354,6 +354,26 @@ def test_progress_metrics_and_checkpoints(call, alice, finished_job):
     assert ckpts[0]["name"] == "best.pt" and ckpts[0]["url"].endswith("/checkpoints/best.pt")
 
 
+@pytest.mark.parametrize("status, shown", [
+    (JobStatus.failed, "failed"), (JobStatus.succeeded, "succeeded"), (JobStatus.cancelled, "stopped"),
+    (JobStatus.interrupted, "stopped"), (JobStatus.queued, "stopped"), (JobStatus.running, "running"),
+])
+def test_progress_status_never_contradicts_the_job(call, alice, app, finished_job, status, shown):
+    """A trainer killed mid-epoch leaves progress.json at "running"; the job then fails (or is
+    cancelled, or interrupted and queued again). Its responses show the progress as it was when
+    the attempt ended, with a status that agrees with the job's (docs/api.md, Progress)."""
+    job_id, _ = finished_job  # its row holds progress {"status": "running", "percent": 100.0, ...}
+    set_status(app, job_id, status)
+    for job in (call("get", f"/api/v1/jobs/{job_id}", headers=alice).json,
+                call("get", "/api/v1/jobs", headers=alice).json["jobs"][0]):
+        assert job["status"] == status.value
+        assert job["progress"]["status"] == shown, job["progress"]
+        assert job["progress"]["percent"] == 100.0 and job["progress"]["latest"] == {"train.loss": 1.0}
+    # what the trainer did record about how the attempt ended is shown as it is
+    set_status(app, job_id, JobStatus.failed, progress={"status": "stopped", "epoch": 1, "updated_at": 2.0})
+    assert call("get", f"/api/v1/jobs/{job_id}", headers=alice).json["progress"]["status"] == "stopped"
+
+
 def test_download_with_etag_and_range(client, alice, finished_job):
     job_id, paths = finished_job
     payload = (paths.checkpoints / "best.pt").read_bytes()
