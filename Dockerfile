@@ -21,15 +21,22 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# pyproject.toml is the single source of the pins (torch==2.14.1, torchvision==0.29.1): on
-# x86-64 Linux PyPI's torch wheel is the CUDA build, so no separate index or pin is used here
-# (tests/test_deploy_files.py checks that this file never grows a second torch pin).
+# requirements.lock (written by `make lock` from pyproject.toml's ranges) pins every package with
+# its hashes, torch==2.14.1 and torchvision==0.29.1 included: on x86-64 Linux PyPI's torch wheel
+# is the CUDA build, so no separate index or pin is used here (tests/test_deploy_files.py checks
+# that this file never grows a second torch pin). The image gets the whole lock, the set CI
+# tests (the test tools add a few tens of MB to the several GB of torch and CUDA).
+# (A layer of its own: source edits do not reinstall the dependencies.)
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY api ./api
 COPY common ./common
 COPY worker ./worker
-# Not editable: the runtime stage gets the installed package, not the source tree.
-RUN pip install --no-cache-dir '.[service]' \
+# Then the project alone (its dependencies are the lock's). Not editable: the runtime stage gets
+# the installed package, not the source tree.
+RUN pip install --no-cache-dir --no-deps '.[service]' \
+ && pip check \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # ---------------------------------------------------------------------------- runtime stage

@@ -4,16 +4,25 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint test test-fast bench soak demo run clean
+.PHONY: install lock lint test test-fast bench soak demo run clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# torch/torchvision are pinned in pyproject.toml; pip takes them from the local wheel cache.
-	$(BIN)/pip install --quiet -e '.[service,test]'
+	# Exactly the versions and hashes of requirements.lock (pip itself included; `make lock`
+	# writes it from pyproject.toml's ranges), then the project alone. torch/torchvision are
+	# pinned in pyproject.toml; pip takes them from the local wheel cache.
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-pin requirements.lock from pyproject.toml (service and test extras). Pins that still fit
+# are kept: LOCK_ARGS=--upgrade for the newest versions, LOCK_ARGS="--upgrade-package flask" for one.
+lock: $(STAMP)
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--extra service --extra test --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) \
+		-o requirements.lock pyproject.toml
 
 # Layers import downwards only (the contracts are in pyproject.toml; docs/architecture.md).
 lint: $(STAMP)
