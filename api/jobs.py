@@ -1,4 +1,9 @@
-"""/api/v1/jobs: submit, list, inspect, cancel, logs, metrics and checkpoints."""
+"""/api/v1/jobs: submit, list, inspect, cancel, delete, logs, metrics, checkpoints and the export.
+
+Views parse the request, call the service that does the work (api/submission.py, the job store,
+common/runfiles.py for logs) and return objects the response schemas dump (a Job row for
+JobSchema); errors are raised as specific exceptions that api/errors.py answers.
+"""
 from __future__ import annotations
 
 import base64
@@ -33,10 +38,10 @@ from api.schemas import (
 from api.smorest import Blueprint
 from common import rundir
 from common.config import PathEscapeError, confine
+from common.rundir import JobPaths
 from common.runfiles import read_json, read_new_events, tail_events
 from common.store import Job, JobStatus, transaction
 from common.store.deletion import delete_finished_job
-from common.rundir import JobPaths
 from common.store.jobs import list_jobs, request_cancel
 
 log = logging.getLogger(__name__)
