@@ -39,6 +39,10 @@ import yaml
 from common.atomic import TMP_PREFIX, append_line, atomic_write_json, atomic_write_text
 from common.runfiles import read_json
 
+# A record's JSON form: what json.loads gives and json.dumps takes. Only the from_json/to_json
+# edges of the records below handle it; code uses the records.
+JsonObject = dict[str, Any]
+
 # ----------------------------------------------------------------------------- file names
 
 CONFIG = "config.yaml"
@@ -259,7 +263,7 @@ def naming(path: Path) -> Iterator[None]:
         raise
 
 
-def _read_object(path: Path) -> dict[str, Any] | None:
+def _read_object(path: Path) -> JsonObject | None:
     """A JSON object, None when the file does not exist yet, RunFileCorrupt otherwise."""
     try:
         data = read_json(Path(path))
@@ -360,8 +364,8 @@ class SplitMetrics:
         return cls(_opt_float(obj["loss"]), _opt_float(obj["top1"]), _opt_float(obj["top5"]), _int(obj["samples"]),
                    _opt_float(obj.get("throughput")))
 
-    def to_json(self, *, with_throughput: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {"loss": self.loss, "top1": self.top1, "top5": self.top5, "samples": self.samples}
+    def to_json(self, *, with_throughput: bool) -> JsonObject:
+        out: JsonObject = {"loss": self.loss, "top1": self.top1, "top5": self.top5, "samples": self.samples}
         if with_throughput:
             out["throughput"] = self.throughput
         return out
@@ -392,7 +396,7 @@ class EpochRecord:
                    SplitMetrics.from_json(obj["train"]), SplitMetrics.from_json(obj["val"]),
                    {str(k): str(v) for k, v in (obj.get("nonfinite") or {}).items()})
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return {"epoch": self.epoch, "step": self.step, "lr": self.lr, "epoch_time_s": self.epoch_time_s,
                 "train": self.train.to_json(with_throughput=True), "val": self.val.to_json(with_throughput=False),
                 "nonfinite": dict(self.nonfinite)}
@@ -430,7 +434,7 @@ class History:
                    [EpochRecord.from_json(e) for e in obj["epochs"]],
                    str(obj.get("accuracy_unit", "percent")), str(obj.get("format", HISTORY_FORMAT)))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return {"format": self.format, "accuracy_unit": self.accuracy_unit, "num_classes": self.num_classes,
                 "class_names": list(self.class_names), "dataset_sizes": dict(self.dataset_sizes),
                 "epochs": [e.to_json() for e in self.epochs]}
@@ -477,7 +481,7 @@ class CheckpointEntry:
         return cls(str(obj["name"]), _int(obj["epoch"]), _int(obj["step"]), _int(obj["size"]), str(obj["sha256"]),
                    _metrics(obj["metrics"]), _num(obj["created_at"]))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return {"name": self.name, "epoch": self.epoch, "step": self.step, "size": self.size, "sha256": self.sha256,
                 "metrics": dict(self.metrics), "created_at": self.created_at}
 
@@ -506,7 +510,7 @@ class Best:
     def from_json(cls, obj: Mapping[str, Any]) -> "Best":
         return cls(str(obj["metric"]), _num(obj["value"]), _int(obj["epoch"]))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return {"metric": self.metric, "value": self.value, "epoch": self.epoch}
 
 
@@ -527,7 +531,7 @@ class Manifest:
                    [CheckpointEntry.from_json(e) for e in obj.get("checkpoints") or []],
                    str(obj.get("format", MANIFEST_FORMAT)))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return {"format": self.format, "best_metric": self.best_metric,
                 "best": self.best.to_json() if self.best is not None else None,
                 "checkpoints": [e.to_json() for e in self.checkpoints]}
@@ -583,7 +587,7 @@ class StepRecord:
                    _opt_float(obj.get("lr")), _opt_float(obj.get("throughput")), _num(obj["time"]), bool(obj["final"]),
                    {str(k): str(v) for k, v in (obj.get("nonfinite") or {}).items()})
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         out = dataclasses.asdict(self)
         if not out["nonfinite"]:
             del out["nonfinite"]
@@ -605,7 +609,7 @@ def append_step(path: Path, record: StepRecord | Mapping[str, Any]) -> None:
         append_line(path, json.dumps(clean, allow_nan=False))
 
 
-def iter_step_lines(path: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
+def iter_step_lines(path: Path) -> Iterator[tuple[str, JsonObject | None]]:
     """Each line of steps.jsonl with its parsed object (None when it does not parse: the
     incomplete last line of a file being written, or a line cut short by a crash)."""
     try:
@@ -617,7 +621,7 @@ def iter_step_lines(path: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
             yield line, _parse_line(line)
 
 
-def _parse_line(line: str) -> dict[str, Any] | None:
+def _parse_line(line: str) -> JsonObject | None:
     try:
         obj = json.loads(line)
     except ValueError:
@@ -681,7 +685,7 @@ class Integrity:
         return cls(str(obj["verdict"]), [str(x) for x in obj.get("failed") or []],
                    [str(x) for x in obj.get("warnings") or []])
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return {"verdict": self.verdict, "failed": list(self.failed), "warnings": list(self.warnings)}
 
 
@@ -713,7 +717,7 @@ class Progress:
     error: str | None = None
     best: Best | None = None
     nonfinite: dict[str, str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: JsonObject = field(default_factory=dict)
     # The keys the file had (from_json), so a record read and written back has the same keys.
     present: frozenset[str] = field(default=frozenset(_PROGRESS_ALWAYS), repr=False, compare=False)
 
@@ -737,8 +741,8 @@ class Progress:
             present=frozenset(k for k in obj if k in known),
         )
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def to_json(self) -> JsonObject:
+        out: JsonObject = {}
         for f in dataclasses.fields(self):
             if f.name in ("extra", "present"):
                 continue
@@ -778,7 +782,7 @@ def write_progress(path: Path, progress: Progress | Mapping[str, Any], *, now: f
 __all__ = [
     "CONFIG", "HISTORY", "STEPS", "PROGRESS", "LOG", "TENSORBOARD", "CHECKPOINTS", "MANIFEST", "LAST", "BEST", "ALIASES",
     "EXPORT", "EXPORT_MODEL", "EXPORT_META", "RESERVE", "LOCK", "JOB_CONFIG", "JOB_LOG", "JOB_RUN", "HISTORY_FORMAT",
-    "MANIFEST_FORMAT", "epoch_file", "epoch_of_file", "is_epoch_file", "is_job_id", "RunPaths", "JobPaths",
+    "MANIFEST_FORMAT", "JsonObject", "epoch_file", "epoch_of_file", "is_epoch_file", "is_job_id", "RunPaths", "JobPaths",
     "InvalidJobId", "SPLITS", "SPLIT_METRICS", "Metric", "metric_name", "tb_tag", "RunFileCorrupt", "finite_or_flag",
     "sanitize", "naming", "RunConfig", "read_config", "write_config", "SplitMetrics", "EpochRecord", "History",
     "write_history", "CheckpointEntry", "Best", "Manifest", "StepRecord", "append_step", "iter_step_lines",

@@ -1,5 +1,8 @@
-"""Reading a job's run directory from the API: tolerant of files that do not exist yet and of
-the incomplete last line of an append-only log (see docs/run-directory.md)."""
+"""Low-level readers of run-directory files, by byte: bounded JSON, and the tail and follow of
+an append-only log, tolerant of files that do not exist yet and of an incomplete last line.
+
+File names and record types are :mod:`common.rundir`'s (which reads its JSON through
+:func:`read_json`); this module knows no file name (docs/run-directory.md)."""
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ torch or matplotlib, and accepts a run directory where only some files exist yet
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from common.analysis.checks import run_checks
@@ -13,7 +14,8 @@ from common.analysis.readers import read_run_dir
 from common.analysis.report import Report
 
 
-def run_integrity(run_dir: Path, num_classes: int | None = None, dataset_sizes: dict | None = None) -> Report:
+def run_integrity(run_dir: Path, num_classes: int | None = None,
+                  dataset_sizes: Mapping[str, int] | None = None) -> Report:
     """Check the metrics written so far. ``num_classes``/``dataset_sizes`` override what the
     run directory says (the loop knows them before history.json exists).
 

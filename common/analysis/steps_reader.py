@@ -1,4 +1,5 @@
-"""Streaming reader for ``steps.jsonl`` (see docs/run-directory.md).
+"""Streaming reader for ``steps.jsonl`` (see docs/run-directory.md; one line is a
+:class:`common.rundir.StepRecord`).
 
 A long run writes millions of records, so lines are parsed in chunks (one ``json.loads`` of a
 JSON array per chunk: far faster than one call per line) and kept as numpy columns; no list of
@@ -15,8 +16,10 @@ from typing import Iterator
 import numpy as np
 
 from common.analysis.series import AnalysisInputError, EpochSeries, Source, StepSeries
+from common.rundir import metric_name
 
 _CHUNK_LINES = 20_000
+# The numeric fields of common.rundir.StepRecord this reader keeps (``split``/``final`` apart).
 _COLUMNS = ("epoch", "step", "samples", "loss_sum", "correct1", "correct5", "lr")
 
 
@@ -136,7 +139,7 @@ def add_epoch_values(source: Source, data: StepColumns) -> None:
             continue
         epochs = c["epoch"][mask].astype(np.int64)
         for metric, values in (("loss", loss), ("top1", top1), ("top5", top5), ("samples", samples)):
-            source.add(EpochSeries(f"{split}.{metric}", epochs, values[mask], source.name, f"{split}:{metric}"))
+            source.add(EpochSeries(metric_name(split, metric), epochs, values[mask], source.name, f"{split}:{metric}"))
         # lr and throughput of a running record may legitimately differ from the epoch's
         # (scheduler stepped, timing window), so only the step counter is taken per epoch.
         if split == "train" and np.isfinite(c["step"][mask]).any():

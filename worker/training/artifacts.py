@@ -6,99 +6,51 @@ parsers in the world reject.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Mapping
 
-import yaml
+from common import rundir
+from common.atomic import atomic_write_text
+# Re-exported: the engine and the tests import these from here.
+from common.rundir import (CONFIG, HISTORY, HISTORY_FORMAT, LOG, PROGRESS, RESERVE, STEPS,  # noqa: F401
+                           History, Progress, StepRecord, finite_or_flag, naming, sanitize)
 
-from common.atomic import TMP_PREFIX, append_line, atomic_write_json, atomic_write_text
-
-HISTORY = "history.json"
-STEPS = "steps.jsonl"
-PROGRESS = "progress.json"
-CONFIG = "config.yaml"
-LOG = "train.log"
-RESERVE = ".space-reserve"
 RESERVE_BYTES = 256 * 1024
-HISTORY_FORMAT = "teacher-history/1"
-
-
-def finite_or_flag(name: str, value: float, flags: dict[str, str]) -> float | None:
-    """``value`` if finite; else ``None`` and ``flags[name]`` = 'nan' / 'inf' / '-inf'."""
-    if value is None or math.isfinite(value):
-        return value
-    flags[name] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return None
-
-
-def sanitize(obj: Any, flags: dict[str, str], prefix: str = "") -> Any:
-    """Replace every non-finite float in a nested structure, recording its dotted name."""
-    if isinstance(obj, float):
-        return finite_or_flag(prefix, obj, flags)
-    if isinstance(obj, dict):
-        return {k: sanitize(v, flags, f"{prefix}.{k}" if prefix else k) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [sanitize(v, flags, f"{prefix}[{i}]") for i, v in enumerate(obj)]
-    return obj
-
-
-@contextmanager
-def naming(path: Path) -> Iterator[None]:
-    """Name ``path`` in an OSError raised while writing it. A failed write(2) or fsync(2)
-    reports no file name, and an atomic write's temp file is an internal name; so a full disk
-    would otherwise say only "No space left on device", not what was being written."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno is not None and (exc.filename is None or Path(str(exc.filename)).name.startswith(TMP_PREFIX)):
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
 
 
 class RunFiles:
+    """The trainer's writer of its run directory (names and formats: :mod:`common.rundir`)."""
+
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
+        self.paths = rundir.RunPaths(self.dir)
 
     # -- config ------------------------------------------------------------------------------
-    def write_config(self, cfg: dict[str, Any]) -> None:
-        with naming(self.dir / CONFIG):
-            atomic_write_text(self.dir / CONFIG, yaml.safe_dump(cfg, sort_keys=False))
+    def write_config(self, cfg: Mapping[str, Any]) -> None:
+        rundir.write_config(self.paths.config, cfg)
 
     # -- history -----------------------------------------------------------------------------
-    def write_history(self, history: dict[str, Any]) -> None:
-        with naming(self.dir / HISTORY):
-            atomic_write_json(self.dir / HISTORY, history)
+    def write_history(self, history: Mapping[str, Any] | History) -> None:
+        rundir.write_history(self.paths.history, history)
 
     # -- step stream -------------------------------------------------------------------------
-    def append_step(self, record: dict[str, Any]) -> None:
-        flags: dict[str, str] = {}
-        clean = sanitize(record, flags)
-        if flags:
-            clean["nonfinite"] = flags
-        with naming(self.dir / STEPS):
-            append_line(self.dir / STEPS, json.dumps(clean, allow_nan=False))
+    def append_step(self, record: StepRecord | Mapping[str, Any]) -> None:
+        rundir.append_step(self.paths.steps, record)
 
     def truncate_steps(self, last_step: int, last_epoch: int) -> int:
         """Drop records written after the checkpoint being resumed (an interrupted epoch), so
         every epoch appears exactly once. Returns how many records were dropped."""
-        path = self.dir / STEPS
+        path = self.paths.steps
         if not path.exists():
             return 0
         kept, dropped = [], 0
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                dropped += 1  # a line cut short by the crash
-                continue
-            if rec.get("epoch", 0) <= last_epoch and rec.get("step", 0) <= last_step:
+        for line, rec in rundir.iter_step_lines(path):
+            # A line that does not parse was cut short by the crash.
+            if rec is not None and rec.get("epoch", 0) <= last_epoch and rec.get("step", 0) <= last_step:
                 kept.append(line)
             else:
                 dropped += 1
@@ -111,7 +63,7 @@ class RunFiles:
         """Set aside a little space (a hidden ballast file) so that when the volume fills up,
         releasing it leaves room to record why the run failed (progress.json, train.log).
         Best effort: on an already full disk there is nothing to reserve."""
-        path = self.dir / RESERVE
+        path = self.paths.reserve
         try:
             with open(path, "wb") as fh:
                 fh.write(bytes(RESERVE_BYTES))
@@ -124,18 +76,17 @@ class RunFiles:
 
     def release_reserve(self) -> None:
         try:
-            (self.dir / RESERVE).unlink(missing_ok=True)
+            self.paths.reserve.unlink(missing_ok=True)
         except OSError:
             pass
 
     # -- progress ----------------------------------------------------------------------------
-    def write_progress(self, progress: dict[str, Any]) -> None:
-        flags: dict[str, str] = {}
-        clean = sanitize({**progress, "updated_at": time.time()}, flags)
-        if flags:
-            clean["nonfinite"] = flags
-        with naming(self.dir / PROGRESS):
-            atomic_write_json(self.dir / PROGRESS, clean)
+    def write_progress(self, progress: Progress | Mapping[str, Any]) -> None:
+        rundir.write_progress(self.paths.progress, progress, now=time.time())
+
+    def read_progress(self) -> Progress | None:
+        """What the last write said (None before the first; RunFileCorrupt if damaged)."""
+        return Progress.read(self.paths.progress)
 
 
 def setup_logging(run_dir: Path, *, debug: bool) -> logging.Logger:
@@ -143,7 +94,7 @@ def setup_logging(run_dir: Path, *, debug: bool) -> logging.Logger:
     teardown_logging()
     root = logging.getLogger()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / LOG, encoding="utf-8")]
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout), logging.FileHandler(rundir.RunPaths(run_dir).log, encoding="utf-8")]
     for h in handlers:
         h.setFormatter(fmt)
         h._teacher = True  # type: ignore[attr-defined]

@@ -22,50 +22,29 @@ import dataclasses
 import errno
 import hashlib
 import io
-import json
 import logging
 import os
 import pickle
-import re
 import shutil
-import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.atomic import (TMP_PREFIX, atomic_write_bytes, atomic_write_json, fsync_dir, remove_stale_temp_files,
-                           sha256_file)
-
-from .artifacts import naming
+from common import faults
+from common.atomic import TMP_PREFIX, atomic_write_bytes, fsync_dir, remove_stale_temp_files, sha256_file
+from common.rundir import (ALIASES, BEST, LAST, MANIFEST, Best, CheckpointEntry, JsonObject,  # noqa: F401 (re-exported)
+                           Manifest, epoch_file, epoch_of_file, is_epoch_file, naming)
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-_EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.pt$")
-ALIASES = ("last.pt", "best.pt")
 # os.link errors that mean "this filesystem (or this pair of paths) cannot hard-link": copy instead.
 _NO_LINK_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was required, or one failed verification."""
-
-
-@dataclass
-class CheckpointEntry:
-    name: str
-    epoch: int
-    step: int
-    size: int
-    sha256: str
-    metrics: dict[str, Any]
-    created_at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -107,36 +86,10 @@ def _unpickling_detail(exc: BaseException) -> str:
 
 
 def manifest_sha256(path: Path) -> str | None:
-    """The sha256 that the manifest beside ``path`` records for it, if there is one."""
-    manifest = path.parent / MANIFEST
-    if not manifest.is_file():
-        return None
-    entries = json.loads(manifest.read_text()).get("checkpoints", [])
-    return next((e["sha256"] for e in entries if e.get("name") == path.name), None)
-
-
-def _maybe_fault(name: str, data: bytes, path: Path) -> None:
-    """Test-only fault injection (``TEACHER_FAULT=kill_in_checkpoint:EPOCH``): write half the
-    file's bytes to its temp name, then SIGKILL this process, as a power cut would."""
-    fault = os.environ.get("TEACHER_FAULT", "")
-    m = re.search(r"kill_in_checkpoint:(\d+)", fault)
-    if m and name == f"epoch_{int(m.group(1)):04d}.pt":
-        with open(path.parent / f".tmp-{name}.partial", "wb") as fh:
-            fh.write(data[: len(data) // 2])
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _maybe_fault_after_manifest(epoch: int) -> None:
-    """Test-only fault injection (``TEACHER_FAULT=kill_after_manifest:EPOCH``): SIGKILL this
-    process after that epoch's file and the manifest are written, before the links and pruning."""
-    if f"kill_after_manifest:{epoch}" in os.environ.get("TEACHER_FAULT", "").split(","):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _is_epoch_file(name: str) -> bool:
-    return _EPOCH_FILE.match(name) is not None
+    """The sha256 that the manifest beside ``path`` records for it, if there is one (a corrupt
+    manifest raises :class:`common.rundir.RunFileCorrupt`)."""
+    manifest = Manifest.read(path.parent / MANIFEST)
+    return manifest.sha256_of(path.name) if manifest is not None else None
 
 
 class CheckpointManager:
@@ -148,42 +101,40 @@ class CheckpointManager:
         if removed:
             log.warning("removed %d incomplete checkpoint temp file(s) left by an interrupted write", len(removed))
         self.entries: dict[str, CheckpointEntry] = {}
-        self.best: dict[str, Any] | None = None
+        self.best_record: Best | None = None
         self._read_manifest()
+
+    @property
+    def best(self) -> JsonObject | None:
+        """The manifest's ``best`` as JSON (``{"metric", "value", "epoch"}``), as progress.json
+        and the log print it."""
+        return self.best_record.to_json() if self.best_record is not None else None
 
     # -- manifest ---------------------------------------------------------------------------
     def _read_manifest(self) -> None:
-        path = self.dir / MANIFEST
-        if not path.exists():
-            return
         try:
-            data = json.loads(path.read_text())
-            self.entries = {e["name"]: CheckpointEntry(**e) for e in data.get("checkpoints", [])}
-            self.best = data.get("best")
-        except (ValueError, TypeError, KeyError) as exc:
+            manifest = Manifest.read(self.dir / MANIFEST)
+        except ValueError as exc:
             # The manifest is written atomically, so this means outside damage: say so loudly.
             log.warning("checkpoint manifest unreadable (%s); falling back to scanning files", exc)
-            self.entries = {}
+            return
+        if manifest is not None:
+            self.entries, self.best_record = manifest.entries(), manifest.best
 
     def _write_manifest(self) -> None:
         ordered = sorted(self.entries.values(), key=lambda e: (e.step, e.name))
-        with naming(self.dir / MANIFEST):
-            atomic_write_json(self.dir / MANIFEST, {
-                "format": "teacher-checkpoints/1",
-                "best_metric": self.best_metric,
-                "best": self.best,
-                "checkpoints": [e.to_dict() for e in ordered],
-            })
+        Manifest(self.best_metric, self.best_record, ordered).write(self.dir / MANIFEST)
 
     # -- saving -----------------------------------------------------------------------------
     def is_better(self, value: float | None) -> bool:
         if value is None or value != value:  # None or NaN never wins
             return False
-        if self.best is None:
+        if self.best_record is None:
             return True
-        return value > self.best["value"] if self.best_mode == "max" else value < self.best["value"]
+        best = self.best_record.value
+        return value > best if self.best_mode == "max" else value < best
 
-    def save(self, state: dict[str, Any], *, epoch: int, step: int, metrics: dict[str, Any]) -> list[str]:
+    def save(self, state: dict[str, Any], *, epoch: int, step: int, metrics: dict[str, float | None]) -> list[str]:
         """Write this epoch's file, commit it in the manifest, then link ``last.pt`` (and
         ``best.pt`` when it is better) to it and prune. If the epoch file's write fails (a full
         disk), it raises with the file's name, leaves no temp file and changes nothing else. A
@@ -198,25 +149,25 @@ class CheckpointManager:
                 pass
             raise
 
-    def _save(self, state: dict[str, Any], *, epoch: int, step: int, metrics: dict[str, Any]) -> list[str]:
+    def _save(self, state: dict[str, Any], *, epoch: int, step: int, metrics: dict[str, float | None]) -> list[str]:
         data = serialize(state)
-        epoch_name = f"epoch_{epoch:04d}.pt"
+        epoch_name = epoch_file(epoch)
         self.dir.mkdir(parents=True, exist_ok=True)
-        _maybe_fault(epoch_name, data, self.dir / epoch_name)
+        faults.current().in_checkpoint_write(epoch, data, self.dir / f"{TMP_PREFIX}{epoch_name}.partial")
         with naming(self.dir / epoch_name):
             atomic_write_bytes(self.dir / epoch_name, data)  # the only write of these bytes, ever
         entry = CheckpointEntry(epoch_name, epoch, step, len(data), sha256_bytes(data), metrics, time.time())
         self.entries[epoch_name] = entry
-        self.entries["last.pt"] = dataclasses.replace(entry, name="last.pt")
-        written = [epoch_name, "last.pt"]
+        self.entries[LAST] = dataclasses.replace(entry, name=LAST)
+        written = [epoch_name, LAST]
         value = metrics.get(self.best_metric)
         if self.is_better(value):
-            self.entries["best.pt"] = dataclasses.replace(entry, name="best.pt")
-            self.best = {"metric": self.best_metric, "value": value, "epoch": epoch}
-            written.append("best.pt")
+            self.entries[BEST] = dataclasses.replace(entry, name=BEST)
+            self.best_record = Best(self.best_metric, value, epoch)
+            written.append(BEST)
         doomed = self._plan_prune(epoch)
         self._write_manifest()  # the commit point: the files below only catch up with it
-        _maybe_fault_after_manifest(epoch)
+        faults.current().after_manifest(epoch)
         for alias in written[1:]:
             self._link(epoch_name, alias)
         self._remove(doomed)
@@ -260,9 +211,9 @@ class CheckpointManager:
         """Drop from the manifest every epoch file except the newest one and the newest
         ``keep_last`` periodic ones; return their names (removed after the manifest is written).
         ``best.pt`` is its own link to the inode, so removing the epoch file it came from keeps it."""
-        epoch_files = sorted((e for e in self.entries.values() if _is_epoch_file(e.name)), key=lambda e: e.epoch)
+        epoch_files = sorted((e for e in self.entries.values() if is_epoch_file(e.name)), key=lambda e: e.epoch)
         periodic = [e for e in epoch_files if e.epoch % self.every_epochs == 0][-self.keep_last:]
-        keep = {e.name for e in periodic} | {f"epoch_{current_epoch:04d}.pt"}
+        keep = {e.name for e in periodic} | {epoch_file(current_epoch)}
         doomed = [e.name for e in epoch_files if e.name not in keep]
         for name in doomed:
             del self.entries[name]
@@ -277,48 +228,50 @@ class CheckpointManager:
         epoch: pruned by a save that was killed before it removed them. (An unlisted file newer
         than every listed one is an epoch whose save never committed; its epoch is replayed and
         the file rewritten, so it is left alone.)"""
-        listed = [e.epoch for e in self.entries.values() if _is_epoch_file(e.name)]
+        listed = [e.epoch for e in self.entries.values() if is_epoch_file(e.name)]
         if not listed:
             return []
         newest = max(listed)
-        return sorted(p.name for p in self.dir.iterdir()
-                      if _is_epoch_file(p.name) and p.name not in self.entries
-                      and int(_EPOCH_FILE.match(p.name).group(1)) < newest)
+        older = []
+        for p in self.dir.iterdir():
+            epoch = epoch_of_file(p.name)
+            if epoch is not None and epoch < newest and p.name not in self.entries:
+                older.append(p.name)
+        return sorted(older)
 
     # -- completing a save a crash interrupted ----------------------------------------------
     def _value(self, entry: CheckpointEntry) -> float | None:
-        value = entry.metrics.get(self.best_metric)
-        return None if value is None or value != value else value
+        return entry.value(self.best_metric)
 
     def best_recorded(self) -> CheckpointEntry | None:
         """The best recorded epoch by the configured metric, among the epoch files listed and
         the current ``best.pt`` (whose epoch file may be pruned). Ties go to the earlier epoch,
         as in :meth:`is_better`."""
         candidates = [e for e in self.entries.values()
-                      if (_is_epoch_file(e.name) or e.name == "best.pt") and self._value(e) is not None]
+                      if (is_epoch_file(e.name) or e.name == BEST) and self._value(e) is not None]
         if not candidates:
             return None
         sign = -1.0 if self.best_mode == "max" else 1.0
         # Among equals, an epoch file before best.pt, so the alias is checked against its source.
-        return min(candidates, key=lambda e: (sign * self._value(e), e.epoch, e.name == "best.pt"))
+        return min(candidates, key=lambda e: (sign * self._value(e), e.epoch, e.name == BEST))
 
     def complete_interrupted_save(self) -> list[str]:
         """Bring the files and the manifest to what the last committed save meant: ``last.pt``
         the newest epoch, ``best.pt`` the best recorded epoch, old epoch files pruned. Returns
         what it changed (empty when the directory was consistent, the usual case)."""
-        epochs = [e for e in self.entries.values() if _is_epoch_file(e.name) and (self.dir / e.name).exists()]
+        epochs = [e for e in self.entries.values() if is_epoch_file(e.name) and (self.dir / e.name).exists()]
         if not epochs:
             return []
         newest = max(epochs, key=lambda e: (e.step, e.epoch))
-        changed = self._ensure_alias("last.pt", newest)
+        changed = self._ensure_alias(LAST, newest)
         best = self.best_recorded()
         if best is not None:
-            if best.name != "best.pt":
-                changed += self._ensure_alias("best.pt", best)
-            if self.entries.get("best.pt") is not None and self.entries["best.pt"].sha256 == best.sha256:
-                wanted = {"metric": self.best_metric, "value": self._value(best), "epoch": best.epoch}
-                if self.best != wanted:
-                    self.best = wanted
+            if best.name != BEST:
+                changed += self._ensure_alias(BEST, best)
+            if self.entries.get(BEST) is not None and self.entries[BEST].sha256 == best.sha256:
+                wanted = Best(self.best_metric, self._value(best), best.epoch)
+                if self.best_record != wanted:
+                    self.best_record = wanted
                     changed.append("best")
         doomed = self._plan_prune(newest.epoch)
         if changed or doomed:
@@ -354,12 +307,12 @@ class CheckpointManager:
     # -- loading ----------------------------------------------------------------------------
     def candidates(self) -> list[CheckpointEntry]:
         """Manifest entries, newest first; ``last.pt`` before an epoch file of the same step."""
-        return sorted(self.entries.values(), key=lambda e: (e.step, e.name == "last.pt", e.name != "best.pt"), reverse=True)
+        return sorted(self.entries.values(), key=lambda e: (e.step, e.name == LAST, e.name != BEST), reverse=True)
 
     def load_latest(self) -> tuple[dict[str, Any], CheckpointEntry] | None:
         """The newest checkpoint that verifies and loads; warn about each one skipped."""
         for entry in self.candidates():
-            if entry.name == "best.pt":
+            if entry.name == BEST:
                 continue  # best is not necessarily the latest state to resume from
             path = self.dir / entry.name
             if not path.exists():

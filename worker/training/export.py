@@ -17,7 +17,6 @@ the formats.
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 import torchvision
 from torchvision.transforms import v2 as T
 
+from common import rundir
 from common.atomic import atomic_write_bytes, atomic_write_json
 
 from . import data as data_mod
@@ -35,8 +35,7 @@ from .models import build_model
 
 EXPORT_FORMAT = "teacher-export/1"
 CHECKPOINT_FORMAT = "teacher-checkpoint/1"
-MODEL_FILE, META_FILE = "model.pt", "model.json"
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+MODEL_FILE, META_FILE = rundir.EXPORT_MODEL, rundir.EXPORT_META
 _REQUIRED_KEYS = ("model", "config", "class_names", "epoch", "step", "metrics")
 
 
@@ -63,10 +62,10 @@ def resolve_source(path: Path) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        for candidate in (path / "best.pt", path / "checkpoints" / "best.pt", path / "run" / "checkpoints" / "best.pt"):
+        for candidate in (path / rundir.BEST, rundir.RunPaths(path).best, rundir.JobPaths(path).files.best):
             if candidate.is_file():
                 return candidate
-        raise ExportError(f"{path}: no best.pt in it (expected a checkpoint file, a run directory or a job directory)")
+        raise ExportError(f"{path}: no {rundir.BEST} in it (expected a checkpoint file, a run directory or a job directory)")
     raise ExportError(f"{path}: no such checkpoint or run directory")
 
 
@@ -118,9 +117,9 @@ def inference_preprocessing(image_size: int) -> dict[str, Any]:
 def _source_description(checkpoint: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """Where the checkpoint came from, by name only: an export is shipped elsewhere, and an
     absolute path of the training host means nothing there (and should not leak)."""
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == rundir.CHECKPOINTS else None
     job_id = None
-    if run_dir is not None and run_dir.name == "run" and _JOB_ID.match(run_dir.parent.name):
+    if run_dir is not None and run_dir.name == rundir.JOB_RUN and rundir.is_job_id(run_dir.parent.name):
         job_id = run_dir.parent.name
     return {"checkpoint": checkpoint.name, "run_name": cfg.get("name"),
             "run_dir": run_dir.name if run_dir is not None else None, "job_id": job_id}

@@ -13,6 +13,7 @@ def _job_or_path(source: Path) -> Path:
     prefix of 6+ characters), that job's directory under the jobs root (TEACHER_JOBS_ROOT)."""
     import re
 
+    from common.rundir import is_job_id
     from common.settings import Settings
     from .export import ExportError
 
@@ -20,7 +21,7 @@ def _job_or_path(source: Path) -> Path:
     if source.exists() or not re.fullmatch(r"[0-9a-f]{6,32}", text.lower()):
         return source
     jobs_root = Settings.from_env().jobs_root
-    matches = sorted(p for p in jobs_root.glob(f"{text.lower()}*") if re.fullmatch(r"[0-9a-f]{32}", p.name))
+    matches = sorted(p for p in jobs_root.glob(f"{text.lower()}*") if is_job_id(p.name))
     if len(matches) > 1:
         raise ExportError(f"{text} is ambiguous: {', '.join(p.name for p in matches)}")
     if not matches:
@@ -36,6 +37,7 @@ def export_cmd(source: Path, out_dir: Path) -> None:
     """Export SOURCE (a checkpoint, the best.pt of a run or job directory, or a job id or unique
     prefix, looked up under the jobs root) as a weights-only
     model.pt plus model.json (architecture, classes, exact preprocessing, metrics, sha256)."""
+    from common.rundir import Metric
     from .checkpoints import CheckpointError
     from .export import ExportError, export_checkpoint
 
@@ -48,7 +50,7 @@ def export_cmd(source: Path, out_dir: Path) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     meta = info.meta
-    top1 = meta["metrics"].get("val.top1")
+    top1 = meta["metrics"].get(Metric.VAL_TOP1.value)
     verified = "verified against its manifest" if meta["source"]["verified_against_manifest"] else "no manifest to verify against"
     click.echo(f"exported {info.source.name} (epoch {meta['epoch']}, {meta['arch']}, {meta['num_classes']} classes"
                + (f", val top-1 {top1:.2f}%" if isinstance(top1, (int, float)) else "") + f"; source sha256 {verified})", err=True)

@@ -146,3 +146,28 @@ def test_config_round_trips(tmp_path):
     cfg = {"name": "tiny", "optim": {"epochs": 2, "lr": 0.001}, "init_from": None}
     rundir.write_config(tmp_path / "config.yaml", cfg)
     assert rundir.read_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.slow
+def test_every_record_the_real_trainer_writes_round_trips(dataset_root, runs_root, teacher_env, tmp_path):
+    """A real `teacher train` run: each file read as its record and written back is the same
+    JSON, and the records agree with each other (last.pt is the last epoch, best is the best)."""
+    from conftest import TINY_CONFIG, run_teacher, write_config
+
+    run = RunPaths(runs_root / "real")
+    run_teacher(["train", "--config", str(write_config(tmp_path / "c.yaml", TINY_CONFIG)), "--run-dir", str(run.dir)],
+                teacher_env, check=True)
+    progress, history, manifest = Progress.read(run.progress), History.read(run.history), Manifest.read(run.manifest)
+    assert progress.to_json() == _load(run.progress) and progress.status is RunStatus.SUCCEEDED
+    assert history.to_json() == _load(run.history)
+    assert manifest.to_json() == _load(run.manifest)
+    steps = rundir.read_steps(run.steps)
+    assert [s.to_json() for s in steps] == [json.loads(line) for line in run.steps.read_text().splitlines()]
+    assert rundir.read_config(run.config)["name"] == "tiny"
+    assert [e.epoch for e in history.epochs] == [1, 2]
+    assert manifest.entry(rundir.LAST).epoch == 2 and manifest.entry(rundir.LAST).metrics == history.last.metrics()
+    assert progress.best == manifest.best and progress.latest == history.last.metrics()
+    best = max(history.epochs, key=lambda e: (e.value(Metric.VAL_TOP1), -e.epoch))
+    assert manifest.best.epoch == best.epoch == manifest.entry(rundir.BEST).epoch
+    finals = [s for s in steps if s.final and s.split == "val"]
+    assert [(s.epoch, s.samples) for s in finals] == [(e.epoch, e.val.samples) for e in history.epochs]
