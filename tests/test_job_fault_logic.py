@@ -86,24 +86,23 @@ def test_teacher_train_exits_4_with_the_reason_on_a_full_disk(tmp_path, monkeypa
 
 
 # ----------------------------------------------------------------------------- job outcomes
-R = sup.StopReason
-O = sup.Outcome
+O = sup.Outcome  # (a stop is named by the outcome the supervisor stops the child for)
 
 
 @pytest.mark.parametrize("rc, stop, cancel, outcome", [
     (0, None, False, O.succeeded),
-    (0, R.timeout, False, O.succeeded),       # finished just as the limit passed
-    (0, R.cancel, True, O.succeeded),         # finished before the cancel took effect
-    (3, R.cancel, True, O.cancelled),
+    (0, O.time_limit, False, O.succeeded),       # finished just as the limit passed
+    (0, O.cancelled, True, O.succeeded),         # finished before the cancel took effect
+    (3, O.cancelled, True, O.cancelled),
     (4, None, True, O.cancelled),
-    (3, R.timeout, False, O.time_limit),      # SIGTERM from the time limit: exit 3, not requeued
-    (-9, R.timeout, False, O.time_limit),     # ignored SIGTERM, was killed
+    (3, O.time_limit, False, O.time_limit),      # SIGTERM from the time limit: exit 3, not requeued
+    (-9, O.time_limit, False, O.time_limit),     # ignored SIGTERM, was killed
     (4, None, False, O.no_space),
-    (4, R.shutdown, False, O.no_space),       # a full disk is not fixed by resuming elsewhere
+    (4, O.interrupted, False, O.no_space),       # a full disk is not fixed by resuming elsewhere
     (3, None, False, O.interrupted),
-    (3, R.shutdown, False, O.interrupted),
+    (3, O.interrupted, False, O.interrupted),
     (-9, None, False, O.interrupted),         # OOM kill
-    (1, R.lost, False, O.interrupted),
+    (1, O.superseded, False, O.interrupted),
     (2, None, False, O.bad_input),
     (1, None, False, O.failed),
     (120, None, False, O.failed),
@@ -288,7 +287,9 @@ def _finished_run(settings: Settings, job_id: str, epochs: int = 2) -> "JobPaths
                         "sha256": hashlib.sha256(data).hexdigest(), "metrics": {"val.top1": 50.0}, "created_at": 0})
     (paths.manifest).write_text(json.dumps({"best": {"metric": "val.top1", "value": 50.0, "epoch": epochs},
                                             "checkpoints": entries}))
-    (paths.history).write_text(json.dumps({"epochs": [{"epoch": e} for e in range(1, epochs + 1)]}))
+    split = {"loss": 1.0, "top1": 50.0, "top5": 90.0, "samples": 8}
+    (paths.history).write_text(json.dumps({"epochs": [{"epoch": e, "step": 4 * e, "train": split, "val": split}
+                                                      for e in range(1, epochs + 1)]}))
     (paths.progress).write_text(json.dumps({"status": "succeeded", "phase": "done", "updated_at": time_.time()}))
     (paths.run / "config.yaml").write_text("x: 1\n")
     return paths
@@ -340,7 +341,7 @@ def test_lost_attempts_that_never_trained_and_graceful_stops_are_interruptions(t
     # a graceful stop (exit 3 after SIGTERM) is an interruption too, with a reason that says so
     paths = sup.JobPaths.of(settings.jobs_root, job_id)
     paths.run.mkdir(parents=True)
-    assert supervisor._record_outcome(claim, paths, 3, sup.StopReason.shutdown, 1.0, 0.0) == "interrupted"
+    assert supervisor._record_outcome(claim, paths, 3, sup.Outcome.interrupted, 1.0, 0.0) == "interrupted"
     row = _row(sessions, job_id)
     assert row.interruptions == 2 and row.attempts == 2
     assert "worker shutdown" in row.failure_reason and "died" not in row.failure_reason

@@ -35,7 +35,7 @@ def stopping() -> bool:
     """Whether this worker is shutting down (so a job must be handed back, not started)."""
     # Solo pool: Celery's own flag, set in this (main) process by its SIGTERM/SIGINT handler.
     # Prefork pool: the flag the parent raises in this pool process (below).
-    return supervisor.Supervisor._celery_stopping() or _pool_shutdown.is_set()
+    return supervisor.celery_stopping() or _pool_shutdown.is_set()
 
 
 def clear_pool_shutdown() -> None:
@@ -168,14 +168,14 @@ def _hand_back_on_shutdown(sig: str = "", how: str = "", **_: Any) -> None:
 # orphan would be SIGTERMed by PR_SET_PDEATHSIG; we SIGKILL it so that it cannot write into the
 # run directory beside the next attempt), the job becomes `interrupted`, and the redelivery
 # resumes it, counting the attempt (capped: then it fails with "worker lost"; an attempt lost
-# before it trained counts as an interruption instead, see common.store.jobs.end_lost_attempt).
+# before it trained counts as an interruption instead, see common.store.lifecycle.worker_lost).
 
 
 def release_lost_job(job_id: str, settings: Any = None) -> bool:
     from sqlalchemy import select
 
-    from common.store import Job, JobStatus, transaction
-    from common.store.jobs import end_lost_attempt, lock_job
+    from common.store import Job, JobStatus, lifecycle, transaction
+    from common.store.jobs import lock_job
     from worker.store import sessions_for
 
     if settings is None:
@@ -194,7 +194,7 @@ def release_lost_job(job_id: str, settings: Any = None) -> bool:
         job = lock_job(s, job_id)
         if job is None or job.job_status != JobStatus.running or (job.worker, job.claim_token) != (claimant, token):
             return False
-        end_lost_attempt(job, "worker lost (its pool process died); will resume from the last checkpoint")
+        lifecycle.worker_lost(job, "worker lost (its pool process died); will resume from the last checkpoint")
     log.warning("job %s: its pool process %s died; interrupted, the requeued message resumes it", job_id, claimant)
     return True
 

@@ -39,26 +39,27 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
 
+from common.logs import configure_logging
 from common.settings import Settings
-from common.store import Job, JobStatus, WorkerBeat, transaction, utcnow
-from common.store.jobs import age_s, end_lost_attempt, finish_dependents, mark_enqueued
+from common.store import Job, JobStatus, WorkerBeat, lifecycle, transaction, utcnow
+from common.store.jobs import age_s
+from common.store.lifecycle import Publish, Send
 from worker.liveness import claimant_is_dead_here
 from worker.store import sessions_for
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[str, str, int], None]
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport defaults
 JOB_ID = re.compile(r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
 MIN_WAIT_S = 1.0
 DEAD_AFTER_BEATS = 3
 
 
-def _publisher(settings: Settings) -> Enqueue:
+def _publisher(settings: Settings) -> Publish:
     from worker.celery_app import publish
 
     return lambda job_id, queue, priority: publish(settings, job_id, queue, priority)
@@ -158,7 +159,7 @@ def _beats(s: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ one pass
-def reconcile_once(settings: Settings | None = None, *, enqueue: Enqueue | None = None,
+def reconcile_once(settings: Settings | None = None, *, enqueue: Publish | None = None,
                    redis_client: Any = None) -> dict[str, Any]:
     """One pass. Reports the job ids it found stale, found without a live message, released,
     could not send (kept for the next pass), and whose dead deliveries it cleared."""
@@ -173,25 +174,17 @@ def reconcile_once(settings: Settings | None = None, *, enqueue: Enqueue | None 
     # Read first: with Redis down the pass ends here, before it changes anything.
     broker = BrokerSnapshot.read(settings, r)
     to_send = _mark_stale_and_release(settings, sessions, report)
-    to_send += _find_lost(settings, sessions, broker, {job_id for job_id, _, _ in to_send}, report)
-
-    sent: set[str] = set()
-    for job_id, queue, priority in to_send:
-        try:
-            enqueue(job_id, queue, priority)
-        except Exception as exc:  # Redis went away mid-pass: the next pass finds it unsent
-            log.warning("job %s: could not send (%s: %s); the next pass retries", job_id, type(exc).__name__, exc)
-            report["unsent"].append(job_id)
-            continue
-        sent.add(job_id)
-        with transaction(sessions) as s:
-            mark_enqueued(s, job_id)
+    to_send += _find_lost(settings, sessions, broker, {msg.job_id for msg in to_send}, report)
+    # Redis may go away mid-pass: the next pass finds what could not be sent without a message.
+    unsent = {msg.job_id for msg in lifecycle.send(sessions, enqueue, to_send)}
+    report["unsent"] = [msg.job_id for msg in to_send if msg.job_id in unsent]
+    sent = {msg.job_id for msg in to_send} - unsent
     report["cleared"] = _clear_moot_deliveries(settings, sessions, broker, sent, r)
     return report
 
 
-def _mark_stale_and_release(settings: Settings, sessions: Any, report: dict[str, list[str]]) -> list[tuple[str, str, int]]:
-    to_send: list[tuple[str, str, int]] = []
+def _mark_stale_and_release(settings: Settings, sessions: Any, report: dict[str, list[str]]) -> list[Send]:
+    to_send: list[Send] = []
     with transaction(sessions) as s:
         beats = _beats(s)
         for job in s.scalars(select(Job).where(Job.status == JobStatus.running.value).with_for_update()):
@@ -199,23 +192,21 @@ def _mark_stale_and_release(settings: Settings, sessions: Any, report: dict[str,
             if why is None:
                 continue
             log.warning("job %s: worker %s presumed lost (%s); re-sending", job.id, job.worker, why)
-            end_lost_attempt(job, f"worker lost ({why}); will resume from the last checkpoint")
+            to_send += lifecycle.worker_lost(job, f"worker lost ({why}); will resume from the last checkpoint")
             report["stale"].append(job.id)
-            to_send.append((job.id, job.queue, job.priority))
         for job in s.scalars(select(Job).where(Job.status == JobStatus.waiting.value).with_for_update()):
             dep = s.scalar(select(Job).where(Job.id == job.after_id)) if job.after_id else None
             if dep is None or dep.job_status.finished:
-                released = finish_dependents(s, dep) if dep is not None else []
-                for rel in released:
-                    report["released"].append(rel.id)
-                    to_send.append((rel.id, rel.queue, rel.priority))
+                released = lifecycle.release_dependents(s, dep) if dep is not None else []
+                report["released"] += [msg.job_id for msg in released]
+                to_send += released
     return to_send
 
 
 def _find_lost(settings: Settings, sessions: Any, broker: BrokerSnapshot, sending: set[str],
-               report: dict[str, list[str]]) -> list[tuple[str, str, int]]:
+               report: dict[str, list[str]]) -> list[Send]:
     """Queued or interrupted jobs with no live message (checked on every pass)."""
-    to_send: list[tuple[str, str, int]] = []
+    to_send: list[Send] = []
     now = utcnow()
     with sessions() as s:
         for job in s.scalars(select(Job).where(Job.status.in_([JobStatus.queued.value, JobStatus.interrupted.value]))):
@@ -228,7 +219,7 @@ def _find_lost(settings: Settings, sessions: Any, broker: BrokerSnapshot, sendin
             if since is not None and since > settings.lost_message_grace_s:
                 log.warning("job %s: %s with no live broker message; re-sending", job.id, job.status)
                 report["lost"].append(job.id)
-                to_send.append((job.id, job.queue, job.priority))
+                to_send.append(Send.of(job))
     return to_send
 
 
@@ -297,7 +288,7 @@ def next_pass_in(settings: Settings, *, retry_soon: bool = False) -> float:
 
 
 def main() -> None:  # pragma: no cover - exercised by `teacher serve`
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s reconciler %(levelname)s %(message)s")
+    configure_logging("reconciler")
     from worker.celery_app import settings
 
     stop = threading.Event()

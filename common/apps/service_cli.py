@@ -26,6 +26,8 @@ import click
 from common.config import CONFIGS_DIR, ConfigError, apply_overrides, parse_set_option, parse_yaml
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# The values of common.store.FINISHED (tests/unit/common/test_lifecycle.py checks), spelled out:
+# importing the store pulls SQLAlchemy, 1.3 s more for every client command.
 FINISHED = {"succeeded", "failed", "cancelled"}
 SHORT_ID = 12  # what the CLI prints; any unique prefix of 6 or more characters is accepted
 JOB_REF = re.compile(r"^[0-9a-fA-F]{6,32}$")

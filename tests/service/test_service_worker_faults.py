@@ -252,16 +252,19 @@ def test_job_that_kills_its_solo_worker_fails_with_worker_lost(stack_factory, se
     assert db_job(stack, job_id).status == "failed"
 
 
-@pytest.mark.parametrize("fault, exits", [(None, False), ("", False), ("kill_after_epoch:1,worker_exit_later", False),
+@pytest.mark.parametrize("fault, exits", [(None, False), ("", False), ("kill_after_epoch:1", False),
                                           ("worker_exit", True), ("zero_train_metrics,worker_exit", True)])
 def test_worker_exit_fault_is_inert_unless_named(monkeypatch, fault, exits):
-    """The test-only fault acts only when TEACHER_FAULT names it exactly, and only after a claim."""
+    """The test-only fault acts only when TEACHER_FAULT names it, and only after a claim; a name
+    it does not know exactly (``worker_exit_later``) is an error, not ignored."""
+    from common import faults
     from worker import supervisor as sup
 
     if fault is None:
         monkeypatch.delenv("TEACHER_FAULT", raising=False)
     else:
         monkeypatch.setenv("TEACHER_FAULT", fault)
+    monkeypatch.setattr(faults, "_current", None)  # parsed again from this environment
     exited: list[int] = []
 
     def fake_exit(code: int) -> None:
@@ -280,3 +283,15 @@ def test_worker_exit_fault_is_inert_unless_named(monkeypatch, fault, exits):
         assert s.run("a" * 32) == "ran" and exited == []
     s.claim = lambda job_id: None  # nothing claimed: never exits
     assert s.run("a" * 32) == "skipped" and exited == ([1] if exits else [])
+
+
+def test_a_misspelled_worker_fault_is_an_error(monkeypatch):
+    from common import faults
+    from worker import supervisor as sup
+
+    monkeypatch.setenv("TEACHER_FAULT", "kill_after_epoch:1,worker_exit_later")
+    monkeypatch.setattr(faults, "_current", None)
+    s = object.__new__(sup.Supervisor)
+    s.claim = lambda job_id: sup.Claim(job_id, 1, "token", {})
+    with pytest.raises(faults.FaultSpecError, match="worker_exit_later"):
+        s.run("a" * 32)
