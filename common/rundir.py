@@ -100,19 +100,57 @@ class RunPaths:
     def __post_init__(self) -> None:
         object.__setattr__(self, "dir", Path(self.dir))
 
-    config = property(lambda self: self.dir / CONFIG)
-    history = property(lambda self: self.dir / HISTORY)
-    steps = property(lambda self: self.dir / STEPS)
-    progress = property(lambda self: self.dir / PROGRESS)
-    log = property(lambda self: self.dir / LOG)
-    tensorboard = property(lambda self: self.dir / TENSORBOARD)
-    checkpoints = property(lambda self: self.dir / CHECKPOINTS)
-    manifest = property(lambda self: self.dir / CHECKPOINTS / MANIFEST)
-    last = property(lambda self: self.dir / CHECKPOINTS / LAST)
-    best = property(lambda self: self.dir / CHECKPOINTS / BEST)
-    export = property(lambda self: self.dir / EXPORT)
-    reserve = property(lambda self: self.dir / RESERVE)
-    lock = property(lambda self: self.dir / LOCK)
+    @property
+    def config(self) -> Path:
+        return self.dir / CONFIG
+
+    @property
+    def history(self) -> Path:
+        return self.dir / HISTORY
+
+    @property
+    def steps(self) -> Path:
+        return self.dir / STEPS
+
+    @property
+    def progress(self) -> Path:
+        return self.dir / PROGRESS
+
+    @property
+    def log(self) -> Path:
+        return self.dir / LOG
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.dir / TENSORBOARD
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / CHECKPOINTS
+
+    @property
+    def manifest(self) -> Path:
+        return self.checkpoints / MANIFEST
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / BEST
+
+    @property
+    def export(self) -> Path:
+        return self.dir / EXPORT
+
+    @property
+    def reserve(self) -> Path:
+        return self.dir / RESERVE
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / LOCK
 
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints / name
@@ -263,8 +301,10 @@ def naming(path: Path) -> Iterator[None]:
         raise
 
 
-def _read_object(path: Path) -> JsonObject | None:
-    """A JSON object, None when the file does not exist yet, RunFileCorrupt otherwise."""
+def read_object(path: Path) -> JsonObject | None:
+    """A run file's JSON object as written (for showing a file as it is, e.g. the API's
+    /metrics); None when the file does not exist yet; RunFileCorrupt when it is not a JSON
+    object. Code that acts on a file's content reads its record instead (Progress.read, ...)."""
     try:
         data = read_json(Path(path))
     except ValueError as exc:
@@ -313,6 +353,13 @@ def _int(value: Any) -> int:
 
 def _opt_int(value: Any) -> int | None:
     return None if value is None else _int(value)
+
+
+def _flags(value: Any) -> dict[str, str]:
+    """A ``nonfinite`` mapping: dotted name -> 'nan' / 'inf' / '-inf'."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a mapping of names to 'nan'/'inf'/'-inf', got {value!r}")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _metrics(value: Any) -> dict[str, float | None]:
@@ -394,7 +441,7 @@ class EpochRecord:
     def from_json(cls, obj: Mapping[str, Any]) -> "EpochRecord":
         return cls(_int(obj["epoch"]), _int(obj["step"]), _opt_float(obj.get("lr")), _opt_float(obj.get("epoch_time_s")),
                    SplitMetrics.from_json(obj["train"]), SplitMetrics.from_json(obj["val"]),
-                   {str(k): str(v) for k, v in (obj.get("nonfinite") or {}).items()})
+                   _flags(obj.get("nonfinite") or {}))
 
     def to_json(self) -> JsonObject:
         return {"epoch": self.epoch, "step": self.step, "lr": self.lr, "epoch_time_s": self.epoch_time_s,
@@ -441,7 +488,7 @@ class History:
 
     @classmethod
     def read(cls, path: Path) -> "History | None":
-        obj = _read_object(path)
+        obj = read_object(path)
         if obj is None:
             return None
         with _parsing(path):
@@ -474,16 +521,19 @@ class CheckpointEntry:
     size: int
     sha256: str
     metrics: dict[str, float | None]
-    created_at: float
+    created_at: float | None  # the trainer always records it; a hand-made manifest may not
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "CheckpointEntry":
         return cls(str(obj["name"]), _int(obj["epoch"]), _int(obj["step"]), _int(obj["size"]), str(obj["sha256"]),
-                   _metrics(obj["metrics"]), _num(obj["created_at"]))
+                   _metrics(obj["metrics"]), _opt_float(obj.get("created_at")))
 
     def to_json(self) -> JsonObject:
-        return {"name": self.name, "epoch": self.epoch, "step": self.step, "size": self.size, "sha256": self.sha256,
-                "metrics": dict(self.metrics), "created_at": self.created_at}
+        out = {"name": self.name, "epoch": self.epoch, "step": self.step, "size": self.size, "sha256": self.sha256,
+               "metrics": dict(self.metrics), "created_at": self.created_at}
+        if self.created_at is None:
+            del out["created_at"]
+        return out
 
     to_dict = to_json  # the name checkpoints.py used
 
@@ -538,7 +588,7 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> "Manifest | None":
-        obj = _read_object(path)
+        obj = read_object(path)
         if obj is None:
             return None
         with _parsing(path):
@@ -585,7 +635,7 @@ class StepRecord:
         return cls(str(obj["split"]), _int(obj["epoch"]), _int(obj["batch"]), _int(obj["step"]),
                    _opt_float(obj["loss_sum"]), _int(obj["correct1"]), _int(obj["correct5"]), _int(obj["samples"]),
                    _opt_float(obj.get("lr")), _opt_float(obj.get("throughput")), _num(obj["time"]), bool(obj["final"]),
-                   {str(k): str(v) for k, v in (obj.get("nonfinite") or {}).items()})
+                   _flags(obj.get("nonfinite") or {}))
 
     def to_json(self) -> JsonObject:
         out = dataclasses.asdict(self)
@@ -726,8 +776,9 @@ class Progress:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "present"}
         integrity, best = obj.get("integrity"), obj.get("best")
         return cls(
-            status=RunStatus(obj["status"]), phase=Phase(obj["phase"]) if obj.get("phase") is not None else None, epoch=_opt_int(obj.get("epoch")),
-            epochs=_opt_int(obj.get("epochs")), batch=_opt_int(obj.get("batch")), batches=_opt_int(obj.get("batches")),
+            status=RunStatus(obj["status"]), phase=Phase(obj["phase"]) if obj.get("phase") is not None else None,
+            epoch=_opt_int(obj.get("epoch")), epochs=_opt_int(obj.get("epochs")),
+            batch=_opt_int(obj.get("batch")), batches=_opt_int(obj.get("batches")),
             step=_opt_int(obj.get("step")), total_steps=_opt_int(obj.get("total_steps")),
             percent=_opt_float(obj.get("percent")), throughput=_opt_float(obj.get("throughput")),
             eta_s=_opt_float(obj.get("eta_s")),
@@ -736,7 +787,7 @@ class Progress:
             updated_at=_opt_float(obj.get("updated_at")),
             error=str(obj["error"]) if obj.get("error") is not None else None,
             best=Best.from_json(best) if best is not None else None,
-            nonfinite={str(k): str(v) for k, v in obj["nonfinite"].items()} if obj.get("nonfinite") is not None else None,
+            nonfinite=_flags(obj["nonfinite"]) if obj.get("nonfinite") is not None else None,
             extra={k: v for k, v in obj.items() if k not in known},
             present=frozenset(k for k in obj if k in known),
         )
@@ -756,7 +807,7 @@ class Progress:
 
     @classmethod
     def read(cls, path: Path) -> "Progress | None":
-        obj = _read_object(path)
+        obj = read_object(path)
         if obj is None:
             return None
         with _parsing(path):
@@ -780,11 +831,12 @@ def write_progress(path: Path, progress: Progress | Mapping[str, Any], *, now: f
 
 
 __all__ = [
-    "CONFIG", "HISTORY", "STEPS", "PROGRESS", "LOG", "TENSORBOARD", "CHECKPOINTS", "MANIFEST", "LAST", "BEST", "ALIASES",
-    "EXPORT", "EXPORT_MODEL", "EXPORT_META", "RESERVE", "LOCK", "JOB_CONFIG", "JOB_LOG", "JOB_RUN", "HISTORY_FORMAT",
-    "MANIFEST_FORMAT", "JsonObject", "epoch_file", "epoch_of_file", "is_epoch_file", "is_job_id", "RunPaths", "JobPaths",
-    "InvalidJobId", "SPLITS", "SPLIT_METRICS", "Metric", "metric_name", "tb_tag", "RunFileCorrupt", "finite_or_flag",
-    "sanitize", "naming", "RunConfig", "read_config", "write_config", "SplitMetrics", "EpochRecord", "History",
-    "write_history", "CheckpointEntry", "Best", "Manifest", "StepRecord", "append_step", "iter_step_lines",
-    "read_steps", "RunStatus", "Phase", "Integrity", "Progress", "write_progress",
+    "CONFIG", "HISTORY", "STEPS", "PROGRESS", "LOG", "TENSORBOARD", "CHECKPOINTS", "MANIFEST", "LAST", "BEST",
+    "ALIASES", "EXPORT", "EXPORT_MODEL", "EXPORT_META", "RESERVE", "LOCK", "JOB_CONFIG", "JOB_LOG", "JOB_RUN",
+    "HISTORY_FORMAT", "MANIFEST_FORMAT", "JsonObject", "epoch_file", "epoch_of_file", "is_epoch_file",
+    "is_job_id", "RunPaths", "JobPaths", "InvalidJobId", "SPLITS", "SPLIT_METRICS", "Metric", "metric_name",
+    "tb_tag", "RunFileCorrupt", "read_object", "finite_or_flag", "sanitize", "naming", "RunConfig",
+    "read_config", "write_config", "SplitMetrics", "EpochRecord", "History", "write_history", "CheckpointEntry",
+    "Best", "Manifest", "StepRecord", "append_step", "iter_step_lines", "read_steps", "RunStatus", "Phase",
+    "Integrity", "Progress", "write_progress",
 ]

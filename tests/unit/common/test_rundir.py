@@ -171,3 +171,24 @@ def test_every_record_the_real_trainer_writes_round_trips(dataset_root, runs_roo
     assert manifest.best.epoch == best.epoch == manifest.entry(rundir.BEST).epoch
     finals = [s for s in steps if s.final and s.split == "val"]
     assert [(s.epoch, s.samples) for s in finals] == [(e.epoch, e.val.samples) for e in history.epochs]
+
+
+def test_a_hand_made_manifest_without_created_at_reads_and_writes_back_as_it_was(tmp_path):
+    path = tmp_path / "manifest.json"
+    raw = {"format": "teacher-checkpoints/1", "best_metric": "val.top1", "best": None,
+           "checkpoints": [{"name": "best.pt", "epoch": 1, "step": 3, "size": 5, "sha256": "ab", "metrics": {}}]}
+    path.write_text(json.dumps(raw))
+    manifest = Manifest.read(path)
+    assert manifest.entry("best.pt").created_at is None and manifest.to_json() == raw
+
+
+def test_read_object_gives_a_file_as_written(tmp_path):
+    path = tmp_path / "history.json"
+    assert rundir.read_object(path) is None
+    path.write_text('{"epochs": [{"epoch": 1, "val": {"top1": 50.0}}]}')
+    assert rundir.read_object(path) == {"epochs": [{"epoch": 1, "val": {"top1": 50.0}}]}
+    with pytest.raises(RunFileCorrupt):
+        History.read(path)  # not a history the trainer writes
+    path.write_text("[]")
+    with pytest.raises(RunFileCorrupt, match="JSON object"):
+        rundir.read_object(path)
