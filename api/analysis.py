@@ -24,7 +24,7 @@ from api.lookup import AMBIGUOUS, load_job
 from api.schemas import AnalysisSchema, PlotListSchema, ReportSchema
 from api.smorest import Blueprint
 from common.analysis.service import PLOT_NAMES, NoMetrics, RunAnalysis, plot_path, run_analysis, strip_base
-from common.analysis.uploads import OUT, IncomingFile, StoredAnalysis, for_form, is_complete, load_analysis
+from common.analysis.uploads import OUT, IncomingFile, for_form, is_complete, load_analysis
 from common.analysis.uploads import create_analysis as store_analysis
 from common.store import Job
 from common.rundir import JobPaths
@@ -183,14 +183,6 @@ def _analysis_dir(analysis_id: str) -> Path:
     raise ApiError(404, f"analysis {analysis_id} not found")
 
 
-def _analysis_body(analysis: StoredAnalysis) -> dict[str, Any]:
-    record = analysis.record
-    return {"id": record.id, "user": record.user, "created_at": record.created_at, "num_classes": record.num_classes,
-            "files": record.files, "report": analysis.report,
-            "plots": _plot_links(analysis.plots, "analysis.analysis_plot", analysis_id=record.id),
-            "links": {"self": url_for("analysis.analysis", analysis_id=record.id)}}
-
-
 ANALYSIS_REQUEST = {
     "required": True,
     "content": {"multipart/form-data": {"schema": {
@@ -240,15 +232,14 @@ def create_analysis() -> Any:
     analysis = store_analysis(settings.analyses_dir / str(user.id) / analysis_id, incoming,  # UploadRejected: 400
                               analysis_id=analysis_id, user=user.name, user_id=user.id,
                               num_classes=num_classes, patterns=patterns)
-    body = _analysis_body(analysis)
-    return body, 201, {"Location": body["links"]["self"]}
+    return analysis, 201, {"Location": url_for("analysis.analysis", analysis_id=analysis_id)}
 
 
 @blp.route("/analyses/<string:analysis_id>", methods=["GET"], endpoint="analysis")
 @blp.response(200, AnalysisSchema)
 @blp.alt_response(404, description="no such analysis (or not yours)")
 def get_analysis(analysis_id: str) -> Any:
-    return _analysis_body(load_analysis(_analysis_dir(analysis_id)))
+    return load_analysis(_analysis_dir(analysis_id))
 
 
 @blp.route("/analyses/<string:analysis_id>/plots/<string:name>.png", methods=["GET"], endpoint="analysis_plot")

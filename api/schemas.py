@@ -17,6 +17,9 @@ from marshmallow import fields, post_load, pre_load, validate
 
 from api.redact import scrub, server_roots
 from common.config import ConfigError, StrictInteger, TrainConfigSchema, apply_overrides
+from common.analysis.formats import FileKind
+from common.analysis.service import PLOT_NAMES
+from common.analysis.uploads import StoredAnalysis
 from common.rundir import RunStatus
 from common.store.models import Job, JobStatus
 
@@ -349,7 +352,6 @@ class HealthSchema(ma.Schema):
 
 
 # ---------------------------------------------------------------------------- analysis
-PLOT_NAMES = ("loss", "accuracy", "lr", "throughput", "step_loss")
 
 
 class CheckResultSchema(ma.Schema):
@@ -392,7 +394,7 @@ class UploadedFileSchema(ma.Schema):
     field = fields.String(required=True, metadata={"description": "the multipart field it came in"})
     filename = fields.String(allow_none=True, metadata={"description": "the client's file name (display only)"})
     stored_as = fields.String(required=True, metadata={"description": "the server's name for it (upload_0.json ...)"})
-    kind = fields.String(required=True, validate=validate.OneOf(["history", "csv", "steps", "tensorboard", "log"]))
+    kind = fields.String(required=True, validate=validate.OneOf([kind.value for kind in FileKind]))
     size = fields.Integer(required=True)
 
 
@@ -400,12 +402,24 @@ class AnalysisLinksSchema(ma.Schema):
     self = fields.String(required=True)
 
 
+def _analysis_plots(analysis: StoredAnalysis) -> list[dict[str, str]]:
+    return [{"name": name, "url": url_for("analysis.analysis_plot", analysis_id=analysis.record.id, name=name)}
+            for name in analysis.plots]
+
+
+class DerivedList(_Derived, fields.List):
+    pass
+
+
 class AnalysisSchema(ma.Schema):
-    id = fields.String(required=True)
-    user = fields.String(required=True)
-    created_at = fields.DateTime(required=True)
-    num_classes = fields.Integer(allow_none=True)
-    files = fields.List(fields.Nested(UploadedFileSchema), required=True)
+    """An analysis of uploads, dumped from common.analysis.uploads.StoredAnalysis."""
+
+    id = fields.String(required=True, attribute="record.id")
+    user = fields.String(required=True, attribute="record.user")
+    created_at = fields.DateTime(required=True, attribute="record.created_at")
+    num_classes = fields.Integer(allow_none=True, attribute="record.num_classes")
+    files = fields.List(fields.Nested(UploadedFileSchema), required=True, attribute="record.files")
     report = fields.Nested(ReportSchema, required=True)
-    plots = fields.List(fields.Nested(PlotLinkSchema), required=True)
-    links = fields.Nested(AnalysisLinksSchema, required=True)
+    plots = DerivedList(fields.Nested(PlotLinkSchema), required=True, derive=_analysis_plots)
+    links = DerivedNested(AnalysisLinksSchema, required=True, derive=lambda analysis: {
+        "self": url_for("analysis.analysis", analysis_id=analysis.record.id)})
