@@ -16,6 +16,8 @@ short timeout per back-off period and never a 5xx.
 The queued cap counts a user's jobs that are not running yet (queued, waiting, interrupted) in
 the transaction that inserts the new job; on PostgreSQL a per-user advisory lock serialises
 concurrent submissions, on SQLite every transaction is already exclusive (BEGIN IMMEDIATE).
+
+Why this and not Flask-Limiter (compared, and kept on purpose): docs/architecture.md, "Rate limiting".
 """
 from __future__ import annotations
 
