@@ -702,6 +702,85 @@ def read_steps(path: Path) -> list[StepRecord] | None:
     return out
 
 
+# ----------------------------------------------------------------------------- export/model.json
+
+EXPORT_FORMAT = "teacher-export/1"
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """Where an export came from, by name only (an export is shipped elsewhere)."""
+
+    checkpoint: str
+    run_name: str | None
+    run_dir: str | None
+    job_id: str | None
+    sha256: str
+    verified_against_manifest: bool
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "ExportSource":
+        return cls(str(obj["checkpoint"]), obj.get("run_name"), obj.get("run_dir"), obj.get("job_id"),
+                   str(obj["sha256"]), bool(obj["verified_against_manifest"]))
+
+    def to_json(self) -> JsonObject:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ExportMeta:
+    """export/model.json (docs/checkpoints.md): what it takes to run ``model.pt`` elsewhere.
+    ``preprocessing`` is open (the evaluation transform, step by step, as data)."""
+
+    sha256: str
+    size: int
+    arch: str
+    num_classes: int
+    class_names: list[str]
+    build: str
+    image_size: int
+    preprocessing: JsonObject
+    source: ExportSource
+    epoch: int
+    step: int
+    metrics: dict[str, float | None]
+    best_metric: str | None
+    torch_version: str
+    torchvision_version: str
+    exported_at: str
+    model_file: str = EXPORT_MODEL
+    format: str = EXPORT_FORMAT
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "ExportMeta":
+        return cls(str(obj["sha256"]), _int(obj["size"]), str(obj["arch"]), _int(obj["num_classes"]),
+                   [str(c) for c in obj["class_names"]], str(obj["build"]), _int(obj["image_size"]),
+                   dict(obj["preprocessing"]), ExportSource.from_json(obj["source"]), _int(obj["epoch"]),
+                   _int(obj["step"]), _metrics(obj["metrics"]), obj.get("best_metric"), str(obj["torch_version"]),
+                   str(obj["torchvision_version"]), str(obj["exported_at"]), str(obj["model_file"]),
+                   str(obj["format"]))
+
+    def to_json(self) -> JsonObject:
+        # The documented key order: the file's own facts first, the environment last.
+        return {"format": self.format, "model_file": self.model_file, "sha256": self.sha256, "size": self.size,
+                "arch": self.arch, "num_classes": self.num_classes, "class_names": list(self.class_names),
+                "build": self.build, "image_size": self.image_size, "preprocessing": self.preprocessing,
+                "source": self.source.to_json(), "epoch": self.epoch, "step": self.step,
+                "metrics": dict(self.metrics), "best_metric": self.best_metric, "torch_version": self.torch_version,
+                "torchvision_version": self.torchvision_version, "exported_at": self.exported_at}
+
+    @classmethod
+    def read(cls, path: Path) -> "ExportMeta | None":
+        obj = read_object(path)
+        if obj is None:
+            return None
+        with _parsing(path):
+            return cls.from_json(obj)
+
+    def write(self, path: Path) -> None:
+        _write_json(path, self.to_json())
+
+
 # ----------------------------------------------------------------------------- progress.json
 
 
@@ -838,5 +917,5 @@ __all__ = [
     "tb_tag", "RunFileCorrupt", "read_object", "finite_or_flag", "sanitize", "naming", "RunConfig",
     "read_config", "write_config", "SplitMetrics", "EpochRecord", "History", "write_history", "CheckpointEntry",
     "Best", "Manifest", "StepRecord", "append_step", "iter_step_lines", "read_steps", "RunStatus", "Phase",
-    "Integrity", "Progress", "write_progress",
+    "Integrity", "Progress", "write_progress", "EXPORT_FORMAT", "ExportSource", "ExportMeta",
 ]

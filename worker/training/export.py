@@ -27,13 +27,13 @@ import torchvision
 from torchvision.transforms import v2 as T
 
 from common import rundir
-from common.atomic import atomic_write_bytes, atomic_write_json
+from common.atomic import atomic_write_bytes
+from common.rundir import EXPORT_FORMAT, ExportMeta, ExportSource, JsonObject, RunConfig  # noqa: F401 (re-exported)
 
 from . import data as data_mod
 from .checkpoints import load_checkpoint_file, manifest_sha256, serialize, sha256_bytes, sha256_file
 from .models import build_model
 
-EXPORT_FORMAT = "teacher-export/1"
 CHECKPOINT_FORMAT = "teacher-checkpoint/1"
 MODEL_FILE, META_FILE = rundir.EXPORT_MODEL, rundir.EXPORT_META
 _REQUIRED_KEYS = ("model", "config", "class_names", "epoch", "step", "metrics")
@@ -52,7 +52,12 @@ class ExportInfo:
     sha256: str              # of model.pt
     source: Path             # the checkpoint exported
     source_sha256: str
-    meta: dict[str, Any]     # the content of model.json
+    record: ExportMeta       # model.json
+
+    @property
+    def meta(self) -> JsonObject:
+        """The content of model.json, as written."""
+        return self.record.to_json()
 
 
 def resolve_source(path: Path) -> Path:
@@ -77,7 +82,7 @@ def _size(value: Any) -> list[int]:
     return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
 
 
-def _step(transform: Any) -> dict[str, Any]:
+def _step(transform: Any) -> JsonObject:
     """One evaluation transform as data. An unknown transform is an error: an export that
     silently left out a preprocessing step would reproduce nothing."""
     if isinstance(transform, T.Resize):
@@ -95,7 +100,7 @@ def _step(transform: Any) -> dict[str, Any]:
     raise ExportError(f"cannot describe the evaluation transform {type(transform).__name__} in model.json")
 
 
-def inference_preprocessing(image_size: int) -> dict[str, Any]:
+def inference_preprocessing(image_size: int) -> JsonObject:
     """The exact evaluation preprocessing of a run trained at ``image_size``, read from the
     transform that validation used (:func:`worker.training.data.build_transforms`)."""
     compose = data_mod.build_transforms(image_size, train=False, augment=False)
@@ -114,15 +119,15 @@ def inference_preprocessing(image_size: int) -> dict[str, Any]:
     }
 
 
-def _source_description(checkpoint: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+def _source_description(checkpoint: Path, cfg: RunConfig, sha256: str, verified: bool) -> ExportSource:
     """Where the checkpoint came from, by name only: an export is shipped elsewhere, and an
     absolute path of the training host means nothing there (and should not leak)."""
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == rundir.CHECKPOINTS else None
     job_id = None
     if run_dir is not None and run_dir.name == rundir.JOB_RUN and rundir.is_job_id(run_dir.parent.name):
         job_id = run_dir.parent.name
-    return {"checkpoint": checkpoint.name, "run_name": cfg.get("name"),
-            "run_dir": run_dir.name if run_dir is not None else None, "job_id": job_id}
+    return ExportSource(checkpoint.name, cfg.get("name"), run_dir.name if run_dir is not None else None, job_id,
+                        sha256, verified)
 
 
 def load_verified(checkpoint: Path) -> tuple[dict[str, Any], str, bool]:
@@ -150,28 +155,17 @@ def export_checkpoint(checkpoint_path: Path, out_dir: Path) -> ExportInfo:
     blob = serialize(weights)
     digest = sha256_bytes(blob)
     image_size = int(cfg["data"]["image_size"])
-    meta = {
-        "format": EXPORT_FORMAT,
-        "model_file": MODEL_FILE,
-        "sha256": digest,
-        "size": len(blob),
-        "arch": arch,
-        "num_classes": num_classes,
-        "class_names": class_names,
-        "build": f"torchvision.models.get_model({arch!r}, weights=None, num_classes={num_classes})",
-        "image_size": image_size,
-        "preprocessing": inference_preprocessing(image_size),
-        "source": {**_source_description(source, cfg), "sha256": source_sha, "verified_against_manifest": verified},
-        "epoch": int(state["epoch"]),
-        "step": int(state["step"]),
-        "metrics": state["metrics"],
-        "best_metric": cfg.get("checkpoint", {}).get("best_metric"),
-        "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    meta = ExportMeta(
+        sha256=digest, size=len(blob), arch=arch, num_classes=num_classes, class_names=class_names,
+        build=f"torchvision.models.get_model({arch!r}, weights=None, num_classes={num_classes})",
+        image_size=image_size, preprocessing=inference_preprocessing(image_size),
+        source=_source_description(source, cfg, source_sha, verified),
+        epoch=int(state["epoch"]), step=int(state["step"]), metrics=dict(state["metrics"]),
+        best_metric=cfg.get("checkpoint", {}).get("best_metric"),
+        torch_version=torch.__version__, torchvision_version=torchvision.__version__,
+        exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model_file=MODEL_FILE)
     out_dir = Path(out_dir)
     # model.pt first: a model.json on disk always describes a complete model.pt.
     atomic_write_bytes(out_dir / MODEL_FILE, blob)
-    atomic_write_json(out_dir / META_FILE, meta)
+    meta.write(out_dir / META_FILE)
     return ExportInfo(out_dir, out_dir / MODEL_FILE, out_dir / META_FILE, digest, source, source_sha, meta)

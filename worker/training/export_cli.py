@@ -49,10 +49,10 @@ def export_cmd(source: Path, out_dir: Path) -> None:
     except CheckpointError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    meta = info.meta
-    top1 = meta["metrics"].get(Metric.VAL_TOP1.value)
-    verified = "verified against its manifest" if meta["source"]["verified_against_manifest"] else "no manifest to verify against"
-    click.echo(f"exported {info.source.name} (epoch {meta['epoch']}, {meta['arch']}, {meta['num_classes']} classes"
+    meta = info.record
+    top1 = meta.metrics.get(Metric.VAL_TOP1.value)
+    verified = "verified against its manifest" if meta.source.verified_against_manifest else "no manifest to verify against"
+    click.echo(f"exported {info.source.name} (epoch {meta.epoch}, {meta.arch}, {meta.num_classes} classes"
                + (f", val top-1 {top1:.2f}%" if isinstance(top1, (int, float)) else "") + f"; source sha256 {verified})", err=True)
     click.echo(f"{info.model_path}  sha256 {info.sha256}")
     click.echo(str(info.meta_path))

@@ -169,6 +169,9 @@ def test_every_record_the_real_trainer_writes_round_trips(dataset_root, runs_roo
     assert progress.best == manifest.best and progress.latest == history.last.metrics()
     best = max(history.epochs, key=lambda e: (e.value(Metric.VAL_TOP1), -e.epoch))
     assert manifest.best.epoch == best.epoch == manifest.entry(rundir.BEST).epoch
+    export = rundir.ExportMeta.read(run.export / rundir.EXPORT_META)
+    assert export.to_json() == _load(run.export / rundir.EXPORT_META)
+    assert export.epoch == manifest.best.epoch and export.source.checkpoint == rundir.BEST
     finals = [s for s in steps if s.final and s.split == "val"]
     assert [(s.epoch, s.samples) for s in finals] == [(e.epoch, e.val.samples) for e in history.epochs]
 
