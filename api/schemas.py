@@ -258,6 +258,10 @@ class DerivedFloat(_Derived, fields.Float):
     pass
 
 
+class DerivedInteger(_Derived, fields.Integer):
+    pass
+
+
 class DerivedString(_Derived, fields.String):
     pass
 
@@ -278,7 +282,7 @@ class JobSchema(ma.Schema):
     attempts = fields.Integer(required=True, metadata={"description": "attempts started (interruptions included)"})
     max_attempts = fields.Integer(required=True, metadata={
         "description": "cap on attempts whose worker or training process died while training (TEACHER_MAX_ATTEMPTS)"})
-    interruptions = fields.Integer(required=True, metadata={
+    interruptions = DerivedInteger(required=True, derive=lambda job: job.interruptions or 0, metadata={
         "description": "attempts that ended without a failure of their own: a graceful stop (worker shutdown, "
                        "preemption) or a worker lost before it trained; capped by TEACHER_MAX_INTERRUPTIONS"})
     run_seconds = DerivedFloat(required=True, derive=lambda job: round(job.run_seconds or 0.0, 3), metadata={
