@@ -39,7 +39,7 @@ from api.smorest import Blueprint
 from common import rundir
 from common.config import PathEscapeError, confine
 from common.rundir import JobPaths
-from common.runfiles import read_json, read_new_events, tail_events
+from common.runfiles import read_new_events, tail_events
 from common.store import Job, JobStatus, transaction
 from common.store.deletion import delete_finished_job
 from common.store.jobs import list_jobs, request_cancel
@@ -73,18 +73,18 @@ JOB_LINKS = {
 
 
 # ---------------------------------------------------------------------------------- helpers
-CHECKPOINT_KEYS = ("name", "epoch", "step", "size", "sha256", "metrics")
-
-
 def _files(job: Job) -> JobPaths:
     return JobPaths.of(services().settings.jobs_root, job.id)
 
 
-def _manifest_entries(paths: JobPaths) -> list[dict[str, Any]]:
-    """The manifest's entries that have a name, as written (read leniently: a listing shows what
-    there is; rundir.Manifest.read would refuse a manifest with one incomplete entry)."""
-    manifest = read_json(paths.manifest) or {}
-    return [entry for entry in manifest.get("checkpoints", []) if isinstance(entry, dict) and entry.get("name")]
+CHECKPOINT_KEYS = ("name", "epoch", "step", "size", "sha256", "metrics")
+
+
+def _checkpoint_entries(paths: JobPaths) -> list[dict[str, Any]]:
+    """The manifest's entries that have a name, as written: the listing shows what there is
+    (rundir.Manifest.read, for code that acts on it, refuses a manifest with an incomplete entry)."""
+    manifest = rundir.read_object(paths.manifest) or {}
+    return [entry for entry in manifest.get("checkpoints") or [] if isinstance(entry, dict) and entry.get("name")]
 
 
 def _encode_cursor(pk: int) -> str:
@@ -255,8 +255,8 @@ def _follow(job_id: str, paths: JobPaths, events: list[tuple[int, str]], offset:
 @blp.alt_response(404, description="no such job")
 def metrics(job_id: str) -> Any:
     job = load_job(job_id)
-    history = read_json(_files(job).history)  # as written: HistorySchema documents its keys
-    return history if isinstance(history, dict) else {"epochs": []}
+    history = rundir.read_object(_files(job).history)  # as written: HistorySchema documents its keys
+    return history if history is not None else {"epochs": []}
 
 
 @blp.route("/<string:job_id>/checkpoints", methods=["GET"], endpoint="checkpoints")
@@ -269,7 +269,7 @@ def checkpoints(job_id: str) -> Any:
     job = load_job(job_id)
     return {"checkpoints": [{**{k: entry.get(k) for k in CHECKPOINT_KEYS},
                              "url": url_for("jobs.checkpoint", job_id=job.id, name=entry["name"])}
-                            for entry in _manifest_entries(_files(job))]}
+                            for entry in _checkpoint_entries(_files(job))]}
 
 
 @blp.route("/<string:job_id>/checkpoints/<path:name>", methods=["GET"], endpoint="checkpoint")
@@ -296,7 +296,7 @@ def checkpoint(job_id: str, name: str) -> Any:
     if not path.is_file():
         raise ApiError(404, f"no checkpoint {filename} in job {job.id}")
     etag: str | bool = True  # the manifest's digest when it describes these bytes, else werkzeug's
-    for entry in _manifest_entries(paths):
+    for entry in _checkpoint_entries(paths):
         if entry["name"] == filename and entry.get("sha256") and entry.get("size") == path.stat().st_size:
             etag = str(entry["sha256"])
     return send_file(path, mimetype="application/octet-stream", as_attachment=True,
@@ -361,8 +361,8 @@ def export_weights(job_id: str) -> Any:
     weights = export_dir / rundir.EXPORT_MODEL
     etag: str | bool = True
     try:
-        meta = read_json(export_dir / rundir.EXPORT_META)
-    except ValueError:
+        meta = rundir.read_object(export_dir / rundir.EXPORT_META)  # as written: only its sha256 matters here
+    except rundir.RunFileCorrupt:
         meta = None
     sha = meta.get("sha256") if isinstance(meta, dict) else None
     if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha):
