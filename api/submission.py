@@ -10,7 +10,8 @@
    retries, finding the winner's job.
 3. After the commit, a new queued job is published to the broker.
 
-Flask-free: it raises specific errors, which api/errors.py answers (4xx naming the field).
+No request state: it takes the services and the caller, so it runs (and is tested) outside a
+request. It raises specific errors, which api/errors.py answers (4xx naming the field).
 """
 from __future__ import annotations
 
