@@ -16,16 +16,17 @@ from common.config import ConfigError, parse_yaml
 
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
 MAX_YAML_DEPTH = 32
+BODY = "_schema"  # where errors about the body as a whole go, as marshmallow puts them
 _FAST_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def parse_body() -> Any:
-    """The request's JSON or YAML document; 415 for another content type, 400 (ConfigError
-    for YAML, naming ``_schema``) when it does not parse."""
+    """The request's JSON or YAML document; 415 for another content type, 400 naming
+    ``_schema`` (the body as a whole) when it does not parse."""
     try:
         return _parse(request.mimetype)
     except RecursionError:  # absurdly deep nesting; the parsers recurse
-        raise ApiError(400, "the body is nested too deeply") from None
+        raise ApiError(400, "the body is nested too deeply", {BODY: ["nested too deeply"]}) from None
 
 
 def _parse(mimetype: str) -> Any:
@@ -33,13 +34,13 @@ def _parse(mimetype: str) -> Any:
         try:
             text = request.get_data(as_text=False).decode("utf-8")
         except UnicodeDecodeError:
-            raise ApiError(400, "the YAML body is not UTF-8") from None
+            raise ApiError(400, "the YAML body is not UTF-8", {BODY: ["not UTF-8"]}) from None
         precheck_yaml(text)
         return parse_yaml(text, source="request body")
     if mimetype == "application/json":
         data = request.get_json(silent=True)
         if data is None:
-            raise ApiError(400, "the body is not valid JSON")
+            raise ApiError(400, "the body is not valid JSON", {BODY: ["not valid JSON"]})
         return data
     raise ApiError(415, "send the job as application/json or application/yaml")
 
