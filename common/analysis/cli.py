@@ -11,11 +11,11 @@ from pathlib import Path
 import click
 
 from common.analysis.series import AnalysisInputError
-from common.analysis.service import write_analysis  # also imported from here by older callers
+from common.analysis.service import write_analysis
 
 from common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK  # noqa: F401
 
-__all__ = ["analyze", "default_out_dir", "write_analysis"]
+__all__ = ["analyze", "default_out_dir"]
 
 
 def default_out_dir(paths: tuple[Path, ...]) -> Path:

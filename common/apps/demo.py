@@ -64,7 +64,7 @@ def _say(message: str) -> None:
               default=CONFIGS_DIR / "demo.yaml", show_default=True)
 def demo(port: int, config_path: Path) -> None:
     """Run the demo job end to end on the local stack and print where its outputs are."""
-    from common.analysis.cli import write_analysis
+    from common.analysis.service import write_analysis
     from common.apps.serve import LOG_DIR_NAME, _free_port, _stop
     from common.apps.service_cli import ApiClient, _wait
     from common.settings import Settings
