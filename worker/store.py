@@ -1,4 +1,4 @@
-"""Per-process job-store handle for the worker (created lazily, after Celery forks its pool)."""
+"""Per-process job-store handle for the worker (created lazily, on first use)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.store import make_engine, make_sessionmaker, upgrade
 
 _lock = threading.Lock()
-# Keyed by pid too: a forked pool process must never reuse its parent's pooled connections.
+# Keyed by pid too: a forked process (a test's, a library's) must never reuse its parent's
+# pooled connections.
 _factories: dict[tuple[int, str], sessionmaker[Session]] = {}
 
 

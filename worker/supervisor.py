@@ -274,7 +274,7 @@ class Supervisor:
         """Write the job's config and choose fresh start or resume; returns `teacher` args."""
         paths.root.mkdir(parents=True, exist_ok=True)
         _write_atomic(paths.config, yaml.safe_dump(claim.config, sort_keys=False).encode())
-        if (paths.run / "config.yaml").is_file():
+        if paths.files.config.is_file():
             return ["train", "--resume", str(paths.run)]
         if paths.run.exists():  # started but died before writing anything resumable
             _remove_tree(paths.run)
@@ -495,15 +495,18 @@ def _failure_reason(paths: JobPaths, progress: Progress | None, rc: int) -> str:
 def _summary(paths: JobPaths) -> dict[str, Any]:
     """The job's ``result``: the last epoch's record and the best checkpoint's entry."""
     out: dict[str, Any] = {}
-    history = History.read(paths.history)
-    if history is not None and history.last is not None:
-        out["epochs"] = len(history.epochs)
-        final = history.last.to_json()
-        out["final"] = {k: final[k] for k in ("epoch", "step", "train", "val")}
-    manifest = Manifest.read(paths.manifest)
-    best = manifest.entry(BEST) if manifest is not None else None
-    if best is not None:
-        out["best"] = {k: v for k, v in best.to_json().items() if k in ("epoch", "step", "metrics", "sha256")}
+    try:
+        history = History.read(paths.history)
+        if history is not None and history.last is not None:
+            out["epochs"] = len(history.epochs)
+            final = history.last.to_json()
+            out["final"] = {k: final[k] for k in ("epoch", "step", "train", "val")}
+        manifest = Manifest.read(paths.manifest)
+        best = manifest.entry(BEST) if manifest is not None else None
+        if best is not None:
+            out["best"] = {k: v for k, v in best.to_json().items() if k in ("epoch", "step", "metrics", "sha256")}
+    except RunFileCorrupt as exc:  # the outcome stands; the summary is what could be read
+        log.warning("%s: %s", paths.run, exc)
     return out
 
 

@@ -8,16 +8,15 @@ the row lock it needs: ``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite every 
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from common import rundir
+from common.rundir import JobPaths  # noqa: F401 (re-exported: the job directory's layout is common.rundir's)
 from common.store.lifecycle import (JobConflict, attempt_started_training, lost_attempts, mark_enqueued,
                                     request_cancel, submit_status)
 from common.store.models import FINISHED, IdempotencyKey, Job, User, utcnow
@@ -124,14 +123,8 @@ __all__ = [
 ]
 
 
-# ------------------------------------------------------------------------- on-disk job layout
-
-
-from common.rundir import JobPaths  # noqa: F401
-
-
 def init_from_path(job_id: str, checkpoint: str) -> str:
     """The config `init_from` value (relative to TEACHER_RUNS_ROOT = the jobs root)."""
     name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
-    return f"{job_id}/run/checkpoints/{name}"
+    return f"{job_id}/{rundir.JOB_RUN}/{rundir.CHECKPOINTS}/{name}"
 

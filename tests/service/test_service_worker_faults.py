@@ -1,11 +1,10 @@
 """The worker process itself under faults, with real processes: SIGTERM during a job (the Celery
-worker started exactly as deployed, and with Celery's default prefork pool), and a job that kills
-its worker every time it is claimed (test-only fault `worker_exit`)."""
+worker started exactly as deployed: `--pool solo`, the only pool it runs, see worker/pool.py),
+and a job that kills its worker every time it is claimed (test-only fault `worker_exit`)."""
 from __future__ import annotations
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import time
@@ -23,9 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 
-def start_deployed_worker(stack: Stack, pool: str | None = None, *, may_exit: bool = False) -> subprocess.Popen[Any]:
-    """A worker started with the deployed command line (`--pool solo` unless `pool` says otherwise)."""
-    return stack.start_worker(deployed_worker_argv(pool), may_exit=may_exit)
+def start_deployed_worker(stack: Stack, *, may_exit: bool = False) -> subprocess.Popen[Any]:
+    """A worker started with the deployed command line (`--pool solo`)."""
+    return stack.start_worker(deployed_worker_argv(), may_exit=may_exit)
 
 
 
@@ -72,8 +71,7 @@ def mid_epoch(stack: Stack, job_id: str, epoch: int, attempts: int) -> bool:
             and p.get("phase") == "train" and 0 < (p.get("batch") or 0) < (p.get("batches") or 0))
 
 
-@pytest.mark.parametrize("pool", ["solo", "prefork"])
-def test_sigterm_to_worker_hands_the_job_back_promptly(stack_factory, service_config, pool):
+def test_sigterm_to_worker_hands_the_job_back_promptly(stack_factory, service_config):
     """SIGTERM to the worker's main process (`docker compose stop`) in the middle of epoch 2: the
     job is checkpointed, recorded `interrupted` and re-sent, and the worker exits within a minute
     instead of waiting for the whole training (warm shutdown) or the visibility timeout (hours).
@@ -81,8 +79,7 @@ def test_sigterm_to_worker_hands_the_job_back_promptly(stack_factory, service_co
     stack = stack_factory()
     stack.start_api()
     stack.headers = stack.token("alice")
-    # solo: docker-compose.yml's command verbatim; prefork: the same with Celery's default pool
-    first = start_deployed_worker(stack, None if pool == "solo" else pool)
+    first = start_deployed_worker(stack)  # docker-compose.yml's command verbatim
     cfg = copy.deepcopy(service_config)
     cfg["optim"]["epochs"] = 3
     cfg["optim"]["batch_size"] = 4  # 16 steps an epoch: a mid-epoch window wide enough to catch
@@ -95,7 +92,7 @@ def test_sigterm_to_worker_hands_the_job_back_promptly(stack_factory, service_co
     try:
         rc = first.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the {pool} worker did not exit within 60 s of SIGTERM\n{stack.logs()}")
+        pytest.fail(f"the worker did not exit within 60 s of SIGTERM\n{stack.logs()}")
     stopped_in = time.monotonic() - t0
     stack.workers.remove(first)  # exited on its own; nothing left to clean up
     assert rc == 0, (rc, stack.logs())  # a warm shutdown, not a crash
@@ -113,11 +110,9 @@ def test_sigterm_to_worker_hands_the_job_back_promptly(stack_factory, service_co
                    for key, bodies in broker.items()), broker
     worker_log = (stack.base / "worker0.log").read_text()
     assert "warm shutdown" in worker_log.lower(), worker_log[-3000:]
-    if pool == "prefork":  # the main process passed the shutdown on to its pool process
-        assert "asked 1 pool process(es) to hand their jobs back" in worker_log, worker_log[-3000:]
 
     # A second worker (as deployed) picks the re-sent message up: no reconciler, no visibility timeout.
-    start_deployed_worker(stack, None if pool == "solo" else pool)
+    start_deployed_worker(stack)
     job_json = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=240)
     assert job_json["status"] == "succeeded", (job_json, stack.logs())
     assert job_json["attempts"] == 2
@@ -130,81 +125,7 @@ def test_sigterm_to_worker_hands_the_job_back_promptly(stack_factory, service_co
     assert sorted(finals) == sorted({(e, s) for e in range(1, 4) for s in ("train", "val")}), finals
     log = JobPaths.of(stack.settings.jobs_root, job_id).log.read_text()
     assert log.count("=== attempt") == 2
-    print(f"{pool}: worker exited {stopped_in:.1f}s after SIGTERM")
-
-
-def test_killed_pool_process_resumes_at_once_on_the_same_worker(stack_factory, service_config):
-    """SIGKILL the prefork pool process (not the worker) in the middle of epoch 2, as the OOM
-    killer might: the orphaned training is stopped, the job is released as `interrupted` before
-    Celery requeues its message (WorkerLostError, task_reject_on_worker_lost), and the same worker
-    resumes it at once: no reconciler pass, no stale-heartbeat wait, no epoch trained twice."""
-    stack = stack_factory()
-    stack.start_api()
-    stack.headers = stack.token("alice")
-    worker = stack.start_worker()  # prefork
-    cfg = copy.deepcopy(service_config)
-    cfg["optim"]["epochs"] = 2
-    cfg["optim"]["batch_size"] = 4
-    job_id = stack.post("/api/v1/jobs", json=cfg).json()["id"]
-
-    wait_until(lambda: mid_epoch(stack, job_id, 2, 1), 180, "epoch 2 of attempt 1", interval=0.1)
-    job = db_job(stack, job_id)
-    pool_pid, child_pid = int(job.worker.rpartition(":")[2]), job.child_pid
-    assert pool_pid != worker.pid
-    os.kill(pool_pid, signal.SIGKILL)
-    # resumed well within the stale window (the reconciler would need stale_after_s = 6 s)
-    wait_until(lambda: db_job(stack, job_id).attempts == 2, 30, "attempt 2 on the same worker", interval=0.1)
-    assert not running(child_pid)  # the first attempt's training is gone
-    job_json = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=180)
-    assert job_json["status"] == "succeeded" and job_json["attempts"] == 2, (job_json, stack.logs())
-    assert worker.poll() is None
-    run = JobPaths.of(stack.settings.jobs_root, job_id).run
-    finals = [(r["epoch"], r["split"]) for r in map(json.loads, (run / "steps.jsonl").read_text().splitlines())
-              if r["final"]]
-    assert sorted(finals) == sorted({(e, s) for e in (1, 2) for s in ("train", "val")}), finals
-    assert "its pool process" in (stack.base / "worker0.log").read_text()
-
-
-def assert_broker_stays_empty(stack: Stack, job_id: str, attempts: int, seconds: float) -> None:
-    """Reconciler passes for `seconds` (longer than the stale and lost-message windows): nothing
-    is re-sent, the queues and kombu's unacked bookkeeping stay empty, the job stays failed."""
-    deadline = time.monotonic() + seconds
-    passes = 0
-    while time.monotonic() < deadline or passes < 3:
-        report = stack.reconcile()
-        passes += 1
-        assert not any(report.values()), report
-        assert broker_keys(stack) == {}, broker_keys(stack)
-        job = db_job(stack, job_id)
-        assert job.status == "failed" and job.attempts == attempts, (job.status, job.attempts)
-        time.sleep(0.5)
-
-
-def test_job_that_kills_its_pool_process_fails_with_worker_lost(stack_factory, service_config):
-    """TEACHER_FAULT=worker_exit: the prefork pool process running the job dies right after each
-    claim. Celery's WorkerLostError requeues the message (task_reject_on_worker_lost); the attempts
-    are capped and the job ends failed with "worker lost", with no reconciler pass needed, and the
-    worker (main process) lives on. Nothing is left in Redis to redeliver it ever again. (The
-    attempts never trained, so they count as interruptions: TEACHER_MAX_INTERRUPTIONS caps them.)"""
-    stack = stack_factory(TEACHER_FAULT="worker_exit", TEACHER_MAX_ATTEMPTS="3", TEACHER_MAX_INTERRUPTIONS="3")
-    stack.start_api()
-    stack.headers = stack.token("alice")
-    worker = stack.start_worker()  # Celery's default pool: prefork
-    job_id = stack.post("/api/v1/jobs", json=service_config).json()["id"]
-
-    job = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=90)
-    assert job["status"] == "failed" and "worker lost" in job["failure_reason"], (job, stack.logs())
-    assert job["attempts"] == stack.settings.max_interruptions == 3
-    assert job["failure_reason"].startswith("interrupted too often"), job
-    assert db_job(stack, job_id).interruptions == job["interruptions"] == 3
-    assert job["progress"] is None  # no training ever started
-    assert worker.poll() is None, stack.logs()
-    log = (stack.base / "worker0.log").read_text()
-    assert log.count("WorkerLostError") >= 3, log[-5000:]
-    # The last delivery was claimed-and-dropped (job failed) and acknowledged: Redis is empty.
-    wait_until(lambda: broker_keys(stack) == {}, 30, "the broker to be empty")
-    assert_broker_stays_empty(stack, job_id, 3, stack.settings.stale_after_s + stack.settings.lost_message_grace_s)
-    assert worker.poll() is None, stack.logs()
+    print(f"worker exited {stopped_in:.1f}s after SIGTERM")
 
 
 def test_job_that_kills_its_solo_worker_fails_with_worker_lost(stack_factory, service_config):
