@@ -49,6 +49,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 
 class JobStatus(str, enum.Enum):
+    """Where a job is. Which status follows which is common.store.lifecycle's (TRANSITIONS), the
+    only code that changes it; how an attempt ended is a lifecycle.Outcome."""
+
     queued = "queued"          # committed, a message is (or will be) on the broker
     waiting = "waiting"        # waits for its `after` job to succeed; no message yet
     running = "running"        # claimed by a worker that heartbeats
@@ -180,10 +183,3 @@ class WorkerBeat(Base):
     @classmethod
     def is_alive(cls, age_s: float, beat_s: float) -> bool:
         return age_s < cls.ALIVE_BEATS * beat_s
-
-
-class SchemaVersion(Base):
-    __tablename__ = "schema_version"
-
-    version: Mapped[int] = mapped_column(Integer, primary_key=True)
-    applied_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
