@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from common import rundir
 from common.rundir import JobPaths  # noqa: F401 (re-exported: the job directory's layout is common.rundir's)
@@ -100,7 +100,9 @@ def create_job(
 def list_jobs(
     session: Session, user: User, *, statuses: Sequence[str] = (), before_pk: int | None = None, limit: int = 50
 ) -> list[Job]:
-    stmt = select(Job).where(Job.deleted_at.is_(None)).order_by(Job.pk.desc()).limit(limit)
+    # The user is loaded with the rows: the API dumps them (owner included) after the session ends.
+    stmt = (select(Job).options(selectinload(Job.user)).where(Job.deleted_at.is_(None))
+            .order_by(Job.pk.desc()).limit(limit))
     if not user.is_admin:
         stmt = stmt.where(Job.user_id == user.id)
     if statuses:
