@@ -5,6 +5,11 @@ its ``--config`` file with it, and the API validates the HTTP body with the same
 generates its OpenAPI document from it). Unknown keys are errors that name the key, numbers
 have ranges, and every path is relative to a root it may not escape.
 
+Two forms of a validated config: the mapping (``load_config_dict``; what config.yaml, a
+checkpoint and the API store) and the typed :class:`TrainConfig` the trainer reads
+(``load_train_config``: frozen dataclasses built by :class:`TypedTrainConfigSchema`'s
+``post_load``). ``TrainConfig.to_dict()`` gives the mapping back, key order included.
+
 This module must not import torch: the API process loads it.
 """
 from __future__ import annotations

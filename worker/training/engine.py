@@ -39,7 +39,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from common import faults
 from common.config import BEST_METRICS, ConfigError, OptimConfig, RuntimeConfig, TrainConfig, confine, load_train_config
-from common.rundir import History, Integrity, RunStatus
+from common import rundir
+from common.rundir import History, Integrity, RunPaths, RunStatus
 from common.settings import data_root as default_data_root, runs_root as default_runs_root
 
 from . import data as data_mod
@@ -78,7 +79,7 @@ class RunDirBusy(StopRequested):
     the supervisor retries the attempt as an interruption."""
 
 
-RUN_LOCK = ".lock"
+RUN_LOCK = rundir.LOCK
 RUN_LOCK_WAIT_S = 600.0  # an orphan stops after its current step (or validation + save)
 
 
@@ -89,7 +90,7 @@ def run_dir_lock(run_dir: Path, wait_s: float = RUN_LOCK_WAIT_S) -> Iterator[Non
     kernel releases it when the process dies, however it dies."""
     import fcntl
 
-    fd = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(RunPaths(run_dir).lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + wait_s
         said = False
@@ -264,6 +265,10 @@ class TrainState:
     epoch: int = 0  # completed epochs
     step: int = 0  # optimizer steps taken
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_loader) / self.cfg.optim.grad_accum_steps)
+
 
 @dataclass(frozen=True)
 class EpochTrain:
@@ -288,6 +293,7 @@ def _move(images: torch.Tensor, targets: torch.Tensor, run: Runtime) -> tuple[to
 
 
 def train_one_epoch(st: TrainState, epoch: int, recorder: Recorder, stop: StopFlag) -> EpochTrain:
+    """One pass over the training data; a requested stop ends it after the current batch."""
     optim, log_interval = st.cfg.optim, st.cfg.runtime.log_interval
     plan = AccumulationPlan.for_sampler(st.train_loader.sampler, optim.batch_size, optim.grad_accum_steps)
     st.model.train()
@@ -310,7 +316,7 @@ def train_one_epoch(st: TrainState, epoch: int, recorder: Recorder, stop: StopFl
                 if not math.isfinite(interval.loss):
                     raise NonFiniteLossError(f"training loss became {interval.loss} at epoch {epoch}, step {st.step}")
                 recorder.on_interval(epoch=epoch, batch=i + 1, step=st.step, interval=interval, lr=lr)
-                faults.current().after_step(st.step)
+                faults.current().after_step(st.step)  # test-only crash points
         if stop.requested:
             faults.current().hold_stop(lambda: stop.count)
             raise StopRequested()
@@ -491,16 +497,15 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, *, resume: bool, debug: bool,
         teardown_logging()
 
 
-def write_export(files: RunFiles, ckpts: CheckpointManager) -> None:
+def write_export(paths: RunPaths, ckpts: CheckpointManager) -> None:
     """A succeeded run's shippable model (``export/model.pt`` + ``model.json``, from best.pt),
     written before the run reports done, so every succeeded job has one."""
-    best = ckpts.dir / "best.pt"
-    if not best.is_file():
+    if not paths.best.is_file():
         log.warning("no best.pt (no epoch had a finite %s): nothing exported", ckpts.best_metric)
         return
     from .export import export_checkpoint
 
-    info = export_checkpoint(best, files.dir / "export")
+    info = export_checkpoint(paths.best, paths.export)
     log.info("exported best.pt (epoch %d) to %s", info.meta["epoch"], info.out_dir)
 
 
@@ -558,9 +563,10 @@ def restore(st: TrainState, ckpts: CheckpointManager, files: RunFiles) -> Histor
 
 def _train(cfg: TrainConfig, files: RunFiles, *, resume: bool, data_root: Path, runs_root: Path,
            stop: StopFlag) -> RunResult:
+    paths = RunPaths(files.dir)
     # Before anything else: a save that a crash cut short (after the manifest, before the
     # links and pruning) is finished, so what follows sees a consistent checkpoint directory.
-    ckpts = CheckpointManager(files.dir / "checkpoints", keep_last=cfg.checkpoint.keep_last,
+    ckpts = CheckpointManager(paths.checkpoints, keep_last=cfg.checkpoint.keep_last,
                               every_epochs=cfg.checkpoint.every_epochs, best_metric=cfg.checkpoint.best_metric,
                               best_mode=BEST_METRICS[cfg.checkpoint.best_metric])
     ckpts.complete_interrupted_save()
@@ -571,16 +577,16 @@ def _train(cfg: TrainConfig, files: RunFiles, *, resume: bool, data_root: Path, 
     files.write_config(cfg.to_dict())
     files.write_history(history.to_json())
     # purge_step: TensorBoard readers discard events from the interrupted epoch.
-    tb = SummaryWriter(str(files.dir / "tb"), purge_step=st.step + 1 if resume else None)
+    tb = SummaryWriter(str(paths.tensorboard), purge_step=st.step + 1 if resume else None)
     recorder = Recorder(files, tb, history=history, epochs=cfg.optim.epochs,
-                        steps_per_epoch=math.ceil(len(st.train_loader) / cfg.optim.grad_accum_steps),
+                        steps_per_epoch=st.steps_per_epoch,
                         batches=len(st.train_loader), val_batches=len(st.val_loader),
                         integrity=integrity if st.epoch else None)
     try:
         fit(st, recorder, ckpts, files.dir, stop)
     finally:
         tb.close()
-    write_export(files, ckpts)
+    write_export(paths, ckpts)
     recorder.on_end(epoch=st.epoch, step=st.step, best=ckpts.best)
     log.info("done: %d epoch(s); best %s", st.epoch, ckpts.best)
     return RunResult("succeeded", st.epoch, history, files.dir)
