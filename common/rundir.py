@@ -841,10 +841,10 @@ class Progress:
     throughput: float | None = None
     eta_s: float | None = None
     latest: dict[str, float | None] | None = None
+    best: Best | None = None  # the final write's; before integrity, where the file always had it
     integrity: Integrity | None = None
     updated_at: float | None = None
     error: str | None = None
-    best: Best | None = None
     nonfinite: dict[str, str] | None = None
     extra: JsonObject = field(default_factory=dict)
     # The keys the file had (from_json), so a record read and written back has the same keys.

@@ -195,3 +195,14 @@ def test_read_object_gives_a_file_as_written(tmp_path):
     path.write_text("[]")
     with pytest.raises(RunFileCorrupt, match="JSON object"):
         rundir.read_object(path)
+
+
+def test_progress_keys_are_written_in_the_order_the_trainer_always_wrote_them(tmp_path):
+    path = tmp_path / "progress.json"
+    done = Progress(RunStatus.SUCCEEDED, phase=rundir.Phase.DONE, latest={}, best=Best("val.top1", 50.0, 2))
+    rundir.write_progress(path, done, now=1.0)
+    keys = list(_load(path))
+    assert keys[keys.index("latest"):] == ["latest", "best", "integrity", "updated_at"]
+    failed = Progress.from_json({**_load(path), "status": "failed", "error": "x"})
+    rundir.write_progress(path, failed, now=2.0)
+    assert list(_load(path))[-2:] == ["updated_at", "error"]
