@@ -132,12 +132,19 @@ def _interrupted_reason(rc: int, stopped_for: Outcome | None) -> str:
 
 @dataclass(frozen=True)
 class Ending:
-    """How the supervisor ends a job (the arguments of lifecycle.finish)."""
+    """How the supervisor ends an attempt: it finishes the job, or interrupts it (re-sent)."""
 
     outcome: Outcome
     reason: str | None = None
     exit_code: int | None = None
     result: dict[str, Any] | None = None
+    graceful: bool = False  # interrupted: a requested stop, not the job's fault
+
+    def apply(self, session: Any, job: Job) -> list[lifecycle.Send]:
+        """The lifecycle event, on the locked row; returns what to send after the commit."""
+        if self.outcome == Outcome.interrupted:
+            return lifecycle.interrupt(job, self.reason or "interrupted", graceful=self.graceful)
+        return lifecycle.finish(session, job, self.outcome, self.reason, exit_code=self.exit_code, result=self.result)
 
 
 def _publisher(settings: Settings) -> Publish:
@@ -178,7 +185,6 @@ class Supervisor:
         waiting or live job, so duplicate deliveries are harmless; also None when the job ends
         at the claim instead (its run on disk already finished, a cap reached: no new attempt)."""
         finished = self._run_finished_on_disk(job_id)  # outside the lock: it hashes checkpoints
-        sends: list[lifecycle.Send] = []
         with transaction(self.sessions) as s:
             job = lock_job(s, job_id)
             if job is None:
@@ -191,8 +197,7 @@ class Supervisor:
             ending = self._ending_at_claim(job, finished)
             if ending is None:
                 return lifecycle.claim(job, worker_id())
-            sends = lifecycle.finish(s, job, ending.outcome, ending.reason, exit_code=ending.exit_code,
-                                     result=ending.result)
+            sends = ending.apply(s, job)
         self._send(sends)
         return None
 
@@ -354,22 +359,25 @@ class Supervisor:
                         run_seconds: float, attempt_started: float) -> Outcome:
         progress = _read_progress(paths.progress)
 
-        def update(job: Job) -> Ending | str:
-            """Record the attempt's numbers; returns how the job ends, or an interruption's reason."""
+        def ending(job: Job) -> Ending:
+            """Record the attempt's numbers on the locked row; returns how the attempt ends."""
             if progress is not None:
                 job.progress = progress.to_json()
             job.exit_code, job.run_seconds = rc, run_seconds
             outcome = classify_exit(rc, stopped_for, job.cancel_requested)
-            if outcome == Outcome.interrupted:
-                return _interrupted_reason(rc, stopped_for)
-            return self._ending_of(outcome, rc, paths, progress, run_seconds, attempt_started)
+            return self._ending_of(outcome, rc, stopped_for, paths, progress, run_seconds, attempt_started)
 
-        outcome = self._end(claim, update, graceful=rc == EXIT_STOPPED or stopped_for == Outcome.interrupted)
+        outcome = self._end(claim, ending)
         log.info("job %s: attempt %d ended with exit %d -> %s", claim.job_id, claim.attempt, rc, outcome.value)
         return outcome
 
-    def _ending_of(self, outcome: Outcome, rc: int, paths: JobPaths, progress: Progress | None,
-                   run_seconds: float, attempt_started: float) -> Ending:
+    def _ending_of(self, outcome: Outcome, rc: int, stopped_for: Outcome | None, paths: JobPaths,
+                   progress: Progress | None, run_seconds: float, attempt_started: float) -> Ending:
+        if outcome == Outcome.interrupted:
+            # A graceful stop (exit 3, a worker shutdown) is not the job's fault; a training
+            # process killed by a signal we did not send (the OOM killer) counts against max_attempts.
+            graceful = rc == EXIT_STOPPED or stopped_for == Outcome.interrupted
+            return Ending(outcome, _interrupted_reason(rc, stopped_for), rc, graceful=graceful)
         if outcome == Outcome.succeeded:
             return Ending(outcome, exit_code=rc, result=_summary(paths))
         if outcome == Outcome.time_limit:
@@ -385,24 +393,20 @@ class Supervisor:
             return Ending(outcome, _failure_reason(paths, progress, rc), rc)
         return Ending(outcome, exit_code=rc)  # cancelled
 
-    def _end(self, claim: Claim, ending: Ending | Callable[[Job], Ending | str], *, graceful: bool = False) -> Outcome:
+    def _end(self, claim: Claim, ending: Ending | Callable[[Job], Ending]) -> Outcome:
         """End the claimed attempt (the one place that does): finish the job, releasing its
-        dependents, or interrupt it (``ending`` returned a reason) to be re-sent; then, after
-        the commit, send what became queued. ``ending`` may be a function of the locked row.
-        A job another worker claimed meanwhile is left alone (superseded)."""
+        dependents, or interrupt it to be re-sent; then, after the commit, send what became
+        queued. ``ending`` may be a function of the locked row. A job another worker claimed
+        meanwhile is left alone (superseded)."""
         with transaction(self.sessions) as s:
             job = lifecycle.locked_attempt(s, claim.job_id, claim.token)
             if job is None or job.job_status.finished:
                 log.warning("job %s: claimed by another worker meanwhile; leaving it alone", claim.job_id)
                 return Outcome.superseded
             end = ending(job) if callable(ending) else ending
-            if isinstance(end, str):
-                sends, outcome = lifecycle.interrupt(job, end, graceful=graceful), Outcome.interrupted
-            else:
-                sends = lifecycle.finish(s, job, end.outcome, end.reason, exit_code=end.exit_code, result=end.result)
-                outcome = end.outcome
+            sends = end.apply(s, job)
         self._send(sends)
-        return outcome
+        return end.outcome
 
     def _send(self, sends: list[lifecycle.Send]) -> None:
         lifecycle.send(self.sessions, self.enqueue_fn, sends)
