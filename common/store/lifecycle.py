@@ -38,8 +38,8 @@ class JobConflict(Exception):
 class IllegalTransition(JobConflict):
     """An event that the job's status does not allow (see TRANSITIONS)."""
 
-    def __init__(self, job_id: str, status: JobStatus, event: "Event"):
-        super().__init__(f"job {job_id} is {status.value}: {event.value} is not allowed")
+    def __init__(self, job_id: str, status: JobStatus, event: "Event", message: str | None = None):
+        super().__init__(message or f"job {job_id} is {status.value}: {event.value} is not allowed")
         self.job_id, self.status, self.event = job_id, status, event
 
 
@@ -229,7 +229,7 @@ def request_cancel(session: Session, job: Job) -> None:
     the flag at its next heartbeat and stops the child, which keeps its last checkpoint). A
     cancelled job's dependents fail, so nothing is to be sent."""
     if job.job_status.finished:
-        raise IllegalTransition(job.id, job.job_status, Event.cancel)
+        raise IllegalTransition(job.id, job.job_status, Event.cancel, f"job already {job.status}")  # the API's 409
     job.cancel_requested = True
     if job.job_status != JobStatus.running:
         finish(session, job, Outcome.cancelled)

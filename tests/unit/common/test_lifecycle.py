@@ -231,7 +231,7 @@ def test_a_cancel_of_a_finished_job_is_a_conflict_the_api_answers_409(tmp_path):
         lc.finish(s, job, Outcome.succeeded)
         with pytest.raises(IllegalTransition) as info:
             lc.request_cancel(s, job)
-    assert isinstance(info.value, JobConflict) and "succeeded" in str(info.value)
+    assert isinstance(info.value, JobConflict) and str(info.value) == "job already succeeded"
 
 
 def test_send_publishes_after_the_commit_and_returns_what_failed(tmp_path):
