@@ -27,8 +27,9 @@ import torchvision
 from torchvision.transforms import v2 as T
 
 from common import rundir
+from common.config import ConfigError, TrainConfig, load_train_config
 from common.atomic import atomic_write_bytes
-from common.rundir import EXPORT_FORMAT, ExportMeta, ExportSource, JsonObject, RunConfig  # noqa: F401 (re-exported)
+from common.rundir import EXPORT_FORMAT, ExportMeta, ExportSource, JsonObject  # noqa: F401 (EXPORT_FORMAT re-exported)
 
 from . import data as data_mod
 from .checkpoints import load_checkpoint_file, manifest_sha256, serialize, sha256_bytes, sha256_file
@@ -119,14 +120,14 @@ def inference_preprocessing(image_size: int) -> JsonObject:
     }
 
 
-def _source_description(checkpoint: Path, cfg: RunConfig, sha256: str, verified: bool) -> ExportSource:
+def _source_description(checkpoint: Path, cfg: TrainConfig, sha256: str, verified: bool) -> ExportSource:
     """Where the checkpoint came from, by name only: an export is shipped elsewhere, and an
     absolute path of the training host means nothing there (and should not leak)."""
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == rundir.CHECKPOINTS else None
     job_id = None
     if run_dir is not None and run_dir.name == rundir.JOB_RUN and rundir.is_job_id(run_dir.parent.name):
         job_id = run_dir.parent.name
-    return ExportSource(checkpoint.name, cfg.get("name"), run_dir.name if run_dir is not None else None, job_id,
+    return ExportSource(checkpoint.name, cfg.name, run_dir.name if run_dir is not None else None, job_id,
                         sha256, verified)
 
 
@@ -142,26 +143,34 @@ def load_verified(checkpoint: Path) -> tuple[dict[str, Any], str, bool]:
     return state, expected or sha256_file(checkpoint), expected is not None
 
 
+def _config(checkpoint: Path, raw: Any) -> TrainConfig:
+    """The checkpoint's config, typed (it was validated when the run started)."""
+    try:
+        return load_train_config(raw)
+    except ConfigError as exc:
+        raise ExportError(f"{checkpoint.name}: not a complete teacher checkpoint (its config: {exc})") from None
+
+
 def export_checkpoint(checkpoint_path: Path, out_dir: Path) -> ExportInfo:
     """Write ``model.pt`` and ``model.json`` for the checkpoint (or run directory) named."""
     source = resolve_source(Path(checkpoint_path))
     state, source_sha, verified = load_verified(source)
-    cfg, class_names = state["config"], list(state["class_names"])
-    arch, num_classes = cfg["model"]["arch"], len(class_names)
+    cfg, class_names = _config(source, state["config"]), list(state["class_names"])
+    arch, num_classes = cfg.model.arch, len(class_names)
     weights = {k: v.detach().cpu().contiguous() for k, v in state["model"].items()}
     # The weights must load, strictly, into the architecture model.json names: a consumer
     # rebuilds exactly that model.
     build_model(arch, num_classes).load_state_dict(weights, strict=True)
     blob = serialize(weights)
     digest = sha256_bytes(blob)
-    image_size = int(cfg["data"]["image_size"])
+    image_size = cfg.data.image_size
     meta = ExportMeta(
         sha256=digest, size=len(blob), arch=arch, num_classes=num_classes, class_names=class_names,
         build=f"torchvision.models.get_model({arch!r}, weights=None, num_classes={num_classes})",
         image_size=image_size, preprocessing=inference_preprocessing(image_size),
         source=_source_description(source, cfg, source_sha, verified),
         epoch=int(state["epoch"]), step=int(state["step"]), metrics=dict(state["metrics"]),
-        best_metric=cfg.get("checkpoint", {}).get("best_metric"),
+        best_metric=cfg.checkpoint.best_metric,
         torch_version=torch.__version__, torchvision_version=torchvision.__version__,
         exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model_file=MODEL_FILE)
     out_dir = Path(out_dir)
