@@ -188,11 +188,16 @@ def test_sigkilled_worker_publish_failure_then_resend_and_no_unacked_leak(stack_
     report = wait_until(lambda: (lambda rep: rep if rep["lost"] else None)(stack.reconcile()), 30,
                         "the next pass to re-send it")
     assert report["lost"] == [job_id]
+    # The dead delivery's unacked entry is cleared by the pass that re-sends the job when the new
+    # worker has not claimed it yet (the delivery is moot), else by the first pass after the job
+    # finished: which one is scheduling, not logic, so collect over both and check it happened once.
+    cleared = list(report["cleared"])
 
     job = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=300)
     assert job["status"] == "succeeded" and job["attempts"] == 2, (job, stack.logs())
     assert finals(stack, job_id) == sorted((e, s) for e in (1, 2) for s in ("train", "val"))
-    assert stack.reconcile()["cleared"] == [job_id]
+    cleared += stack.reconcile()["cleared"]
+    assert cleared == [job_id]
     assert broker_entries_for(stack, job_id) == {"unacked": [], "unacked_index": [], "queued": []}
     assert not any(stack.reconcile().values())
 

@@ -12,6 +12,6 @@ def missing_columns(table: str, *names: str) -> set[str]:
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
-    """What autogenerate compares: everything but the old scheme's schema_version table (still a
-    model in common.store.models until that goes; upgrade() drops the table)."""
+    """What autogenerate compares: everything but the old numbered scheme's schema_version table
+    (no model declares it; upgrade() drops it once it has adopted a store of that scheme)."""
     return not (type_ == "table" and name == "schema_version")
