@@ -23,7 +23,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /src
 # requirements.lock (written by `make lock` from pyproject.toml's ranges) pins every package with
 # its hashes, torch==2.14.1 and torchvision==0.29.1 included: on x86-64 Linux PyPI's torch wheel
-# is the CUDA build, so no separate index or pin is used here (tests/test_deploy_files.py checks
+# is the CUDA build, so no separate index or pin is used here (tests/unit/test_deploy_files.py checks
 # that this file never grows a second torch pin). The image gets the whole lock, the set CI
 # tests (the test tools add a few tens of MB to the several GB of torch and CUDA).
 # (A layer of its own: source edits do not reinstall the dependencies.)

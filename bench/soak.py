@@ -17,7 +17,7 @@ delays and target picks); what a fault hits still depends on process timing, so 
 the schedule, not necessarily the exact interleaving.
 
 The process helpers (``Stack``, ``make_stack``, ``deployed_worker_argv``, ``stop_process``,
-``wait_until``) are the service tests' own, imported from tests/service/conftest.py (none of them
+``wait_until``) are the service tests' own, imported from tests/support/stack.py (none of them
 is a fixture); only the killable Redis, the reconciler process and /proc scanning live here.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterator
 
 import requests
 
-from tests.service.conftest import ROOT, Stack, deployed_worker_argv, free_port, make_stack, stop_process, wait_until
+from tests.support.stack import ROOT, Stack, deployed_worker_argv, free_port, make_stack, stop_process, wait_until
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 FAULT_KINDS = ("worker_kill", "worker_term", "child_kill", "redis_kill", "api_kill", "reconciler_kill")

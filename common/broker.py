@@ -74,7 +74,7 @@ def make_celery(settings: Settings) -> Celery:
         # loss Celery would then cancel every running acks-late task, i.e. kill a training
         # that is fine (its supervisor only needs the job store) on every Redis restart, and
         # run it again. A running job's message is acknowledged once the connection is back
-        # (tests/service/test_service_infra_faults.py: Redis killed or restarted mid-job, each
+        # (tests/system/test_service_infra_faults.py: Redis killed or restarted mid-job, each
         # job runs exactly once, nothing left unacknowledged).
         worker_cancel_long_running_tasks_on_connection_loss=False,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},

@@ -1,6 +1,6 @@
 """Test-only fault points, parsed once from ``TEACHER_FAULT`` into named hooks.
 
-The fault tests (tests/system, tests/service) start real processes and need them to crash at
+The fault tests (tests/system) start real processes and need them to crash at
 exact places: a SIGKILL half-way through writing a checkpoint, a SIGTERM at step N, a worker
 that exits while its child trains. Production code calls a named hook at each such place; with
 ``TEACHER_FAULT`` unset (always, outside tests) every hook is a no-op, and the spec is parsed

@@ -1,0 +1,172 @@
+"""Checkpoint directory layout and repair, in-process and fast: ``last.pt``/``best.pt`` are hard
+links to the immutable epoch files (one copy on disk per kept epoch), and a save that a crash
+cut short is completed on the next start. (The SIGKILL at the exact moment, through the real
+CLI, is in tests/system/test_resume.py.)"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from worker.training.checkpoints import CheckpointManager, sha256_file
+
+
+def _state(epoch: int) -> dict:
+    return {"format": "teacher-checkpoint/1", "model": {"w": torch.full((256,), float(epoch))}, "epoch": epoch}
+
+
+def _manager(directory: Path, keep_last: int = 2, every_epochs: int = 1) -> CheckpointManager:
+    return CheckpointManager(directory, keep_last=keep_last, every_epochs=every_epochs,
+                             best_metric="val.top1", best_mode="max")
+
+
+def _save(ckpts: CheckpointManager, epoch: int, top1: float) -> None:
+    ckpts.save(_state(epoch), epoch=epoch, step=4 * epoch, metrics={"val.top1": top1})
+
+
+def _manifest(directory: Path) -> dict:
+    return json.loads((directory / "manifest.json").read_text())
+
+
+def assert_manifest_verifies(directory: Path) -> dict:
+    """Every name the manifest lists exists with its recorded sha256 and size, and every .pt
+    file on disk is listed."""
+    manifest = _manifest(directory)
+    for e in manifest["checkpoints"]:
+        path = directory / e["name"]
+        assert sha256_file(path) == e["sha256"] and path.stat().st_size == e["size"], e["name"]
+    assert sorted(p.name for p in directory.glob("*.pt")) == sorted(e["name"] for e in manifest["checkpoints"])
+    return manifest
+
+
+def _epoch_of(path: Path) -> int:
+    return torch.load(path, weights_only=True)["epoch"]
+
+
+def _inode(path: Path) -> int:
+    return os.stat(path).st_ino
+
+
+def test_last_and_best_are_hard_links_one_copy_per_kept_epoch(tmp_path):
+    ck = tmp_path / "checkpoints"
+    ckpts = _manager(ck)
+    for epoch, top1 in ((1, 10.0), (2, 30.0), (3, 20.0)):
+        _save(ckpts, epoch, top1)
+    assert _inode(ck / "last.pt") == _inode(ck / "epoch_0003.pt")
+    assert _inode(ck / "best.pt") == _inode(ck / "epoch_0002.pt")
+    assert not (ck / "epoch_0001.pt").exists()
+    assert len({_inode(p) for p in ck.glob("*.pt")}) == 2  # epochs 2 and 3: one copy each
+    manifest = assert_manifest_verifies(ck)
+    assert manifest["best"] == {"metric": "val.top1", "value": 30.0, "epoch": 2}
+
+    # Epoch 2's file is pruned now; best.pt, another name for the same inode, keeps its bytes.
+    best_sha = sha256_file(ck / "best.pt")
+    _save(ckpts, 4, 15.0)
+    assert not (ck / "epoch_0002.pt").exists()
+    assert sha256_file(ck / "best.pt") == best_sha and _epoch_of(ck / "best.pt") == 2
+    assert _inode(ck / "last.pt") == _inode(ck / "epoch_0004.pt")
+    assert len({_inode(p) for p in ck.glob("*.pt")}) == 3  # kept epochs 3, 4 and the best (2)
+    assert all(os.stat(ck / n).st_nlink == 1 for n in ("best.pt", "epoch_0003.pt"))
+    assert_manifest_verifies(ck)
+    assert _manager(ck).complete_interrupted_save() == []  # a consistent directory is left alone
+
+
+def test_replacing_last_never_writes_into_an_older_epoch_file(tmp_path):
+    ck = tmp_path / "checkpoints"
+    ckpts = _manager(ck, keep_last=3)
+    _save(ckpts, 1, 10.0)
+    before = sha256_file(ck / "epoch_0001.pt")
+    _save(ckpts, 2, 5.0)
+    _save(ckpts, 3, 1.0)
+    assert sha256_file(ck / "epoch_0001.pt") == before and _epoch_of(ck / "epoch_0001.pt") == 1
+    assert _inode(ck / "best.pt") == _inode(ck / "epoch_0001.pt")
+    assert _epoch_of(ck / "last.pt") == 3 and not list(ck.glob(".tmp-*"))
+
+
+def test_a_filesystem_without_hard_links_gets_copies(tmp_path, monkeypatch):
+    def no_link(src, dst, *args, **kwargs):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "link", no_link)
+    ck = tmp_path / "checkpoints"
+    ckpts = _manager(ck)
+    _save(ckpts, 1, 10.0)
+    _save(ckpts, 2, 20.0)
+    assert _inode(ck / "last.pt") != _inode(ck / "epoch_0002.pt")
+    assert sha256_file(ck / "last.pt") == sha256_file(ck / "epoch_0002.pt") == sha256_file(ck / "best.pt")
+    assert_manifest_verifies(ck)
+    assert not list(ck.glob(".tmp-*"))
+    assert _manager(ck).complete_interrupted_save() == []  # a verified copy is not rewritten
+
+
+def test_a_save_cut_short_by_an_older_version_is_completed(tmp_path):
+    """The incident's directory, as the previous code left it when killed after writing
+    epoch_0003.pt and the manifest: last/best still epoch 2 (copies), epoch_0001 not pruned,
+    the manifest naming epoch 2 as best although epoch 3 is better."""
+    ck = tmp_path / "checkpoints"
+    ckpts = _manager(ck, keep_last=5)
+    for epoch, top1 in ((1, 60.0), (2, 65.0), (3, 68.3)):
+        _save(ckpts, epoch, top1)
+    manifest = _manifest(ck)
+    by_name = {e["name"]: e for e in manifest["checkpoints"]}
+    for alias in ("last.pt", "best.pt"):
+        (ck / alias).unlink()
+        shutil.copyfile(ck / "epoch_0002.pt", ck / alias)
+        by_name[alias] = {**by_name["epoch_0002.pt"], "name": alias}
+    manifest.update(best={"metric": "val.top1", "value": 65.0, "epoch": 2}, checkpoints=list(by_name.values()))
+    (ck / "manifest.json").write_text(json.dumps(manifest))
+
+    changed = _manager(ck, keep_last=2).complete_interrupted_save()
+    assert set(changed) == {"last.pt", "best.pt", "best", "epoch_0001.pt"}
+    assert _inode(ck / "best.pt") == _inode(ck / "last.pt") == _inode(ck / "epoch_0003.pt")
+    assert sorted(p.name for p in ck.glob("epoch_*.pt")) == ["epoch_0002.pt", "epoch_0003.pt"]
+    manifest = assert_manifest_verifies(ck)
+    assert manifest["best"] == {"metric": "val.top1", "value": 68.3, "epoch": 3}
+    best = next(e for e in manifest["checkpoints"] if e["name"] == "best.pt")
+    assert best["epoch"] == 3 and best["sha256"] == sha256_file(ck / "epoch_0003.pt")
+
+
+def test_completion_keeps_a_best_whose_epoch_file_was_pruned_and_never_links_a_corrupt_file(tmp_path):
+    ck = tmp_path / "checkpoints"
+    ckpts = _manager(ck)
+    for epoch, top1 in ((1, 50.0), (2, 10.0), (3, 20.0)):
+        _save(ckpts, epoch, top1)
+    assert not (ck / "epoch_0001.pt").exists() and _epoch_of(ck / "best.pt") == 1
+    assert _manager(ck).complete_interrupted_save() == []
+
+    # last.pt lost and the newest epoch file damaged: nothing is linked to bad bytes.
+    (ck / "last.pt").unlink()
+    (ck / "epoch_0003.pt").unlink()
+    (ck / "epoch_0003.pt").write_bytes(b"garbage")
+    assert _manager(ck).complete_interrupted_save() == []
+    assert not (ck / "last.pt").exists() and _epoch_of(ck / "best.pt") == 1
+
+
+@pytest.mark.parametrize("mode,values,best_epoch", [("max", (1.0, 3.0, 3.0), 2), ("min", (3.0, 1.0, 1.0), 2),
+                                                    ("max", (None, 2.0, 1.0), 2)])
+def test_best_recorded_is_the_first_best_epoch_by_the_configured_metric(tmp_path, mode, values, best_epoch):
+    ck = tmp_path / "checkpoints"
+    ckpts = CheckpointManager(ck, keep_last=5, every_epochs=1, best_metric="val.loss", best_mode=mode)
+    for epoch, value in enumerate(values, start=1):
+        ckpts.save(_state(epoch), epoch=epoch, step=epoch, metrics={"val.loss": value})
+    assert ckpts.best_recorded().epoch == best_epoch
+    assert _epoch_of(ck / "best.pt") == best_epoch
+
+
+def test_default_run_dirs_never_collide(tmp_path, monkeypatch):
+    """RUNS_ROOT/<name>, then <name>-<UTC stamp>, then -2, -3 within the same second; each one
+    created (claimed) when it is chosen."""
+    import time
+
+    from worker.training import cli
+
+    monkeypatch.setenv("TEACHER_RUNS_ROOT", str(tmp_path))
+    monkeypatch.setattr(time, "gmtime", lambda *a: time.struct_time((2025, 1, 2, 3, 4, 5, 3, 2, 0)))
+    dirs = [cli.default_run_dir("demo") for _ in range(4)]
+    assert [d.name for d in dirs] == ["demo", "demo-20250102-030405", "demo-20250102-030405-2", "demo-20250102-030405-3"]
+    assert all(d.is_dir() and d.parent == tmp_path for d in dirs)
