@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -260,6 +260,9 @@ def tb_tag(name: str) -> str:
 # ----------------------------------------------------------------------------- errors, JSON
 
 
+_R = TypeVar("_R", bound="_JsonFile")
+
+
 class RunFileCorrupt(ValueError):
     """A run-directory file exists but is not what its format says (outside damage: every
     file is replaced atomically)."""
@@ -393,6 +396,19 @@ def write_config(path: Path, cfg: Mapping[str, Any]) -> None:
         atomic_write_text(path, yaml.safe_dump(dict(cfg), sort_keys=False))
 
 
+class _JsonFile:
+    """A record stored as one JSON object in one file: ``read`` is None for a missing file and
+    raises RunFileCorrupt for one that is not the record."""
+
+    @classmethod
+    def read(cls: type[_R], path: Path) -> _R | None:
+        obj = read_object(path)
+        if obj is None:
+            return None
+        with _parsing(path):
+            return cls.from_json(obj)  # type: ignore[attr-defined]
+
+
 # ----------------------------------------------------------------------------- history.json
 
 
@@ -464,7 +480,7 @@ class EpochRecord:
 
 
 @dataclass
-class History:
+class History(_JsonFile):
     """history.json: the task and every completed epoch, in order."""
 
     num_classes: int | None
@@ -485,14 +501,6 @@ class History:
         return {"format": self.format, "accuracy_unit": self.accuracy_unit, "num_classes": self.num_classes,
                 "class_names": list(self.class_names), "dataset_sizes": dict(self.dataset_sizes),
                 "epochs": [e.to_json() for e in self.epochs]}
-
-    @classmethod
-    def read(cls, path: Path) -> "History | None":
-        obj = read_object(path)
-        if obj is None:
-            return None
-        with _parsing(path):
-            return cls.from_json(obj)
 
     def write(self, path: Path) -> None:
         write_history(path, self.to_json())
@@ -565,7 +573,7 @@ class Best:
 
 
 @dataclass
-class Manifest:
+class Manifest(_JsonFile):
     """checkpoints/manifest.json: each name's digest, size, epoch, step and metrics, and the
     best epoch. Entries are written ordered by (step, name)."""
 
@@ -585,14 +593,6 @@ class Manifest:
         return {"format": self.format, "best_metric": self.best_metric,
                 "best": self.best.to_json() if self.best is not None else None,
                 "checkpoints": [e.to_json() for e in self.checkpoints]}
-
-    @classmethod
-    def read(cls, path: Path) -> "Manifest | None":
-        obj = read_object(path)
-        if obj is None:
-            return None
-        with _parsing(path):
-            return cls.from_json(obj)
 
     def write(self, path: Path) -> None:
         _write_json(path, self.to_json())
@@ -728,7 +728,7 @@ class ExportSource:
 
 
 @dataclass(frozen=True)
-class ExportMeta:
+class ExportMeta(_JsonFile):
     """export/model.json (docs/checkpoints.md): what it takes to run ``model.pt`` elsewhere.
     ``preprocessing`` is open (the evaluation transform, step by step, as data)."""
 
@@ -768,14 +768,6 @@ class ExportMeta:
                 "source": self.source.to_json(), "epoch": self.epoch, "step": self.step,
                 "metrics": dict(self.metrics), "best_metric": self.best_metric, "torch_version": self.torch_version,
                 "torchvision_version": self.torchvision_version, "exported_at": self.exported_at}
-
-    @classmethod
-    def read(cls, path: Path) -> "ExportMeta | None":
-        obj = read_object(path)
-        if obj is None:
-            return None
-        with _parsing(path):
-            return cls.from_json(obj)
 
     def write(self, path: Path) -> None:
         _write_json(path, self.to_json())
@@ -824,7 +816,7 @@ _PROGRESS_ALWAYS = ("status", "phase", "epoch", "epochs", "batch", "batches", "s
 
 
 @dataclass
-class Progress:
+class Progress(_JsonFile):
     """progress.json: live progress for pollers, rewritten at every log interval. A run that
     failed before its first write has only ``status`` and ``error``; keys this version does
     not know are kept in ``extra`` and written back."""
@@ -883,14 +875,6 @@ class Progress:
                 value = value.to_json()
             out[f.name] = value.value if isinstance(value, Enum) else value
         return {**out, **self.extra}
-
-    @classmethod
-    def read(cls, path: Path) -> "Progress | None":
-        obj = read_object(path)
-        if obj is None:
-            return None
-        with _parsing(path):
-            return cls.from_json(obj)
 
     @property
     def finished(self) -> bool:
