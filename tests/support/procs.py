@@ -6,7 +6,7 @@ import signal
 import socket
 import subprocess
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from typing import Any, Callable
 
 def free_port() -> int:
@@ -30,19 +30,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 
 def stop_process(proc: subprocess.Popen[Any], *, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-    """Signal the process group we started (start_new_session=True), then SIGKILL it."""
+    """Signal the process group we started (start_new_session=True), then SIGKILL the group even
+    when its leader has exited: a test must not leave the leader's children behind."""
     if proc.poll() is None:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
+        with suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=10)
 
