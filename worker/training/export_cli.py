@@ -37,7 +37,7 @@ def export_cmd(source: Path, out_dir: Path) -> None:
     """Export SOURCE (a checkpoint, the best.pt of a run or job directory, or a job id or unique
     prefix, looked up under the jobs root) as a weights-only
     model.pt plus model.json (architecture, classes, exact preprocessing, metrics, sha256)."""
-    from common.rundir import Metric
+    from common.rundir import Metric, RunFileCorrupt
     from .checkpoints import CheckpointError
     from .export import ExportError, export_checkpoint
 
@@ -46,7 +46,7 @@ def export_cmd(source: Path, out_dir: Path) -> None:
     except ExportError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except CheckpointError as exc:
+    except (CheckpointError, RunFileCorrupt) as exc:  # RunFileCorrupt: a damaged manifest beside it
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     meta = info.record
