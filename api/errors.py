@@ -23,7 +23,7 @@ from api.submission import KeyOfDeletedJob, SubmitContention, UnknownJobRef
 from common.analysis.uploads import UploadRejected
 from common.auth import AuthError
 from common.config import ConfigError, flatten_errors
-from common.rundir import InvalidJobId
+from common.rundir import InvalidJobId, RunFileCorrupt
 from common.store.jobs import IdempotencyMismatch, JobConflict, JobNotFound
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,13 @@ class ApiError(Exception):
         self.message = message
         self.errors = dict(errors or {})
         self.headers = dict(headers or {})
+
+
+def _damaged_run_file(e: RunFileCorrupt) -> Any:
+    """A job's run file that exists but is not its format: outside damage (every file is replaced
+    atomically). Logged with its path; the client is told which file, not where it lives."""
+    log.error("damaged run file: %s", e)
+    return error_response(500, f"this job's {e.path.name} is damaged ({e.reason}); an operator must look at it")
 
 
 def error_response(status: int, message: str, errors: Mapping[str, Any] | None = None,
@@ -99,6 +106,7 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ConfigError, lambda e: error_response(400, f"invalid job: {e}", e.errors))
     app.register_error_handler(JobNotFound, lambda e: error_response(404, f"job {e} not found"))
     app.register_error_handler(InvalidJobId, lambda e: error_response(404, f"job {e} not found"))
+    app.register_error_handler(RunFileCorrupt, _damaged_run_file)
     app.register_error_handler(JobConflict, lambda e: error_response(409, str(e)))
     app.register_error_handler(  # a rate limit or the queued-jobs cap (api.limits)
         TooManyRequests, lambda e: error_response(429, e.message, headers={"Retry-After": str(e.retry_after)})

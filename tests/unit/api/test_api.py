@@ -297,6 +297,15 @@ def finished_job(call, alice, app, settings) -> tuple[str, JobPaths]:
     return job_id, paths
 
 
+@pytest.mark.parametrize("content", ["[1, 2]", "{not json"])
+def test_a_damaged_run_file_is_a_500_naming_the_file_not_its_path(client, alice, finished_job, settings, content):
+    job_id, paths = finished_job
+    paths.history.write_text(content)
+    r = client.get(f"/api/v1/jobs/{job_id}/metrics", headers=alice)
+    assert r.status_code == 500 and "history.json is damaged" in r.json["message"], r.json
+    assert str(settings.jobs_root) not in r.get_data(as_text=True)
+
+
 def test_logs_tail_and_follow(call, client, alice, app, finished_job):
     job_id, paths = finished_job
     r = call("get", f"/api/v1/jobs/{job_id}/logs?tail=3", headers=alice)
