@@ -54,7 +54,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def resume_setup(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> dict:
     """A 3-epoch config with a smaller last batch (200 = 3*64 + 8), gradient accumulation with
     a shorter last window, clipping and augmentation, and its uninterrupted reference run."""
-    from conftest import TINY_CONFIG
+    from tests.support.training import TINY_CONFIG
     import copy
 
     base = tmp_path_factory.mktemp("resume")

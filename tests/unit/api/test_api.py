@@ -200,7 +200,7 @@ def any_store_app(request, app, settings, broker):  # type: ignore[no-untyped-de
 
 
 def test_concurrent_requests_with_one_key_create_one_job(any_store_app, broker):
-    from .conftest import mint
+    from tests.support.api import mint
 
     app = any_store_app
     alice = mint(app, "alice")

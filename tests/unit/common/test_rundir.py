@@ -152,7 +152,7 @@ def test_config_round_trips(tmp_path):
 def test_every_record_the_real_trainer_writes_round_trips(dataset_root, runs_root, teacher_env, tmp_path):
     """A real `teacher train` run: each file read as its record and written back is the same
     JSON, and the records agree with each other (last.pt is the last epoch, best is the best)."""
-    from conftest import TINY_CONFIG, run_teacher, write_config
+    from tests.support.training import TINY_CONFIG, run_teacher, write_config
 
     run = RunPaths(runs_root / "real")
     run_teacher(["train", "--config", str(write_config(tmp_path / "c.yaml", TINY_CONFIG)), "--run-dir", str(run.dir)],

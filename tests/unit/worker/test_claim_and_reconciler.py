@@ -120,7 +120,7 @@ def test_reconciler_resends_lost_and_stale_jobs_and_releases_waiting(app, client
 
 def test_job_is_committed_before_enqueue_and_survives_a_broker_outage(settings):
     from api import create_app
-    from .conftest import mint
+    from tests.support.api import mint
 
     seen: list[str] = []
 
