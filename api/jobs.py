@@ -80,13 +80,6 @@ def _files(job: Job) -> JobPaths:
 CHECKPOINT_KEYS = ("name", "epoch", "step", "size", "sha256", "metrics")
 
 
-def _checkpoint_entries(paths: JobPaths) -> list[dict[str, Any]]:
-    """The manifest's entries that have a name, as written: the listing shows what there is
-    (rundir.Manifest.read, for code that acts on it, refuses a manifest with an incomplete entry)."""
-    manifest = rundir.read_object(paths.manifest) or {}
-    return [entry for entry in manifest.get("checkpoints") or [] if isinstance(entry, dict) and entry.get("name")]
-
-
 def _encode_cursor(pk: int) -> str:
     return base64.urlsafe_b64encode(f"pk:{pk}".encode()).decode().rstrip("=")
 
@@ -269,7 +262,7 @@ def checkpoints(job_id: str) -> Any:
     job = load_job(job_id)
     return {"checkpoints": [{**{k: entry.get(k) for k in CHECKPOINT_KEYS},
                              "url": url_for("jobs.checkpoint", job_id=job.id, name=entry["name"])}
-                            for entry in _checkpoint_entries(_files(job))]}
+                            for entry in rundir.manifest_entries(_files(job).manifest)]}
 
 
 @blp.route("/<string:job_id>/checkpoints/<path:name>", methods=["GET"], endpoint="checkpoint")
@@ -296,7 +289,7 @@ def checkpoint(job_id: str, name: str) -> Any:
     if not path.is_file():
         raise ApiError(404, f"no checkpoint {filename} in job {job.id}")
     etag: str | bool = True  # the manifest's digest when it describes these bytes, else werkzeug's
-    for entry in _checkpoint_entries(paths):
+    for entry in rundir.manifest_entries(paths.manifest):
         if entry["name"] == filename and entry.get("sha256") and entry.get("size") == path.stat().st_size:
             etag = str(entry["sha256"])
     return send_file(path, mimetype="application/octet-stream", as_attachment=True,

@@ -317,6 +317,14 @@ def read_object(path: Path) -> JsonObject | None:
     return data
 
 
+
+def manifest_entries(path: Path) -> list[JsonObject]:
+    """The manifest's checkpoint entries that have a name, as written: lenient, for listing
+    them or looking one up (a manifest edited by another tool may hold entries that
+    :class:`Manifest`, for code that acts on the whole manifest, refuses). [] without a manifest."""
+    entries = (read_object(path) or {}).get("checkpoints")
+    return [e for e in entries if isinstance(e, dict) and e.get("name")] if isinstance(entries, list) else []
+
 @contextmanager
 def _parsing(path: Path) -> Iterator[None]:
     """A record whose fields have the wrong shape is a corrupt file, named."""

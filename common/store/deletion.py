@@ -17,6 +17,7 @@ from typing import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from common import rundir
 from common.atomic import atomic_write_json
 from common.store.db import transaction
 
@@ -79,13 +80,12 @@ def keep_best_only(paths: JobPaths) -> int:
     """Remove every checkpoint of a finished run except ``best.pt`` (its data stays: the epoch
     file it links to goes, the link keeps the inode) and rewrite the manifest to list only it.
     Returns the bytes freed (0 if there is no best checkpoint: nothing is removed then)."""
-    ckpts = paths.checkpoints
-    manifest_path = ckpts / "manifest.json"
-    best = ckpts / "best.pt"
+    ckpts, manifest_path = paths.checkpoints, paths.manifest
+    best = ckpts / rundir.BEST
     if not best.is_file() or not manifest_path.is_file():
         return 0
     manifest = json.loads(manifest_path.read_text())
-    kept = [e for e in manifest.get("checkpoints", []) if e.get("name") == "best.pt"]
+    kept = [e for e in manifest.get("checkpoints", []) if e.get("name") == rundir.BEST]
     if not kept:
         return 0
     manifest["checkpoints"] = kept
@@ -93,7 +93,7 @@ def keep_best_only(paths: JobPaths) -> int:
     best_inode = best.stat().st_ino
     freed = 0
     for f in ckpts.glob("*.pt"):
-        if f.name != "best.pt":
+        if f.name != rundir.BEST:
             st = f.stat()
             if st.st_ino != best_inode:
                 freed += st.st_size

@@ -35,7 +35,7 @@ import torch
 from common import faults
 from common.atomic import TMP_PREFIX, atomic_write_bytes, fsync_dir, remove_stale_temp_files, sha256_file
 from common.rundir import (ALIASES, BEST, LAST, MANIFEST, Best, CheckpointEntry, JsonObject,  # noqa: F401 (re-exported)
-                           Manifest, epoch_file, epoch_of_file, is_epoch_file, naming, read_object)
+                           Manifest, epoch_file, epoch_of_file, is_epoch_file, manifest_entries, naming)
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,7 @@ def manifest_sha256(path: Path) -> str | None:
     entry is read: a manifest written or edited by another tool may have other entries this
     code would not accept, which must not stop using a checkpoint it does record (a manifest
     that is not JSON raises :class:`common.rundir.RunFileCorrupt`)."""
-    manifest = read_object(path.parent / MANIFEST)
-    entries = manifest.get("checkpoints") if manifest is not None else None
-    entry = next((e for e in entries if isinstance(e, dict) and e.get("name") == path.name), None) \
-        if isinstance(entries, list) else None
+    entry = next((e for e in manifest_entries(path.parent / MANIFEST) if e["name"] == path.name), None)
     sha = entry.get("sha256") if entry is not None else None
     return sha if isinstance(sha, str) else None
 
