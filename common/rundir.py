@@ -69,6 +69,7 @@ JOB_RUN = "run"
 HISTORY_FORMAT = "teacher-history/1"
 MANIFEST_FORMAT = "teacher-checkpoints/1"
 _EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.pt$")
+_STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -85,6 +86,22 @@ def epoch_of_file(name: str) -> int | None:
 
 def is_epoch_file(name: str) -> bool:
     return epoch_of_file(name) is not None
+
+
+def step_file(step: int) -> str:
+    """``step_00001234.pt``: a mid-epoch checkpoint after optimizer step 1234 (periodic, or
+    written when a stop was requested). Removed once a later epoch checkpoint exists."""
+    return f"step_{step:08d}.pt"
+
+
+def step_of_file(name: str) -> int | None:
+    """The optimizer step a ``step_NNNNNNNN.pt`` name holds; None for any other name."""
+    m = _STEP_FILE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def is_step_file(name: str) -> bool:
+    return step_of_file(name) is not None
 
 
 def is_job_id(text: str) -> bool:
@@ -560,8 +577,10 @@ class CheckpointEntry:
 
     @property
     def kind(self) -> str:
-        """``epoch``, ``last`` or ``best``."""
-        return "epoch" if is_epoch_file(self.name) else self.name.removesuffix(".pt")
+        """``epoch``, ``step`` (mid-epoch), ``last`` or ``best``."""
+        if is_epoch_file(self.name):
+            return "epoch"
+        return "step" if is_step_file(self.name) else self.name.removesuffix(".pt")
 
 
 @dataclass(frozen=True)
@@ -614,6 +633,12 @@ class Manifest(_JsonFile):
     def sha256_of(self, name: str) -> str | None:
         entry = self.entry(name)
         return entry.sha256 if entry is not None else None
+
+    def resume_point(self) -> CheckpointEntry | None:
+        """The checkpoint a resume starts from when it verifies: the newest epoch or step file
+        (by optimizer step; an epoch file before a step file of the same step)."""
+        files = [e for e in self.checkpoints if e.kind in ("epoch", "step")]
+        return max(files, key=lambda e: (e.step, e.kind == "epoch"), default=None)
 
 
 # ----------------------------------------------------------------------------- steps.jsonl
@@ -818,6 +843,28 @@ class Integrity:
         return {"verdict": self.verdict, "failed": list(self.failed), "warnings": list(self.warnings)}
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed attempt started: after ``epoch`` completed epochs and ``step`` optimizer
+    steps, ``batch`` micro-batches into the next epoch (0 at an epoch boundary), loaded from the
+    checkpoint ``checkpoint`` (written at ``created_at``, Unix time)."""
+
+    epoch: int
+    step: int
+    batch: int
+    checkpoint: str
+    created_at: float | None = None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "ResumePoint":
+        return cls(_int(obj["epoch"]), _int(obj["step"]), _int(obj.get("batch", 0)), str(obj["checkpoint"]),
+                   _opt_float(obj.get("created_at")))
+
+    def to_json(self) -> JsonObject:
+        return {"epoch": self.epoch, "step": self.step, "batch": self.batch, "checkpoint": self.checkpoint,
+                "created_at": self.created_at}
+
+
 # Keys every progress write of the trainer carries (null when unknown); the others only when set.
 _PROGRESS_ALWAYS = ("status", "phase", "epoch", "epochs", "batch", "batches", "step", "total_steps", "percent",
                     "throughput", "eta_s", "latest", "integrity", "updated_at")
@@ -846,6 +893,8 @@ class Progress(_JsonFile):
     updated_at: float | None = None
     error: str | None = None
     nonfinite: dict[str, str] | None = None
+    # Set by a resumed attempt in every write (absent for a run that started afresh).
+    resumed_from: ResumePoint | None = None
     extra: JsonObject = field(default_factory=dict)
     # The keys the file had (from_json), so a record read and written back has the same keys.
     present: frozenset[str] = field(default=frozenset(_PROGRESS_ALWAYS), repr=False, compare=False)
@@ -867,6 +916,7 @@ class Progress(_JsonFile):
             error=str(obj["error"]) if obj.get("error") is not None else None,
             best=Best.from_json(best) if best is not None else None,
             nonfinite=_flags(obj["nonfinite"]) if obj.get("nonfinite") is not None else None,
+            resumed_from=ResumePoint.from_json(obj["resumed_from"]) if obj.get("resumed_from") is not None else None,
             extra={k: v for k, v in obj.items() if k not in known},
             present=frozenset(k for k in obj if k in known),
         )
@@ -879,7 +929,7 @@ class Progress(_JsonFile):
             value = getattr(self, f.name)
             if value is None and f.name not in self.present:
                 continue
-            if isinstance(value, (Integrity, Best)):
+            if isinstance(value, (Integrity, Best, ResumePoint)):
                 value = value.to_json()
             out[f.name] = value.value if isinstance(value, Enum) else value
         return {**out, **self.extra}
@@ -905,6 +955,7 @@ __all__ = [
     "CONFIG", "HISTORY", "STEPS", "PROGRESS", "LOG", "TENSORBOARD", "CHECKPOINTS", "MANIFEST", "LAST", "BEST",
     "ALIASES", "EXPORT", "EXPORT_MODEL", "EXPORT_META", "RESERVE", "LOCK", "JOB_CONFIG", "JOB_LOG", "JOB_RUN",
     "HISTORY_FORMAT", "MANIFEST_FORMAT", "JsonObject", "epoch_file", "epoch_of_file", "is_epoch_file",
+    "step_file", "step_of_file", "is_step_file", "ResumePoint",
     "is_job_id", "RunPaths", "JobPaths", "InvalidJobId", "SPLITS", "SPLIT_METRICS", "Metric", "metric_name",
     "tb_tag", "RunFileCorrupt", "read_object", "finite_or_flag", "sanitize", "naming", "RunConfig",
     "read_config", "write_config", "SplitMetrics", "EpochRecord", "History", "write_history", "CheckpointEntry",
