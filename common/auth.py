@@ -52,9 +52,15 @@ def authenticate(session: Session, authorization: str | None) -> User:
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > 512:
         raise AuthError("expected 'Authorization: Bearer <token>'")
-    presented = hash_token(token)
-    row = session.scalar(select(Token).where(Token.token_hash == presented, Token.revoked.is_(False)))
-    if row is None or not hmac.compare_digest(row.token_hash, presented):
+    return user_for_token_hash(session, hash_token(token))
+
+
+def user_for_token_hash(session: Session, token_hash: str) -> User:
+    """The user of the live token with this hash, or :class:`AuthError`. The web dashboard's
+    sessions (api/ui) keep only the hash and are checked here on every request, so revoking a
+    token ends them as it ends the token's API use."""
+    row = session.scalar(select(Token).where(Token.token_hash == token_hash, Token.revoked.is_(False)))
+    if row is None or not hmac.compare_digest(row.token_hash, token_hash):
         raise AuthError("invalid or revoked token")
     return row.user
 
