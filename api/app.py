@@ -11,6 +11,7 @@ from common.settings import Settings
 from api.extensions import Enqueue, init_services, services
 from api.limits import enforce_rate_limits
 from api.smorest import Api
+from api.ui import init_ui, is_ui_request
 from common.auth import authenticate
 
 # Endpoints reachable without a token; everything else (including unknown URLs) needs one.
@@ -47,11 +48,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api.register_blueprint(analysis.blp)  # /jobs/{id}/report, /jobs/{id}/plots, /analyses
     api.register_blueprint(health.blp)
     app.register_blueprint(metrics.blp)  # plain Flask: Prometheus text, not part of the JSON API
+    init_ui(app)  # the web dashboard under /ui/ (api/ui): its own session sign-in, CSRF, CSP
 
     @app.before_request
     def _authenticate() -> None:
-        if request.endpoint in PUBLIC_ENDPOINTS:
-            return
+        if request.endpoint in PUBLIC_ENDPOINTS or is_ui_request():
+            return  # the dashboard checks its session cookie itself (api/ui/views.py), by the same token lookup
         svc = services()
         with svc.sessions() as s:
             g.user = authenticate(s, request.headers.get("Authorization"))

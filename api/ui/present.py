@@ -1,0 +1,97 @@
+"""Formatting for the pages (Jinja's ``fmt``): numbers with sensible precision, durations,
+and where in the submitted YAML a field error points. Pure functions of their arguments."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import yaml
+
+from api.schemas import STATUSES
+
+BADGES = {"pass": "pass", "warn": "warn", "fail": "fail"}
+
+
+def num(value: Any, digits: int = 3) -> str:
+    """A float with ``digits`` significant digits (no exponent for ordinary values); '–' when absent."""
+    if isinstance(value, str):
+        return value  # nan/inf as the API spells them
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "–"  # None, or absent (Jinja's Undefined)
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    if abs(value) >= 10 ** digits:
+        return f"{value:,.0f}"
+    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(value)))))
+    return f"{value:.{decimals}f}"
+
+
+def pct(value: Any) -> str:
+    return f"{value:.1f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+
+def duration(seconds: Any) -> str:
+    """1h 02m, 3m 05s, 42s; '–' when unknown."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s}s"
+
+
+def size(n: Any) -> str:
+    if not isinstance(n, int):
+        return "–"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def val_top1(job: dict[str, Any]) -> Any:
+    """The latest val top-1: the final result of a finished job, else the live progress."""
+    final = ((job.get("result") or {}).get("final") or {}).get("val") or {}
+    if isinstance(final.get("top1"), (int, float)):
+        return final["top1"]
+    latest = (job.get("progress") or {}).get("latest") or {}
+    return latest.get("val.top1")
+
+
+def as_yaml(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def errors_with_lines(text: str, errors: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """{field: {"messages": [...], "line": N or None}}: the line of the YAML where the field's
+    key is (1-based), so the page can show the error next to it."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        return {k: {"messages": v, "line": (mark.line + 1) if mark is not None else None} for k, v in errors.items()}
+    return {k: {"messages": v, "line": _line_of(root, k)} for k, v in errors.items()}
+
+
+def _line_of(node: Any, dotted: str) -> int | None:
+    line = None
+    for part in dotted.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key, value in node.value:
+            if getattr(key, "value", None) == part:
+                line, node = key.start_mark.line + 1, value
+                break
+        else:
+            break
+    return line
+
+
+__all__ = ["STATUSES", "BADGES", "num", "pct", "duration", "size", "val_top1", "as_yaml", "errors_with_lines"]

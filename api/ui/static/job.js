@@ -1,0 +1,168 @@
+// The job page, live: polls live.json with If-None-Match (an unchanged job is a 304), redraws the
+// curves (uPlot, one point per finished epoch), the summary, the log tail and the checkpoints.
+// Every value goes in through textContent: nothing from the job is parsed as HTML.
+"use strict";
+(function () {
+  var page = document.getElementById("job-page");
+  if (!page) return;
+  var U = window.teacherUI, el = U.el;
+  var state = window.teacherJob = { epochs: 0, status: null, updates: 0, charts: {} };
+
+  function chartWidth(box) { return Math.max(280, Math.min(box.clientWidth || 600, 900)); }
+
+  function makeChart(id, series, yLabel) {
+    var box = document.getElementById(id);
+    var opts = {
+      width: chartWidth(box), height: 260,
+      scales: { x: { time: false } },
+      axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100] }, { label: yLabel, size: 56 }],
+      series: [{ label: "epoch" }].concat(series.map(function (s) {
+        return { label: s.label, stroke: s.color, width: 2, points: { show: true, size: 6 }, dash: s.dash };
+      })),
+      legend: { live: false },
+    };
+    var chart = new window.uPlot(opts, [[]].concat(series.map(function () { return []; })), box);
+    window.addEventListener("resize", function () { chart.setSize({ width: chartWidth(box), height: 260 }); });
+    return { chart: chart, series: series, box: box };
+  }
+
+  function value(epoch, path) {
+    var v = epoch;
+    path.split(".").forEach(function (k) { v = v && typeof v === "object" ? v[k] : null; });
+    return typeof v === "number" && isFinite(v) ? v : null;
+  }
+
+  function drawCharts(epochs) {
+    ["loss", "acc"].forEach(function (name) {
+      var c = state.charts[name];
+      if (!c) return;
+      var data = [epochs.map(function (e) { return e.epoch; })];
+      c.series.forEach(function (s) { data.push(epochs.map(function (e) { return value(e, s.key); })); });
+      c.chart.setData(data);
+      c.box.setAttribute("data-points", String(epochs.length));
+    });
+    state.epochs = epochs.length;
+  }
+
+  function badge(kind, text, title) {
+    var b = el("span", "badge " + kind + "-" + text, text);
+    if (title) b.title = title;
+    return b;
+  }
+
+  function replace(id, node) {
+    var target = document.getElementById(id);
+    if (!target) return;
+    target.textContent = "";
+    target.appendChild(node);
+  }
+
+  function progress(job) {
+    var p = job.progress || {}, wrap = el("div", "prog"), bar = el("progress");
+    bar.max = 100;
+    bar.value = typeof p.percent === "number" ? p.percent : (job.status === "succeeded" ? 100 : 0);
+    var text = (p.epoch != null && p.epochs ? "epoch " + p.epoch + "/" + p.epochs + " · " : "") + U.pct(p.percent);
+    if (job.status === "running" && typeof p.eta_s === "number") text += " · ETA " + U.duration(p.eta_s);
+    wrap.appendChild(bar);
+    wrap.appendChild(el("span", "prog-text", text));
+    return wrap;
+  }
+
+  function valTop1(job) {
+    var f = ((job.result || {}).final || {}).val || {};
+    if (typeof f.top1 === "number") return f.top1;
+    return (((job.progress || {}).latest) || {})["val.top1"];
+  }
+
+  function summary(job, finished) {
+    replace("job-status", badge("st", job.status));
+    replace("job-progress", progress(job));
+    document.getElementById("job-top1").textContent = U.pct(valTop1(job));
+    var i = job.integrity;
+    replace("job-integrity", i && i.verdict ? badge("iv", i.verdict, (i.failed || []).concat(i.warnings || []).join(", "))
+                                           : el("span", "muted", "–"));
+    document.getElementById("job-attempts").textContent = job.attempts + " / " + job.max_attempts;
+    document.getElementById("job-failure").textContent = job.failure_reason || "–";
+    if (job.finished_at) {
+      var t = el("time", null, job.finished_at);
+      t.setAttribute("datetime", job.finished_at);
+      replace("job-finished", t);
+      U.localizeTimes(document.getElementById("job-finished"));
+    }
+    var cancel = document.getElementById("cancel-box");
+    if (cancel && finished) cancel.hidden = true;
+    state.status = job.status;
+  }
+
+  function epochRows(epochs) {
+    var body = document.getElementById("epoch-rows");
+    body.textContent = "";
+    epochs.forEach(function (e) {
+      var tr = el("tr");
+      [e.epoch, U.num(value(e, "train.loss"), 4), U.num(value(e, "val.loss"), 4), U.pct(value(e, "train.top1")),
+       U.pct(value(e, "val.top1")), U.pct(value(e, "val.top5")), U.num(value(e, "lr"), 3), U.duration(e.epoch_time_s)]
+        .forEach(function (v) { tr.appendChild(el("td", null, v)); });
+      body.appendChild(tr);
+    });
+  }
+
+  function size(n) {
+    if (typeof n !== "number") return "–";
+    if (n < 1024) return n + " B";
+    var units = ["KB", "MB", "GB"], i = -1;
+    do { n /= 1024; i++; } while (n >= 1024 && i < units.length - 1);
+    return n.toFixed(1) + " " + units[i];
+  }
+
+  function checkpoints(list) {
+    var body = document.getElementById("ckpt-rows");
+    body.textContent = "";
+    if (!list.length) {
+      var tr0 = el("tr"), td0 = el("td", "muted", "None yet.");
+      td0.colSpan = 5; tr0.appendChild(td0); body.appendChild(tr0);
+      return;
+    }
+    list.forEach(function (c) {
+      var tr = el("tr"), a = el("a", null, c.name), td = el("td");
+      a.href = c.url; a.setAttribute("download", "");
+      td.appendChild(a); tr.appendChild(td);
+      tr.appendChild(el("td", null, c.epoch == null ? "–" : c.epoch));
+      tr.appendChild(el("td", null, size(c.size)));
+      var sha = el("td"); sha.appendChild(el("code", "sha", c.sha256 || "–")); tr.appendChild(sha);
+      tr.appendChild(el("td", null, U.pct((c.metrics || {})["val.top1"])));
+      body.appendChild(tr);
+    });
+  }
+
+  function logTail(lines) {
+    var pre = document.getElementById("log");
+    var atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    pre.textContent = lines.length ? lines.join("\n") + "\n" : "";
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
+  }
+
+  if (window.uPlot) {
+    state.charts.loss = makeChart("chart-loss", [
+      { label: "train loss", key: "train.loss", color: "#1f77b4" },
+      { label: "val loss", key: "val.loss", color: "#d62728" }], "loss");
+    state.charts.acc = makeChart("chart-acc", [
+      { label: "train top-1", key: "train.top1", color: "#1f77b4" },
+      { label: "val top-1", key: "val.top1", color: "#d62728" },
+      { label: "val top-5", key: "val.top5", color: "#2ca02c", dash: [6, 4] }], "%");
+  }
+  var log = document.getElementById("log");
+  log.scrollTop = log.scrollHeight;
+
+  state.poll = U.poller(page.getAttribute("data-live-url"), function (r) {
+    return r.json().then(function (body) {
+      summary(body.job, body.finished);
+      drawCharts(body.epochs);
+      epochRows(body.epochs);
+      logTail(body.log);
+      checkpoints(body.checkpoints);
+      state.updates += 1;
+      state.finished = body.finished;
+      if (body.finished) state.poll.stop();
+    });
+  }, 2000);
+})();

@@ -1,0 +1,343 @@
+"""The dashboard's pages (blueprint ``ui``, mounted at /ui/).
+
+Every view reads through the API's own code: ``api.lookup`` (a job the caller may see, else
+404), ``common.store.jobs.list_jobs`` (GET /jobs's query), ``api.submission.submit`` (POST
+/jobs), ``common.store.jobs.request_cancel``, and the API's checkpoint and plot views for the
+files. Errors are translated by the API's handlers (api/errors.py) and shown as a page.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from flask import (Blueprint, Response, abort, current_app, g, jsonify, make_response, redirect, render_template,
+                   request, url_for)
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+from api import analysis as analysis_api
+from api import errors as api_errors
+from api import jobs as jobs_api
+from api import submission as submission_service
+from api.extensions import services
+from api.lookup import load_job, resolve_job
+from api.schemas import JobSchema
+from api.ui import present
+from api.ui.forms import CancelForm, SignInForm, SignOutForm, SubmitForm
+from api.ui.session import session_user, sign_in, sign_out
+from common import rundir
+from common.auth import AuthError
+from common.config import CONFIGS_DIR, ConfigError, parse_yaml
+from common.rundir import JobPaths
+from common.runfiles import tail_events
+from common.store import Job, JobStatus, transaction
+from common.store.jobs import list_jobs, request_cancel
+
+log = logging.getLogger(__name__)
+
+blp = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
+                static_url_path="/static")
+csrf = CSRFProtect()
+
+PAGE_SIZE = 25
+NAME_SCAN_LIMIT = 2000  # rows a name filter reads at most per page (list_jobs has no name filter yet)
+LOG_TAIL = 200
+OPEN_ENDPOINTS = frozenset({"ui.signin", "ui.static"})
+# No inline script or style anywhere: the pages load their code from /ui/static only.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+
+# ------------------------------------------------------------------ every request of the blueprint
+@blp.before_request
+def _guard() -> Any:
+    """CSRF on every POST (sign-in included), then the session's user, else sign in first."""
+    if request.method == "POST":
+        csrf.protect()
+    if request.endpoint in OPEN_ENDPOINTS:
+        return None
+    svc = services()
+    with svc.sessions() as s:
+        user = session_user(s, float(current_app.config["TEACHER_UI_SESSION_HOURS"]))
+        if user is not None:
+            s.expunge(user)
+    if user is None:
+        if request.accept_mimetypes.best == "application/json" or request.path.endswith(".json"):
+            return jsonify({"code": 401, "message": "signed out", "errors": {}}), 401
+        return redirect(url_for("ui.signin", next=request.full_path.rstrip("?") if request.method == "GET" else None))
+    g.user = user
+    return None
+
+
+@blp.after_request
+def _headers(resp: Response) -> Response:
+    resp.headers["Content-Security-Policy"] = CSP
+    resp.headers["X-Frame-Options"] = "DENY"
+    resp.headers["Referrer-Policy"] = "same-origin"
+    if request.endpoint == "ui.static":
+        resp.headers["Cache-Control"] = "no-cache"  # revalidated (ETag), so an update shows at once
+    return resp
+
+
+@blp.context_processor
+def _context() -> dict[str, Any]:
+    return {"user": g.get("user"), "signout_form": SignOutForm(), "fmt": present}
+
+
+@blp.errorhandler(Exception)
+def _error(e: Exception) -> Any:
+    """The API's answer to this error (its status and message, api/errors.py), as a page."""
+    if isinstance(e, CSRFError):
+        status, message = 400, f"the form was refused: {e.description} Reload the page and try again."
+    else:
+        status, message, _ = api_answer(e)
+    if request.path.endswith(".json"):
+        return jsonify({"code": status, "message": message, "errors": {}}), status
+    return render_template("ui/error.html", status=status, message=message), status
+
+
+def api_answer(e: Exception) -> tuple[int, str, dict[str, list[str]]]:
+    """(status, message, field errors) exactly as the JSON API answers ``e``."""
+    if isinstance(e, HTTPException):
+        resp = api_errors.handle_http_exception(e)
+    else:
+        handler = current_app._find_error_handler(e, [])  # the app's handlers, not this blueprint's
+        resp = handler(e) if handler is not None else api_errors.handle_unexpected(e)
+    resp = current_app.make_response(resp)
+    body = resp.get_json(silent=True) or {}
+    return resp.status_code, str(body.get("message", "")), dict(body.get("errors") or {})
+
+
+# ------------------------------------------------------------------ sign-in
+@blp.route("/signin", methods=["GET", "POST"], endpoint="signin")
+def signin() -> Any:
+    form = SignInForm()
+    error = None
+    if form.validate_on_submit():
+        try:
+            with services().sessions() as s:
+                sign_in(s, form.token.data or "")
+            return redirect(_safe_next(request.args.get("next")))
+        except AuthError as exc:
+            error = f"{exc}: paste a live token (teacher tokens create --user NAME)"
+    status = 401 if error else 200
+    return render_template("ui/signin.html", form=form, error=error), status
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path of this dashboard: never another site (an open redirect)."""
+    if target and target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("ui.jobs")
+
+
+@blp.route("/signout", methods=["POST"], endpoint="signout")
+def signout() -> Any:
+    sign_out()
+    return redirect(url_for("ui.signin"))
+
+
+@blp.route("/", endpoint="home")
+def home() -> Any:
+    return redirect(url_for("ui.jobs"))
+
+
+# ------------------------------------------------------------------ jobs list
+def _list_args() -> tuple[list[str], str, int | None]:
+    statuses = [s for s in request.args.getlist("status") if s in present.STATUSES]
+    name = request.args.get("name", "").strip()[:128]
+    cursor = request.args.get("before", "")
+    return statuses, name, int(cursor) if cursor.isdigit() else None
+
+
+def _page() -> tuple[list[dict[str, Any]], int | None]:
+    """One page of the caller's jobs (GET /jobs's query and ownership: list_jobs), newest
+    first, as JobSchema dumps, and the cursor of the next page (None: the last page). A name
+    filter reads further batches until the page is full or NAME_SCAN_LIMIT rows were read."""
+    statuses, name, cursor = _list_args()
+    needle, limit = name.lower(), (200 if name else PAGE_SIZE + 1)
+    picked: list[Job] = []
+    next_before: int | None = None
+    with services().sessions() as s:
+        scanned = 0
+        while len(picked) <= PAGE_SIZE:
+            batch = list_jobs(s, g.user, statuses=statuses, before_pk=cursor, limit=limit)
+            scanned += len(batch)
+            for row in batch:
+                if needle in row.name.lower():
+                    picked.append(row)
+                    if len(picked) > PAGE_SIZE:
+                        break
+            if len(batch) < limit:
+                break  # no older rows
+            cursor = batch[-1].pk
+            if scanned >= NAME_SCAN_LIMIT and len(picked) <= PAGE_SIZE:
+                next_before = cursor  # the next page goes on reading from here
+                break
+        page = picked[:PAGE_SIZE]
+        if len(picked) > PAGE_SIZE:
+            next_before = page[-1].pk
+        return JobSchema(many=True).dump(page), next_before
+
+
+@blp.route("/jobs", endpoint="jobs")
+def jobs() -> Any:
+    rows, next_before = _page()
+    statuses, name, _ = _list_args()
+    return render_template("ui/jobs.html", rows=rows, next_before=next_before, statuses=statuses, name=name,
+                           all_statuses=present.STATUSES, admin=g.user.is_admin)
+
+
+@blp.route("/jobs/rows", endpoint="job_rows")
+def job_rows() -> Any:
+    """The rows of the list as it would render now (polled by jobs.js); 304 while unchanged."""
+    rows, _ = _page()
+    html = render_template("ui/_job_rows.html", rows=rows, admin=g.user.is_admin)
+    return _conditional(make_response(html), html.encode())
+
+
+def _conditional(resp: Response, content: bytes) -> Response:
+    resp.set_etag(hashlib.sha256(content).hexdigest()[:32])
+    resp.headers["Cache-Control"] = "no-cache"
+    return resp.make_conditional(request)
+
+
+# ------------------------------------------------------------------ one job
+def _paths(job: Job) -> JobPaths:
+    return JobPaths.of(services().settings.jobs_root, job.id)
+
+
+@blp.route("/jobs/<string:job_id>", endpoint="job")
+def job(job_id: str) -> Any:
+    row = load_job(job_id)  # 404 for another user's job, as GET /api/v1/jobs/{id}
+    dump = JobSchema().dump(row)
+    paths = _paths(row)
+    report = _report(row, paths)
+    return render_template("ui/job.html", job=dump, report=report, log_lines=_log_lines(row, paths),
+                           checkpoints=_checkpoints(row, paths), epochs=_epochs(paths),
+                           config_yaml=present.as_yaml(dump.get("config") or {}),
+                           cancel_form=CancelForm(), finished=row.job_status.finished,
+                           plots=[n for n in analysis_api.PLOT_NAMES if n in ("loss", "accuracy", "lr", "throughput")])
+
+
+def _report(row: Job, paths: JobPaths) -> dict[str, Any] | None:
+    """The integrity report with every check's evidence, once there are metrics to check."""
+    try:
+        return analysis_api.job_analysis(paths.run, row).report
+    except Exception as exc:  # no metrics yet (409/410) or unreadable: the page still shows the rest
+        log.debug("no report for job %s: %s", row.id, exc)
+        return None
+
+
+def _log_lines(row: Job, paths: JobPaths) -> list[str]:
+    events, _ = tail_events(paths.log, LOG_TAIL, include_partial=row.job_status.finished)
+    return [line for _, line in events]
+
+
+def _checkpoints(row: Job, paths: JobPaths) -> list[dict[str, Any]]:
+    return [{**{k: entry.get(k) for k in jobs_api.CHECKPOINT_KEYS},
+             "url": url_for("ui.checkpoint", job_id=row.id, name=entry["name"])}
+            for entry in rundir.manifest_entries(paths.manifest)]
+
+
+def _epochs(paths: JobPaths) -> list[dict[str, Any]]:
+    history = rundir.read_object(paths.files.history)
+    epochs = history.get("epochs") if isinstance(history, dict) else None
+    return [e for e in epochs or [] if isinstance(e, dict)]
+
+
+def _files_stamp(paths: JobPaths) -> str:
+    """Size and mtime of the files the live view reads: it changes when any of them does."""
+    parts = []
+    for path in (paths.files.history, paths.log, paths.manifest):
+        try:
+            st = path.stat()
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append("-")
+    return "|".join(parts)
+
+
+@blp.route("/jobs/<string:job_id>/live.json", endpoint="job_live")
+def job_live(job_id: str) -> Any:
+    """What the job page shows live. The ETag is the job's row (as dumped) and the stat of its
+    files, so an unchanged job costs one row read and three stats, answered 304."""
+    row = load_job(job_id)
+    dump = JobSchema().dump(row)
+    paths = _paths(row)
+    etag = hashlib.sha256((json.dumps(dump, sort_keys=True, default=str) + _files_stamp(paths)).encode()).hexdigest()[:32]
+    if request.if_none_match.contains(etag):
+        resp = Response(status=304)
+        resp.set_etag(etag)
+        resp.headers["Cache-Control"] = "no-cache"
+        return resp
+    body = {"job": dump, "epochs": _epochs(paths), "log": _log_lines(row, paths),
+            "checkpoints": _checkpoints(row, paths), "finished": row.job_status.finished}
+    resp = jsonify(body)
+    resp.set_etag(etag)
+    resp.headers["Cache-Control"] = "no-cache"
+    return resp
+
+
+@blp.route("/jobs/<string:job_id>/cancel", methods=["POST"], endpoint="cancel")
+def cancel(job_id: str) -> Any:
+    form = CancelForm()
+    if not form.validate_on_submit():
+        abort(400)
+    with transaction(services().sessions) as s:
+        row = resolve_job(s, g.user, job_id, for_update=True)
+        request_cancel(s, row)  # 409 (already finished) is shown as the API says it
+        job_id = row.id
+    return redirect(url_for("ui.job", job_id=job_id))
+
+
+@blp.route("/jobs/<string:job_id>/checkpoints/<path:name>", endpoint="checkpoint")
+def checkpoint(job_id: str, name: str) -> Any:
+    return jobs_api.checkpoint(job_id, name)  # the API's view: same checks, ETag, Range
+
+
+@blp.route("/jobs/<string:job_id>/plots/<string:name>.png", endpoint="plot")
+def plot(job_id: str, name: str) -> Any:
+    return analysis_api.job_plot(job_id, name)
+
+
+# ------------------------------------------------------------------ submit
+def _configs_dir() -> Path:
+    return services().settings.configs_dir or CONFIGS_DIR
+
+
+def _config_names() -> list[str]:
+    return sorted(p.stem for p in _configs_dir().glob("*.yaml"))
+
+
+@blp.route("/submit", methods=["GET", "POST"], endpoint="submit")
+def submit() -> Any:
+    names = _config_names()
+    form = SubmitForm()
+    form.config.choices = [(n, n) for n in names]
+    chosen = request.args.get("config") or ("demo" if "demo" in names else (names[0] if names else ""))
+    if request.method == "GET":
+        form.config.data = chosen if chosen in names else None
+        if chosen in names:
+            form.yaml.data = (_configs_dir() / f"{chosen}.yaml").read_text(encoding="utf-8")
+        return render_template("ui/submit.html", form=form, errors={}, message=None)
+    if not form.validate_on_submit():
+        return render_template("ui/submit.html", form=form, errors={}, message="fill in the config"), 400
+    text = form.yaml.data or ""
+    try:
+        body = parse_yaml(text, source="the config")
+        result = submission_service.submit(services(), g.user, body)
+    except Exception as exc:  # noqa: BLE001 - answered as the API answers it, field by field
+        if not isinstance(exc, (ConfigError, LookupError)) and not hasattr(exc, "errors") \
+                and not hasattr(exc, "retry_after"):
+            raise
+        status, message, errors = api_answer(exc)
+        return render_template("ui/submit.html", form=form, message=message,
+                               errors=present.errors_with_lines(text, errors)), status
+    return redirect(url_for("ui.job", job_id=result.job.id))
+
+
+__all__ = ["blp", "csrf", "JobStatus"]

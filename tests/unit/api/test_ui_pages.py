@@ -1,0 +1,232 @@
+"""The dashboard in-process (Flask test client, fake broker): sign-in and sessions, CSRF, the
+CSP, ownership, escaping, submission errors and the live view's conditional requests. The same
+things in a real browser against the real stack: tests/system/test_ui_browser.py."""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+
+from tests.support.api import CFG, mint
+
+XSS = '<script>window.__xss=1</script>"><img src=x onerror="window.__xss=2">'
+
+
+@pytest.fixture
+def app(settings, broker):  # type: ignore[no-untyped-def]
+    from api import create_app
+
+    app = create_app({"TEACHER_SETTINGS": settings, "TEACHER_ENQUEUE": broker, "TESTING": True,
+                      "SECRET_KEY": "test-secret"})
+    yield app
+    app.extensions["teacher"].engine.dispose()
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert match, html[:500]
+    return match.group(1)
+
+
+def signed_in(client, headers: dict[str, str]):  # type: ignore[no-untyped-def]
+    token = headers["Authorization"].split(" ", 1)[1]
+    page = client.get("/ui/signin")
+    r = client.post("/ui/signin", data={"token": token, "csrf_token": csrf_of(page.text)})
+    assert r.status_code == 302 and r.headers["Location"].endswith("/ui/jobs"), r.text
+    return client
+
+
+def submit_api(client, headers: dict[str, str], **changes: Any) -> str:  # type: ignore[no-untyped-def]
+    r = client.post("/api/v1/jobs", json={**CFG, **changes}, headers=headers)
+    assert r.status_code == 202, r.text
+    return r.json["id"]
+
+
+def test_pages_need_a_session_and_the_api_is_unchanged(client, alice):
+    r = client.get("/ui/jobs")
+    assert r.status_code == 302 and "/ui/signin" in r.headers["Location"]
+    assert client.get("/ui/jobs/rows", headers={"Accept": "application/json"}).status_code == 401
+    assert client.get("/api/v1/jobs").status_code == 401  # the API still wants a bearer token
+    assert client.get("/api/v1/jobs", headers=alice).status_code == 200
+
+
+def test_sign_in_sets_a_hardened_cookie_holding_no_token(client, alice):
+    token = alice["Authorization"].split(" ", 1)[1]
+    page = client.get("/ui/signin")
+    r = client.post("/ui/signin", data={"token": token, "csrf_token": csrf_of(page.text)})
+    assert r.status_code == 302
+    cookie = r.headers["Set-Cookie"]
+    assert cookie.startswith("teacher_session=") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Path=/ui/" in cookie and "Secure" not in cookie  # plain HTTP here
+    from itsdangerous import URLSafeTimedSerializer  # noqa: F401  (the value is signed, not secret)
+    import base64
+    import zlib
+
+    value = cookie.split("=", 1)[1].split(";", 1)[0]
+    payload = value.split(".")[0 if not value.startswith(".") else 1]
+    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    raw = zlib.decompress(raw) if value.startswith(".") else raw
+    assert token.encode() not in raw and b"th" in raw
+    assert client.get("/ui/jobs").status_code == 200
+
+
+def test_cookie_is_secure_over_https(client, alice):
+    token = alice["Authorization"].split(" ", 1)[1]
+    page = client.get("/ui/signin", base_url="https://localhost")
+    r = client.post("/ui/signin", data={"token": token, "csrf_token": csrf_of(page.text)}, base_url="https://localhost",
+                    headers={"Referer": "https://localhost/ui/signin"})  # Flask-WTF checks it over HTTPS
+    assert r.status_code == 302 and "Secure" in r.headers["Set-Cookie"]
+
+
+def test_a_bad_token_is_refused(client):
+    page = client.get("/ui/signin")
+    r = client.post("/ui/signin", data={"token": "tch_nope", "csrf_token": csrf_of(page.text)})
+    assert r.status_code == 401 and "invalid or revoked token" in r.text
+    assert client.get("/ui/jobs").status_code == 302
+
+
+def test_every_form_needs_the_csrf_token(client, alice):
+    token = alice["Authorization"].split(" ", 1)[1]
+    client.get("/ui/signin")
+    r = client.post("/ui/signin", data={"token": token})
+    assert r.status_code == 400 and "CSRF" in r.text
+    signed_in(client, alice)
+    job_id = submit_api(client, alice)
+    assert client.post(f"/ui/jobs/{job_id}/cancel").status_code == 400
+    assert client.post("/ui/signout").status_code == 400
+    assert client.post("/ui/submit", data={"yaml": "name: x"}).status_code == 400
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).json["status"] == "queued"  # not cancelled
+    page = client.get(f"/ui/jobs/{job_id}")
+    r = client.post(f"/ui/jobs/{job_id}/cancel", data={"csrf_token": csrf_of(page.text)})
+    assert r.status_code == 302
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).json["status"] == "cancelled"
+
+
+def test_sign_out_revocation_and_expiry_end_the_session(app, client, alice):
+    from common.auth import revoke_tokens
+    from common.store import transaction
+
+    signed_in(client, alice)
+    page = client.get("/ui/jobs")
+    r = client.post("/ui/signout", data={"csrf_token": csrf_of(page.text)})
+    assert r.status_code == 302 and client.get("/ui/jobs").status_code == 302
+
+    signed_in(client, alice)
+    with transaction(app.extensions["teacher"].sessions) as s:
+        revoke_tokens(s, token=alice["Authorization"].split(" ", 1)[1])
+    assert client.get("/ui/jobs").status_code == 302  # revoked: the next request is refused
+
+    bob = mint(app, "bob")
+    signed_in(client, bob)
+    with client.session_transaction() as sess:
+        sess["iat"] = int(time.time() - 12 * 3600 - 5)
+    assert client.get("/ui/jobs").status_code == 302
+
+
+def test_csp_forbids_inline_scripts_on_every_ui_response(client, alice):
+    signed_in(client, alice)
+    for path in ("/ui/signin", "/ui/jobs", "/ui/submit", "/ui/static/ui.js", "/ui/jobs/" + "0" * 32):
+        csp = client.get(path).headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp, path
+    page = client.get("/ui/jobs").text
+    assert not re.search(r"<script>(?!</script>)|<script(?![^>]*\bsrc=)[^>]*>", page)  # no inline script
+    assert " on" not in re.sub(r"<pre.*?</pre>", "", page).lower().replace("\n on", "") or "onclick" not in page
+
+
+def test_another_users_job_and_its_files_are_404(app, client, alice, bob):
+    job_id = submit_api(client, alice)
+    signed_in(client, bob)
+    for path in (f"/ui/jobs/{job_id}", f"/ui/jobs/{job_id}/live.json", f"/ui/jobs/{job_id}/checkpoints/best",
+                 f"/ui/jobs/{job_id}/plots/loss.png", f"/ui/jobs/{job_id[:8]}"):
+        assert client.get(path).status_code == 404, path
+    page = client.get("/ui/jobs")
+    assert job_id not in page.text
+    r = client.post(f"/ui/jobs/{job_id}/cancel", data={"csrf_token": csrf_of(page.text)})
+    assert r.status_code == 404
+    admin = mint(app, "root", admin=True)
+    signed_in(client, admin)
+    assert client.get(f"/ui/jobs/{job_id}").status_code == 200
+    assert "<th>User</th>" in client.get("/ui/jobs").text
+
+
+def xss_job(**changes: Any) -> dict[str, Any]:
+    """A job whose config carries markup in a free-text value (a csv filter value: names are
+    restricted to letters, digits, '.', '_' and '-')."""
+    return {**CFG, "data": {**CFG["data"], "format": "csv", "filter": {"column": "region", "values": [XSS, "north", "south", "east", "west"]}},
+            **changes}
+
+
+def test_config_values_and_the_edited_yaml_are_escaped(client, alice):
+    r = client.post("/api/v1/jobs", json=xss_job(), headers=alice)
+    assert r.status_code == 202, r.text
+    job_id = r.json["id"]
+    signed_in(client, alice)
+    html = client.get(f"/ui/jobs/{job_id}").text
+    assert "<script>window.__xss" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;window.__xss" in html
+    page = client.get("/ui/submit")
+    r = client.post("/ui/submit", data={"yaml": "name: '</textarea>" + XSS + "'\n", "csrf_token": csrf_of(page.text)})
+    assert r.status_code == 400 and "</textarea><script>" not in r.text and "&lt;/textarea&gt;&lt;script&gt;" in r.text
+
+
+def test_jobs_list_filters_and_pages(client, alice):
+    ids = [submit_api(client, alice, name=f"run-{i}") for i in range(3)]
+    submit_api(client, alice, name="other")
+    signed_in(client, alice)
+    html = client.get("/ui/jobs?name=run-").text
+    assert all(i in html for i in ids) and ">other<" not in html
+    from api.ui import views
+
+    old, views.PAGE_SIZE = views.PAGE_SIZE, 2
+    try:
+        first = client.get("/ui/jobs").text
+        assert 'id="next-page"' in first
+        older = re.search(r'id="next-page" href="([^"]+)"', first).group(1).replace("&amp;", "&")
+        second = client.get(older).text
+        assert ids[1] in second and ids[0] in second and "other" not in second and 'id="next-page"' not in second
+    finally:
+        views.PAGE_SIZE = old
+    assert "queued" in client.get("/ui/jobs?status=queued").text
+    assert ids[0] not in client.get("/ui/jobs?status=running").text
+
+
+def test_live_view_answers_304_while_the_job_is_unchanged(client, alice):
+    job_id = submit_api(client, alice)
+    signed_in(client, alice)
+    r = client.get(f"/ui/jobs/{job_id}/live.json")
+    assert r.status_code == 200 and r.json["job"]["id"] == job_id and r.headers["ETag"]
+    again = client.get(f"/ui/jobs/{job_id}/live.json", headers={"If-None-Match": r.headers["ETag"]})
+    assert again.status_code == 304 and not again.data
+    rows = client.get("/ui/jobs/rows")
+    assert client.get("/ui/jobs/rows", headers={"If-None-Match": rows.headers["ETag"]}).status_code == 304
+    page = client.get(f"/ui/jobs/{job_id}")
+    client.post(f"/ui/jobs/{job_id}/cancel", data={"csrf_token": csrf_of(page.text)})
+    changed = client.get(f"/ui/jobs/{job_id}/live.json", headers={"If-None-Match": r.headers["ETag"]})
+    assert changed.status_code == 200 and changed.json["job"]["status"] == "cancelled"
+
+
+def test_submit_form_prefills_validates_and_redirects(client, alice, broker):
+    signed_in(client, alice)
+    page = client.get("/ui/submit?config=demo")
+    assert "name: demo" in page.text and "arch: resnet18" in page.text
+    good = ("name: t\nmodel:\n  arch: resnet18\ndata:\n  format: imagefolder\n  root: synthetic\n  image_size: 32\n"
+            "optim:\n  epochs: 1\n  batch_size: 8\n  lr: 0.01\n")
+    bad = good.replace("epochs: 1", "epochs: -1")
+    r = client.post("/ui/submit", data={"yaml": bad, "csrf_token": csrf_of(page.text)})
+    assert r.status_code == 400
+    assert re.search(r'data-field="optim.epochs" data-line="9"', r.text), r.text  # next to its line
+    r = client.post("/ui/submit", data={"yaml": good, "csrf_token": csrf_of(page.text)})
+    assert r.status_code == 302 and "/ui/jobs/" in r.headers["Location"]
+    job_id = r.headers["Location"].rsplit("/", 1)[1]
+    assert broker.sent[-1][0] == job_id
+    r = client.post("/ui/submit", data={"yaml": "name: [unclosed", "csrf_token": csrf_of(page.text)})
+    assert r.status_code == 400 and "not valid YAML" in r.text
+
+
+def test_open_redirect_is_refused(client, alice):
+    token = alice["Authorization"].split(" ", 1)[1]
+    page = client.get("/ui/signin")
+    r = client.post("/ui/signin?next=//evil.example/", data={"token": token, "csrf_token": csrf_of(page.text)})
+    assert r.headers["Location"].endswith("/ui/jobs")
