@@ -1,7 +1,9 @@
 """Periodic repair of the broker from the job store (the truth):
 
 - a running job whose worker is gone becomes `interrupted` and is re-sent; the next claim
-  resumes it from its last checkpoint (see :func:`worker_gone` for how "gone" is decided);
+  resumes it from its last checkpoint (see :func:`worker_gone` for how "gone" is decided); its
+  attempt's row is closed `worker_lost`, with the work lost since the checkpoint read from the
+  run directory (when this process sees the job volume);
 - a queued or interrupted job with no live message in Redis (publish failed, Redis lost its
   data, the only copy sits in kombu's `unacked` hash for a worker that died) is re-sent;
 - a waiting job whose dependency already finished is released or failed;
@@ -46,6 +48,7 @@ from sqlalchemy import select
 from common.logs import configure_logging
 from common.settings import Settings
 from common.store import Job, JobStatus, WorkerBeat, lifecycle, transaction, utcnow
+from common.store.attempts import RunView
 from common.store.jobs import age_s
 from common.store.lifecycle import Publish, Send
 from worker.liveness import claimant_is_dead_here
@@ -192,7 +195,8 @@ def _mark_stale_and_release(settings: Settings, sessions: Any, report: dict[str,
             if why is None:
                 continue
             log.warning("job %s: worker %s presumed lost (%s); re-sending", job.id, job.worker, why)
-            to_send += lifecycle.worker_lost(job, f"worker lost ({why}); will resume from the last checkpoint")
+            to_send += lifecycle.worker_lost(job, f"worker lost ({why}); will resume from the last checkpoint",
+                                             RunView.read(settings.jobs_root, job.id))
             report["stale"].append(job.id)
         for job in s.scalars(select(Job).where(Job.status == JobStatus.waiting.value).with_for_update()):
             dep = s.scalar(select(Job).where(Job.id == job.after_id)) if job.after_id else None

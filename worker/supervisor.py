@@ -13,21 +13,25 @@ request cancelled; over TEACHER_MAX_JOB_SECONDS (training time summed over all a
 ``jobs.run_seconds``) failed with "time limit: ..."; exit 4 (no space left on the job volume)
 failed with "no space left on device ..." -- neither is retried, as a retry cannot fix them;
 exit 3 or a signal (worker shutdown, OOM kill, another worker took over) interrupted and
-requeued to resume from the last checkpoint; exit 2 failed as invalid input; anything else
-failed with the child's reason.
+requeued to resume from the last checkpoint; exit 2 failed as invalid input; an integrity
+failure with ``integrity.on_fail: stop`` failed (a replay fails again); any other failure of
+the training (exit 1) is retried from its last checkpoint until the job has max_attempts
+failures, then failed with the training's error.
 
 Attempts are capped twice. ``jobs.interruptions`` counts the attempts that ended without the job
 being at fault: stopped gracefully (exit 3: a worker shutdown, a preemption's SIGTERM) or lost
 before training started (see common.store.lifecycle.attempt_started_training); at
-TEACHER_MAX_INTERRUPTIONS (default 20) the job fails. The other ended attempts (a worker that
-died while training, a training process killed by a signal we did not send: OOM kill, crash,
-SIGKILL) count against the job's ``max_attempts`` (TEACHER_MAX_ATTEMPTS) and end it as "worker
-lost". Before either cap, a claim checks whether the run on disk already finished
+TEACHER_MAX_INTERRUPTIONS (default 20) the job fails. ``jobs.failures`` counts the others: the
+training failed (exit 1), or the worker or training process died while training (a signal we
+did not send: OOM kill, crash, SIGKILL); at the job's ``max_attempts`` (TEACHER_MAX_ATTEMPTS) it
+fails. Before either cap, a claim checks whether the run on disk already finished
 (:func:`run_finished`: its worker died after "done" but before recording it) and records
-success without training again.
+success without training again. Each attempt's row (common.store.attempts) records its cause,
+what the supervisor stopped it for (``StopCause``), where it resumed from and the work it lost.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -49,6 +53,8 @@ from common.exitcodes import EXIT_BAD_INPUT, EXIT_NO_SPACE, EXIT_OK, EXIT_STOPPE
 from common.logs import bind, log_context, worker_id
 from common.settings import Settings
 from common.store import Job, JobStatus, lifecycle, transaction, utcnow
+from common.store.attempts import RunView
+from common.store.models import AttemptCause, StopCause
 from common.rundir import BEST, LAST, History, JobPaths, Manifest, Progress, RunFileCorrupt, RunStatus
 from common.store.jobs import age_s, init_from_path, lock_job
 from common.store.lifecycle import Claim, Outcome, Publish, lost_attempts
@@ -108,7 +114,8 @@ def no_space_reason(detail: str | None = None) -> str:
 
 def worker_lost_reason(lost: int) -> str:
     return (f"worker lost: gave up after {lost} attempt{'' if lost == 1 else 's'} whose worker or training "
-            "process died while training (killed, crashed or out of memory; TEACHER_MAX_ATTEMPTS)")
+            "process died while training or whose training failed, the last one's died (killed, crashed or out of "
+            "memory; TEACHER_MAX_ATTEMPTS)")
 
 
 def interruptions_reason(interruptions: int) -> str:
@@ -118,9 +125,9 @@ def interruptions_reason(interruptions: int) -> str:
             "TEACHER_MAX_INTERRUPTIONS)")
 
 
-def _interrupted_reason(rc: int, stopped_for: Outcome | None) -> str:
+def _interrupted_reason(rc: int, stopped_for: Outcome | None, signal_name: str | None = None) -> str:
     if stopped_for == Outcome.interrupted:
-        why = f"stopped for a worker shutdown (exit {rc})"
+        why = f"stopped for a worker shutdown ({signal_name or 'Celery warm shutdown'} to the worker; exit {rc})"
     elif rc == EXIT_STOPPED:
         why = "stopped by a signal (exit 3)"
     elif rc < 0:
@@ -130,21 +137,31 @@ def _interrupted_reason(rc: int, stopped_for: Outcome | None) -> str:
     return f"interrupted: {why}; will resume from the last checkpoint"
 
 
+# What the supervisor stopped the child for, as the attempt's row records it.
+_STOP_CAUSE = {Outcome.cancelled: StopCause.cancel, Outcome.time_limit: StopCause.time_limit,
+               Outcome.interrupted: StopCause.worker_shutdown, Outcome.superseded: StopCause.superseded}
+
+
 @dataclass(frozen=True)
 class Ending:
-    """How the supervisor ends an attempt: it finishes the job, or interrupts it (re-sent)."""
+    """How the supervisor ends an attempt: it finishes the job, or interrupts it (re-sent).
+    ``cause`` is the attempt row's (None: the outcome's default, see lifecycle.finish)."""
 
     outcome: Outcome
     reason: str | None = None
     exit_code: int | None = None
     result: dict[str, Any] | None = None
-    graceful: bool = False  # interrupted: a requested stop, not the job's fault
+    cause: AttemptCause | None = None
+    stop: StopCause | None = None
+    run: RunView | None = None
 
     def apply(self, session: Any, job: Job) -> list[lifecycle.Send]:
         """The lifecycle event, on the locked row; returns what to send after the commit."""
-        if self.outcome == Outcome.interrupted:
-            return lifecycle.interrupt(job, self.reason or "interrupted", graceful=self.graceful)
-        return lifecycle.finish(session, job, self.outcome, self.reason, exit_code=self.exit_code, result=self.result)
+        if self.outcome in (Outcome.interrupted, Outcome.retried):
+            return lifecycle.interrupt(job, self.reason or "interrupted", cause=self.cause or AttemptCause.preempted,
+                                       stop=self.stop, exit_code=self.exit_code, run=self.run)
+        return lifecycle.finish(session, job, self.outcome, self.reason, exit_code=self.exit_code, result=self.result,
+                                cause=self.cause, stop=self.stop, run=self.run)
 
 
 def _publisher(settings: Settings) -> Publish:
@@ -160,6 +177,7 @@ class Supervisor:
         self.sessions = sessions_for(settings.database_url)
         self.enqueue_fn = enqueue or _publisher(settings)
         self._stop_flag = threading.Event()
+        self._stop_signal: str | None = None  # the signal the worker got while a child ran
         self._shutdown_requested = shutdown_requested or celery_stopping
 
     def run(self, job_id: str) -> Outcome:
@@ -193,10 +211,11 @@ class Supervisor:
             if not self._may_take(job):
                 return None
             if job.job_status == JobStatus.running:  # its worker is gone (no reconciler pass yet)
-                lifecycle.worker_lost(job, "worker lost (stale heartbeat); will resume from the last checkpoint")
+                lifecycle.worker_lost(job, "worker lost (stale heartbeat); will resume from the last checkpoint",
+                                      RunView.read(self.settings.jobs_root, job_id))
             ending = self._ending_at_claim(job, finished)
             if ending is None:
-                return lifecycle.claim(job, worker_id())
+                return lifecycle.claim(job, worker_id(), self._run_at_claim(job))
             sends = ending.apply(s, job)
         self._send(sends)
         return None
@@ -239,6 +258,12 @@ class Supervisor:
                 return Ending(Outcome.failed, f"init_from checkpoint not found: {ckpt.name} of job {job.init_from['job']}")
         return None
 
+    def _run_at_claim(self, job: Job) -> RunView | None:
+        """Where the attempt about to start will resume from. _prepare starts afresh (removing
+        what is there) when the run never wrote its config: then nothing is resumed."""
+        paths = JobPaths.of(self.settings.jobs_root, job.id)
+        return RunView.read(self.settings.jobs_root, job.id) if paths.files.config.is_file() else None
+
     def _run_finished_on_disk(self, job_id: str) -> bool:
         with self.sessions() as s:
             job = s.scalar(select(Job).where(Job.id == job_id))
@@ -266,8 +291,9 @@ class Supervisor:
             proc = self._start_child(claim, paths, train_args, logf)
         bind(child_pid=proc.pid)
         log.info("job %s: attempt %d started child pid %d", claim.job_id, claim.attempt, proc.pid)
-        with _SignalScope(self._stop_flag):
+        with _SignalScope(self._stop_flag) as scope:
             rc, stopped_for, run_seconds = self._supervise(claim, proc, paths)
+        self._stop_signal = scope.received
         _kill_group(proc.pid, signal.SIGKILL)  # leftovers such as data-loader workers
         if faults.current().on("worker_exit_after_child"):
             # Test-only: the worker dies after its child exited (e.g. "done") and before the
@@ -358,6 +384,7 @@ class Supervisor:
     def _record_outcome(self, claim: Claim, paths: JobPaths, rc: int, stopped_for: Outcome | None,
                         run_seconds: float, attempt_started: float) -> Outcome:
         progress = _read_progress(paths.progress)
+        run = RunView.read(self.settings.jobs_root, claim.job_id)
 
         def ending(job: Job) -> Ending:
             """Record the attempt's numbers on the locked row; returns how the attempt ends."""
@@ -365,11 +392,33 @@ class Supervisor:
                 job.progress = progress.to_json()
             job.exit_code, job.run_seconds = rc, run_seconds
             outcome = classify_exit(rc, stopped_for, job.cancel_requested)
-            return self._ending_of(outcome, rc, stopped_for, paths, progress, run_seconds, attempt_started)
+            end = self._ending_of(outcome, rc, stopped_for, paths, progress, run_seconds, attempt_started)
+            if end.outcome == Outcome.failed and self._retry_failure(job, progress):
+                end = Ending(Outcome.retried, f"training failed (attempt {claim.attempt}, failure "
+                             f"{(job.failures or 0) + 1} of at most {job.max_attempts}); will retry from the last "
+                             f"checkpoint: {end.reason}", rc, cause=AttemptCause.training_failed)
+            elif end.outcome == Outcome.failed:
+                end = dataclasses.replace(end, cause=AttemptCause.training_failed
+                                          if self._training_failure(job, progress) else AttemptCause.failed)
+            return dataclasses.replace(end, stop=_STOP_CAUSE.get(stopped_for) if stopped_for else None, run=run)
 
         outcome = self._end(claim, ending)
         log.info("job %s: attempt %d ended with exit %d -> %s", claim.job_id, claim.attempt, rc, outcome.value)
         return outcome
+
+    @staticmethod
+    def _training_failure(job: Job, progress: Progress | None) -> bool:
+        """Whether an attempt that failed (exit 1 or another code) failed in its training, which
+        a retry may get past, rather than in an integrity check with on_fail: stop (a replay of
+        the same epochs fails it again)."""
+        integrity_stop = ((job.config or {}).get("integrity") or {}).get("on_fail") == "stop"
+        return not (integrity_stop and progress is not None and progress.integrity is not None
+                    and progress.integrity.failed)
+
+    def _retry_failure(self, job: Job, progress: Progress | None) -> bool:
+        """A training failure is retried (from its last checkpoint) while the job's failures,
+        this one included, stay under max_attempts."""
+        return self._training_failure(job, progress) and (job.failures or 0) + 1 < job.max_attempts
 
     def _ending_of(self, outcome: Outcome, rc: int, stopped_for: Outcome | None, paths: JobPaths,
                    progress: Progress | None, run_seconds: float, attempt_started: float) -> Ending:
@@ -377,7 +426,8 @@ class Supervisor:
             # A graceful stop (exit 3, a worker shutdown) is not the job's fault; a training
             # process killed by a signal we did not send (the OOM killer) counts against max_attempts.
             graceful = rc == EXIT_STOPPED or stopped_for == Outcome.interrupted
-            return Ending(outcome, _interrupted_reason(rc, stopped_for), rc, graceful=graceful)
+            return Ending(outcome, _interrupted_reason(rc, stopped_for, self._stop_signal), rc,
+                          cause=AttemptCause.preempted if graceful else AttemptCause.killed)
         if outcome == Outcome.succeeded:
             return Ending(outcome, exit_code=rc, result=_summary(paths))
         if outcome == Outcome.time_limit:
@@ -430,6 +480,7 @@ class _SignalScope:
     def __init__(self, flag: threading.Event):
         self.flag = flag
         self.previous: dict[int, Any] = {}
+        self.received: str | None = None  # the first signal's name, for the attempt's reason
 
     def __enter__(self) -> "_SignalScope":
         if threading.current_thread() is threading.main_thread():
@@ -439,6 +490,7 @@ class _SignalScope:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.flag.set()
+        self.received = self.received or signal.Signals(signum).name
         previous = self.previous.get(signum)
         if callable(previous) and previous is not signal.default_int_handler:  # e.g. Celery's warm-shutdown handler: let it know too
             previous(signum, frame)

@@ -10,6 +10,12 @@ worker that still sees the old row).
 How an attempt (or a delivery that started none) ended is an :class:`Outcome`; each outcome
 that ends the job names the :class:`JobStatus` it ends in (``Outcome.status``).
 
+Every attempt has a row in ``attempts`` (common.store.attempts): claim opens it; interrupt,
+worker_lost and finish close it with an ``AttemptCause``. The same events keep the two counters
+of ended attempts: ``interruptions`` (not the job's fault: a preemption, a graceful stop, a
+worker lost before it trained; capped by TEACHER_MAX_INTERRUPTIONS) and ``failures`` (the
+training failed, or its worker or process died while training; capped by max_attempts).
+
 Adding a job state: a member of JobStatus (common/store/models.py; the column is a string, so no
 migration), its rows in TRANSITIONS, the event function that enters it, and the invariants in
 tests/unit/common/test_lifecycle.py.
@@ -25,8 +31,10 @@ from typing import Any, Callable, Iterable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.store import attempts as attempt_rows
+from common.store.attempts import RunView
 from common.store.db import transaction
-from common.store.models import FINISHED, Job, JobStatus, utcnow
+from common.store.models import FINISHED, AttemptCause, Job, JobStatus, StopCause, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +71,11 @@ class Outcome(str, enum.Enum):
     time_limit = "time_limit"    # failed, not retried (TEACHER_MAX_JOB_SECONDS)
     no_space = "no_space"        # failed, not retried: a full disk is not fixed by retrying
     bad_input = "bad_input"      # failed: invalid config or input (exit 2)
-    failed = "failed"            # failed: the training failed, or the supervisor did
-    worker_lost = "worker_lost"  # failed: max_attempts attempts died while training
+    failed = "failed"            # failed: the training failed (max_attempts times), or the supervisor did
+    worker_lost = "worker_lost"  # failed: max_attempts failures, the last a worker that died while training
     interrupted_too_often = "interrupted_too_often"  # failed: TEACHER_MAX_INTERRUPTIONS
     interrupted = "interrupted"  # requeued; resumes from the last checkpoint
+    retried = "retried"          # the training failed; requeued (a failure), resumes from the last checkpoint
     superseded = "lost"          # another worker claimed the job meanwhile; its outcome is that one's
     skipped = "skipped"          # no attempt: a duplicate delivery, or the job ended at the claim
 
@@ -78,7 +87,7 @@ class Outcome(str, enum.Enum):
 
 _OUTCOME_STATUS = {
     Outcome.succeeded: JobStatus.succeeded, Outcome.cancelled: JobStatus.cancelled,
-    Outcome.interrupted: JobStatus.interrupted,
+    Outcome.interrupted: JobStatus.interrupted, Outcome.retried: JobStatus.interrupted,
     **{o: JobStatus.failed for o in (Outcome.time_limit, Outcome.no_space, Outcome.bad_input, Outcome.failed,
                                      Outcome.worker_lost, Outcome.interrupted_too_often)},
 }
@@ -154,8 +163,9 @@ def submit_status(dependency: Job | None) -> JobStatus:
     return JobStatus.waiting
 
 
-def claim(job: Job, worker: str) -> Claim:
-    """Start a new attempt of a queued or interrupted job on ``worker`` ("host:pid")."""
+def claim(job: Job, worker: str, run: RunView | None = None) -> Claim:
+    """Start a new attempt of a queued or interrupted job on ``worker`` ("host:pid") and open
+    its row; ``run``: the run directory at the claim (where the attempt will resume from)."""
     _move(job, Event.claim)
     now = utcnow()
     job.attempts = (job.attempts or 0) + 1
@@ -165,6 +175,7 @@ def claim(job: Job, worker: str) -> Claim:
     job.started_at = job.started_at or now
     job.exit_code = None
     job.failure_reason = None
+    attempt_rows.open_attempt(job, worker, run)
     return Claim(job.id, job.attempts, job.claim_token, dict(job.config), job.run_seconds or 0.0)
 
 
@@ -182,39 +193,59 @@ def heartbeat(job: Job, *, child_pid: int, run_seconds: float, progress: dict[st
     job.run_seconds = run_seconds  # a dead worker loses at most one beat of it
     if progress is not None:
         job.progress = progress
+        attempt_rows.note_progress(job, progress)
     return bool(job.cancel_requested)
 
 
-def interrupt(job: Job, reason: str, *, graceful: bool) -> list[Send]:
+# How an attempt that is resumed counts: an interruption (not the job's fault) or a failure.
+INTERRUPTION_CAUSES = frozenset({AttemptCause.preempted, AttemptCause.stalled})
+FAILURE_CAUSES = frozenset({AttemptCause.training_failed, AttemptCause.killed})
+
+
+def interrupt(job: Job, reason: str, *, cause: AttemptCause, stop: StopCause | None = None,
+              exit_code: int | None = None, run: RunView | None = None) -> list[Send]:
     """The attempt stopped without finishing; the job is re-sent and resumes from its last
-    checkpoint. ``graceful`` (a requested stop, not the job's fault) counts as an interruption;
-    otherwise (a training process killed by a signal we did not send, typically the OOM killer)
-    the attempt counts against max_attempts."""
+    checkpoint. ``cause`` says how it counts: a requested stop (preempted) is an interruption;
+    a training failure, or a training process killed by a signal nobody sent (typically the
+    OOM killer), is a failure, counted against max_attempts. ``run``: the run directory now
+    (for the work lost since its last checkpoint)."""
+    if cause not in INTERRUPTION_CAUSES | FAILURE_CAUSES:
+        raise ValueError(f"an attempt ended {cause.value} is not resumed")
     _move(job, Event.interrupt)
+    _count(job, cause in FAILURE_CAUSES)
+    attempt_rows.close_attempt(job, cause, reason, stop=stop, exit_code=exit_code, run=run, resumes=True)
     _end_attempt(job, reason)
-    if graceful:
-        job.interruptions = (job.interruptions or 0) + 1
     return [Send.of(job)]
 
 
-def worker_lost(job: Job, reason: str) -> list[Send]:
+def worker_lost(job: Job, reason: str, run: RunView | None = None) -> list[Send]:
     """The running job's worker is gone: interrupted, to be re-sent and resumed. An attempt lost
-    before it trained counts as an interruption, not against max_attempts."""
+    before it trained counts as an interruption, one lost while training as a failure."""
     _move(job, Event.worker_lost)
-    if not attempt_started_training(job):
-        job.interruptions = (job.interruptions or 0) + 1
+    _count(job, attempt_started_training(job))
+    attempt_rows.close_attempt(job, AttemptCause.worker_lost, reason, run=run, resumes=True)
     _end_attempt(job, reason)
     return [Send.of(job)]
 
 
 def finish(session: Session, job: Job, outcome: Outcome, reason: str | None = None, *,
-           exit_code: int | None = None, result: dict[str, Any] | None = None) -> list[Send]:
+           exit_code: int | None = None, result: dict[str, Any] | None = None,
+           cause: AttemptCause | None = None, stop: StopCause | None = None,
+           run: RunView | None = None) -> list[Send]:
     """End the job with ``outcome`` (one that finishes it) and release or fail its dependents.
-    Returns their messages."""
+    A running attempt's row is closed with ``cause`` (by default the outcome's: succeeded,
+    cancelled or failed); one whose training failed (``training_failed``) counts as a failure.
+    Returns the dependents' messages."""
     status = outcome.status
     if status is None or not status.finished:
         raise ValueError(f"outcome {outcome.value} does not finish a job")
+    running = job.job_status == JobStatus.running
     _move(job, _FINISH_EVENT[status])
+    if running:
+        cause = cause or _FINISH_CAUSE.get(status, AttemptCause.failed)
+        if cause in FAILURE_CAUSES:
+            _count(job, True)
+        attempt_rows.close_attempt(job, cause, reason, stop=stop, exit_code=exit_code, run=run)
     _end_attempt(job, reason)
     job.finished_at = utcnow()
     if exit_code is not None:
@@ -255,6 +286,16 @@ def release_dependents(session: Session, job: Job) -> list[Send]:
     return sends
 
 
+_FINISH_CAUSE = {JobStatus.succeeded: AttemptCause.succeeded, JobStatus.cancelled: AttemptCause.cancelled}
+
+
+def _count(job: Job, failure: bool) -> None:
+    if failure:
+        job.failures = (job.failures or 0) + 1
+    else:
+        job.interruptions = (job.interruptions or 0) + 1
+
+
 def _end_attempt(job: Job, reason: str | None) -> None:
     job.claim_token = None
     job.child_pid = None
@@ -274,9 +315,9 @@ def attempt_started_training(job: Job) -> bool:
 
 
 def lost_attempts(job: Job) -> int:
-    """Ended attempts that count against ``max_attempts``: their worker or training process died
-    while training (the others were interruptions). Call it while no attempt runs."""
-    return max(0, (job.attempts or 0) - (job.interruptions or 0))
+    """Ended attempts that count against ``max_attempts`` (``jobs.failures``): their training
+    failed, or their worker or training process died while training."""
+    return job.failures or 0
 
 
 # ------------------------------------------------------------------------------ after the commit
@@ -307,5 +348,5 @@ def mark_enqueued(session: Session, job_id: str) -> None:
 __all__ = [
     "JobConflict", "IllegalTransition", "Event", "Outcome", "TRANSITIONS", "FINISHED", "Send", "Claim",
     "submit_status", "claim", "locked_attempt", "heartbeat", "interrupt", "worker_lost", "finish",
-    "request_cancel", "release_dependents", "attempt_started_training", "lost_attempts", "send", "mark_enqueued", "Publish",
+    "request_cancel", "release_dependents", "RunView", "INTERRUPTION_CAUSES", "FAILURE_CAUSES", "attempt_started_training", "lost_attempts", "send", "mark_enqueued", "Publish",
 ]

@@ -130,6 +130,10 @@ class Job(Base):
     # TEACHER_MAX_INTERRUPTIONS; the other ended attempts (attempts - interruptions: a worker or
     # training process that died while training) by max_attempts.
     interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Attempts that ended by a failure of the job's own: its training failed (exit 1, retried
+    # from its checkpoint) or its worker or training process died while training. Capped by
+    # max_attempts. interruptions + failures <= attempts (the others finished the job).
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # When the latest attempt claimed the job: a broker delivery older than this was consumed by
     # that claim (or an earlier one), so it is not a message still waiting to be claimed.
     claimed_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
@@ -150,10 +154,68 @@ class Job(Base):
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     user: Mapped[User] = relationship()
+    # One row per attempt (claim), oldest first: the job's timeline. Loaded with the job (one
+    # query for a page of jobs), as the API dumps it after the session ended.
+    attempt_rows: Mapped[list["JobAttempt"]] = relationship(
+        back_populates="job", lazy="selectin", order_by="JobAttempt.number")
 
     @property
     def job_status(self) -> JobStatus:
         return JobStatus(self.status)
+
+
+class AttemptCause(str, enum.Enum):
+    """How one attempt ended (``attempts.cause``); null while it runs. Which ones count as an
+    interruption or a failure is common.store.lifecycle's."""
+
+    succeeded = "succeeded"
+    cancelled = "cancelled"
+    failed = "failed"                    # the job failed for a reason a retry cannot fix (bad input,
+                                         # no space, time limit, an integrity stop, a cap, ...)
+    training_failed = "training_failed"  # the training raised (exit 1): a failure, retried from its checkpoint
+    preempted = "preempted"              # stopped on request (worker SIGTERM/shutdown, exit 3): an interruption
+    killed = "killed"                    # its training process died by a signal nobody sent (OOM kill): a failure
+    worker_lost = "worker_lost"          # its worker vanished (the reconciler or a later claim found it)
+    stalled = "stalled"                  # reserved: the stall watchdog (issue 11)
+
+
+class StopCause(str, enum.Enum):
+    """What the supervisor acted on when it stopped the training child (``attempts.stop``)."""
+
+    worker_shutdown = "worker_shutdown"  # SIGTERM/SIGINT to the worker, or Celery's warm shutdown
+    cancel = "cancel"                    # a cancel request
+    time_limit = "time_limit"            # TEACHER_MAX_JOB_SECONDS
+    superseded = "superseded"            # another worker claimed the job
+
+
+class JobAttempt(Base):
+    """One attempt of a job: opened by lifecycle.claim, closed (ended_at, cause) by the event
+    that ends it: interrupt, worker_lost or finish."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("job_id", "number", name="uq_attempts_job_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id"))
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ...: jobs.attempts at its claim
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    cause: Mapped[str | None] = mapped_column(String(32), nullable=True)   # an AttemptCause
+    stop: Mapped[str | None] = mapped_column(String(32), nullable=True)    # a StopCause
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the child's; < 0: a signal
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Where it started: {epoch, step, batch, checkpoint, created_at} (rundir.ResumePoint's
+    # keys; batch null when not known yet); null for a fresh start.
+    resumed_from: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # An attempt the next one resumes after: seconds of work since the last checkpoint, lost.
+    lost_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    job: Mapped[Job] = relationship(back_populates="attempt_rows")
+
+    @property
+    def is_open(self) -> bool:
+        return self.ended_at is None
 
 
 class IdempotencyKey(Base):

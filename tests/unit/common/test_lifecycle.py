@@ -1,7 +1,8 @@
 """The job lifecycle (common.store.lifecycle) on a real SQLite store: random sequences of events
 (submit, claim, heartbeat, interrupt, worker lost, finish with each outcome, cancel, dependents
 released or failed, the caps) never reach an illegal state, and every event the transition
-table does not allow is refused without changing anything."""
+table does not allow is refused without changing anything. Every claim has its attempts row,
+closed with a cause by the event that ends it; interruptions + failures never exceed attempts."""
 from __future__ import annotations
 
 import itertools
@@ -16,13 +17,40 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, invariant, multi
                                  run_state_machine_as_test)
 from sqlalchemy import select
 
+from common.rundir import CheckpointEntry
 from common.store import Base, Job, JobStatus, User, make_engine, make_sessionmaker, transaction
 from common.store import lifecycle as lc
+from common.store.attempts import RunView
 from common.store.jobs import create_job, lock_job
 from common.store.lifecycle import Event, IllegalTransition, JobConflict, Outcome
+from common.store.models import AttemptCause, JobAttempt
 
 FINISHING = [o for o in Outcome if o.status is not None and o.status.finished]
 ALLOWED_MOVES = {(frm, to) for (frm, _), to in lc.TRANSITIONS.items()}
+RESUMED = sorted(lc.INTERRUPTION_CAUSES | lc.FAILURE_CAUSES, key=lambda c: c.value)
+FINISH_CAUSES = [None, AttemptCause.training_failed, AttemptCause.failed]
+
+
+def _checkpoint(age_s: float) -> CheckpointEntry:
+    return CheckpointEntry("step_00000040.pt", 1, 40, 10, "0" * 64, {}, time.time() - age_s)
+
+
+# The run directory an event may be told about: unknown, nothing written, a checkpoint
+# written a while ago (possibly before the attempt started).
+RUNS = st.sampled_from([None, RunView()]) | st.floats(0, 3600).map(lambda age: RunView(_checkpoint(age)))
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    number: int
+    ended: bool
+    cause: str | None
+    lost_s: float | None
+    resumed_from: Any
+
+    @classmethod
+    def of(cls, a: JobAttempt) -> "AttemptRow":
+        return cls(a.number, a.ended_at is not None, a.cause, a.lost_s, a.resumed_from)
 
 
 @dataclass(frozen=True)
@@ -30,6 +58,7 @@ class Row:
     status: JobStatus
     attempts: int
     interruptions: int
+    failures: int
     claim_token: str | None
     finished_at: Any
     heartbeat_at: Any
@@ -39,8 +68,8 @@ class Row:
 
     @classmethod
     def of(cls, job: Job) -> "Row":
-        return cls(job.job_status, job.attempts or 0, job.interruptions or 0, job.claim_token, job.finished_at,
-                   job.heartbeat_at, job.worker, job.after_id, bool(job.cancel_requested))
+        return cls(job.job_status, job.attempts or 0, job.interruptions or 0, job.failures or 0, job.claim_token,
+                   job.finished_at, job.heartbeat_at, job.worker, job.after_id, bool(job.cancel_requested))
 
 
 def _store(path: Path) -> Any:
@@ -72,18 +101,25 @@ class Lifecycle(RuleBasedStateMachine):
         with self.factory() as s:
             return {j.id: Row.of(j) for j in s.scalars(select(Job))}
 
+    def attempt_rows(self) -> dict[str, list[AttemptRow]]:
+        with self.factory() as s:
+            out: dict[str, list[AttemptRow]] = {j.id: [] for j in s.scalars(select(Job))}
+            for a in s.scalars(select(JobAttempt).order_by(JobAttempt.id)):
+                out[a.job_id].append(AttemptRow.of(a))
+            return out
+
     def event(self, job_id: str, event: Event | None, act: Any) -> None:
         """Run ``act(session, job)`` in a transaction. When ``event`` is given, it must raise
         IllegalTransition exactly when the table has no row for the job's status and event, and
         a refused event changes nothing."""
-        before = self.rows()
+        before, attempts_before = self.rows(), self.attempt_rows()
         legal = event is None or (before[job_id].status, event) in lc.TRANSITIONS
         try:
             with transaction(self.factory) as s:
                 result = act(s, lock_job(s, job_id))
         except IllegalTransition as exc:
             assert not legal, f"{event} refused for a {before[job_id].status.value} job: {exc}"
-            assert self.rows() == before
+            assert self.rows() == before and self.attempt_rows() == attempts_before
             return
         assert legal, f"{event} allowed for a {before[job_id].status.value} job"
         if isinstance(result, list):
@@ -106,18 +142,28 @@ class Lifecycle(RuleBasedStateMachine):
                               else JobStatus.waiting)
         return job_id
 
-    @rule(job_id=jobs)
-    def claim(self, job_id: str) -> None:
+    @rule(job_id=jobs, run=RUNS)
+    def claim(self, job_id: str, run: RunView | None) -> None:
         def act(s: Any, job: Job) -> None:
-            self.tokens.setdefault(job_id, []).append(lc.claim(job, "host:1").token)
+            self.tokens.setdefault(job_id, []).append(lc.claim(job, "host:1", run).token)
+        before = self.rows()[job_id].attempts
         self.event(job_id, Event.claim, act)
+        if self.rows()[job_id].attempts > before:  # claimed: where it resumes from, as the manifest says
+            opened = self.attempt_rows()[job_id][-1]
+            if run is None or run.resume_point is None:
+                assert opened.resumed_from is None
+            else:  # a step file: its position in the epoch is the trainer's to report
+                assert opened.resumed_from["step"] == 40 and opened.resumed_from["batch"] is None
 
-    @rule(job_id=jobs, current=st.booleans(), trained=st.booleans())
-    def heartbeat(self, job_id: str, current: bool, trained: bool) -> None:
-        """A beat with the job's latest claim token or an older one (a superseded worker)."""
+    @rule(job_id=jobs, current=st.booleans(), trained=st.booleans(), reports=st.booleans())
+    def heartbeat(self, job_id: str, current: bool, trained: bool, reports: bool) -> None:
+        """A beat with the job's latest claim token or an older one (a superseded worker); its
+        progress may report where the attempt resumed from."""
         tokens = self.tokens.get(job_id) or ["never-claimed"]
         token = tokens[-1] if current else tokens[0]
-        progress = {"status": "running", "updated_at": time.time() + 1} if trained else None
+        point = {"epoch": 1, "step": 40, "batch": 7, "checkpoint": "step_00000040.pt", "created_at": 1.0}
+        progress = ({"status": "running", "updated_at": time.time() + 1, **({"resumed_from": point} if reports else {})}
+                    if trained else None)
         before = self.rows()[job_id]
 
         def act(s: Any, _: Job) -> None:
@@ -128,21 +174,41 @@ class Lifecycle(RuleBasedStateMachine):
         self.event(job_id, None, act)
         if before.claim_token != token:
             assert self.rows()[job_id] == before  # a superseded attempt changes nothing
+        elif trained and reports:
+            assert self.attempt_rows()[job_id][-1].resumed_from == point  # the trainer's word wins
 
-    @rule(job_id=jobs, graceful=st.booleans())
-    def interrupt(self, job_id: str, graceful: bool) -> None:
-        self.event(job_id, Event.interrupt, lambda s, job: lc.interrupt(job, "interrupted: test", graceful=graceful))
+    @rule(job_id=jobs, cause=st.sampled_from(RESUMED), run=RUNS)
+    def interrupt(self, job_id: str, cause: AttemptCause, run: RunView | None) -> None:
+        before = self.rows()[job_id]
+        self.event(job_id, Event.interrupt,
+                   lambda s, job: lc.interrupt(job, "interrupted: test", cause=cause, exit_code=3, run=run))
+        after = self.rows()[job_id]
+        if after.status != before.status:  # it happened: counted once, as its cause says
+            failure = cause in lc.FAILURE_CAUSES
+            assert (after.failures - before.failures, after.interruptions - before.interruptions) == \
+                ((1, 0) if failure else (0, 1))
+            last = self.attempt_rows()[job_id][-1]
+            assert last.cause == cause.value and (last.lost_s is None) == (run is None)
 
-    @rule(job_id=jobs)
-    def worker_lost(self, job_id: str) -> None:
-        self.event(job_id, Event.worker_lost, lambda s, job: lc.worker_lost(job, "worker lost: test"))
+    @rule(job_id=jobs, run=RUNS)
+    def worker_lost(self, job_id: str, run: RunView | None) -> None:
+        self.event(job_id, Event.worker_lost, lambda s, job: lc.worker_lost(job, "worker lost: test", run))
 
-    @rule(job_id=jobs, outcome=st.sampled_from(FINISHING))
-    def finish(self, job_id: str, outcome: Outcome) -> None:
-        """Each finishing outcome, the caps (worker_lost, interrupted_too_often) included."""
+    @rule(job_id=jobs, outcome=st.sampled_from(FINISHING), cause=st.sampled_from(FINISH_CAUSES))
+    def finish(self, job_id: str, outcome: Outcome, cause: AttemptCause | None) -> None:
+        """Each finishing outcome, the caps (worker_lost, interrupted_too_often) included; a
+        failure of the training's own counts as a failure."""
         event = {JobStatus.succeeded: Event.succeed, JobStatus.failed: Event.fail,
                  JobStatus.cancelled: Event.cancel}[outcome.status]
-        self.event(job_id, event, lambda s, job: lc.finish(s, job, outcome, "test", exit_code=0))
+        before = self.rows()[job_id]
+        self.event(job_id, event, lambda s, job: lc.finish(s, job, outcome, "test", exit_code=0, cause=cause))
+        after = self.rows()[job_id]
+        if before.status == JobStatus.running and after.status.finished:
+            last = self.attempt_rows()[job_id][-1]
+            expected = cause.value if cause else {JobStatus.succeeded: "succeeded", JobStatus.cancelled: "cancelled"}.get(
+                after.status, "failed")
+            assert last.ended and last.cause == expected and last.lost_s is None
+            assert after.failures - before.failures == (cause == AttemptCause.training_failed)
 
     @rule(job_id=jobs)
     def request_cancel(self, job_id: str) -> None:
@@ -169,6 +235,26 @@ class Lifecycle(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ invariants
     @invariant()
+    def an_attempts_row_per_claim(self) -> None:
+        rows, attempt_rows = self.rows(), self.attempt_rows()
+        for job_id, row in rows.items():
+            mine = attempt_rows[job_id]
+            assert [a.number for a in mine] == list(range(1, row.attempts + 1)), "a row per claim, in order"
+            assert row.interruptions + row.failures <= row.attempts
+            assert all(a.cause for a in mine if a.ended), "every closed row has a cause"
+            assert all(a.cause is None for a in mine if not a.ended)
+            # the latest attempt's row is open exactly while the job runs; every earlier one is closed
+            assert all(a.ended for a in mine[:-1])
+            if mine:
+                assert mine[-1].ended == (row.status != JobStatus.running)
+            assert all(a.lost_s is None or a.lost_s >= 0 for a in mine)
+            # each ended attempt counts once, as its cause says (a worker lost: either), the others not at all
+            counted = {c.value for c in RESUMED} | {AttemptCause.worker_lost.value}
+            assert row.interruptions + row.failures == sum(a.cause in counted for a in mine)
+            assert row.failures >= sum(a.cause in {c.value for c in lc.FAILURE_CAUSES} for a in mine)
+            assert row.interruptions >= sum(a.cause in {c.value for c in lc.INTERRUPTION_CAUSES} for a in mine)
+
+    @invariant()
     def no_illegal_state(self) -> None:
         rows = self.rows()
         for job_id, row in rows.items():
@@ -179,7 +265,7 @@ class Lifecycle(RuleBasedStateMachine):
                 if row.status != prev.status:
                     assert (prev.status, row.status) in ALLOWED_MOVES, (prev.status, row.status)
                 assert row.attempts >= prev.attempts and row.interruptions >= prev.interruptions
-            assert row.interruptions <= row.attempts
+                assert row.failures >= prev.failures
             # a job runs only under a claim, and a claim only while it runs
             assert (row.status == JobStatus.running) == (row.claim_token is not None)
             if row.status == JobStatus.running:

@@ -69,7 +69,7 @@ def insert_job(conn) -> None:
 
 
 def test_the_revisions_are_the_old_versions_in_order():
-    assert REVISIONS == ["0001", "0002", "0003", "0004"] and LATEST_VERSION == 4
+    assert REVISIONS == ["0001", "0002", "0003", "0004", "0005"] and LATEST_VERSION == 5
 
 
 def test_an_empty_store_upgrades_to_head_and_matches_the_models(engine):
@@ -81,7 +81,7 @@ def test_an_empty_store_upgrades_to_head_and_matches_the_models(engine):
     assert schema_diff(engine) == []
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, LATEST_VERSION])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])  # the old scheme's versions (0005 came after it)
 def test_a_store_of_the_old_numbered_scheme_is_adopted_and_upgraded(engine, version, caplog):
     legacy_store(engine, version)
     with engine.connect() as conn:
@@ -93,9 +93,11 @@ def test_a_store_of_the_old_numbered_scheme_is_adopted_and_upgraded(engine, vers
     assert "schema_version" not in tables(engine)  # one record of the version: Alembic's
     with engine.connect() as conn:
         assert current_revision(conn) == REVISIONS[-1]
-        row = conn.exec_driver_sql(f"SELECT run_seconds, deleted_at, interruptions, claimed_at FROM jobs "
+        row = conn.exec_driver_sql(f"SELECT run_seconds, deleted_at, interruptions, claimed_at, failures FROM jobs "
                                    f"WHERE id = '{JOB_ID}'").one()
-    assert tuple(row) == (0, None, 0, None)  # the job survives; the new columns take their defaults
+        timeline = conn.exec_driver_sql("SELECT count(*) FROM attempts").scalar()
+    assert tuple(row) == (0, None, 0, None, 0)  # the job survives; the new columns take their defaults
+    assert timeline == 0
     assert schema_diff(engine) == []
 
 
@@ -165,3 +167,36 @@ def test_teacher_db_upgrade_runs_alembic_upgrade_head(tmp_path, monkeypatch):
             assert current_revision(conn) == REVISIONS[-1]
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("status, attempts, interruptions, reason, failures", [
+    ("interrupted", 3, 1, None, 2),        # every ended attempt that was not an interruption failed
+    ("queued", 0, 0, None, 0),
+    ("running", 3, 1, None, 1),            # the running attempt has not ended
+    ("succeeded", 2, 1, None, 0),          # the last attempt finished the job
+    ("failed", 2, 0, "no space left on device while writing x", 1),
+    ("failed", 3, 0, "worker lost: gave up after 3 attempts whose worker ...", 3),  # failed at a claim
+    ("failed", 2, 2, "interrupted too often: gave up after 2 interruptions", 0),
+    ("cancelled", 0, 0, None, 0),          # never claimed: not negative
+])
+def test_0005_counts_the_failures_the_store_knew_of(engine, status, attempts, interruptions, reason, failures):
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0004")
+        insert_job(conn)
+        conn.exec_driver_sql("UPDATE jobs SET status = ?, attempts = ?, interruptions = ?, failure_reason = ?"
+                             if conn.dialect.name == "sqlite" else
+                             "UPDATE jobs SET status = %s, attempts = %s, interruptions = %s, failure_reason = %s",
+                             (status, attempts, interruptions, reason))
+    assert upgrade(engine) == LATEST_VERSION
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT failures FROM jobs").scalar() == failures
+    assert schema_diff(engine) == []
+
+
+def test_0005_downgrades(engine):
+    upgrade(engine)
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0004")
+    assert "attempts" not in tables(engine)
+    with engine.connect() as conn:
+        assert "failures" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
