@@ -3,6 +3,7 @@ and where in the submitted YAML a field error points. Pure functions of their ar
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import yaml
@@ -27,11 +28,18 @@ def num(value: Any, digits: int = 3) -> str:
     if abs(value) >= 10 ** digits:
         return f"{value:,.0f}"
     decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(value)))))
-    return f"{value:.{decimals}f}"
+    text = _fixed(value, decimals)
+    return text.rstrip("0").rstrip(".") if "." in text else text  # 1.00 -> 1, as the live view writes it
+
+
+def _fixed(value: float, decimals: int) -> str:
+    """Rounded half up on the exact binary value, as JavaScript's toFixed does: the server's
+    render and the live updates never disagree in the last digit (81.25 -> 81.3 in both)."""
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP))
 
 
 def pct(value: Any) -> str:
-    return f"{value:.1f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+    return f"{_fixed(value, 1)}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
 
 
 def duration(seconds: Any) -> str:

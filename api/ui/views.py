@@ -16,6 +16,7 @@ from typing import Any
 from flask import (Blueprint, Response, abort, current_app, g, jsonify, make_response, redirect, render_template,
                    request, url_for)
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
 from api import analysis as analysis_api
@@ -187,22 +188,26 @@ def _page() -> tuple[list[dict[str, Any]], int | None]:
 def jobs() -> Any:
     rows, next_before = _page()
     statuses, name, _ = _list_args()
-    return render_template("ui/jobs.html", rows=rows, next_before=next_before, statuses=statuses, name=name,
+    rows_html = render_template("ui/_job_rows.html", rows=rows, admin=g.user.is_admin)
+    return render_template("ui/jobs.html", rows_html=Markup(rows_html), rows_etag=_etag(rows_html),
+                           next_before=next_before, statuses=statuses, name=name,
                            all_statuses=present.STATUSES, admin=g.user.is_admin)
 
 
 @blp.route("/jobs/rows", endpoint="job_rows")
 def job_rows() -> Any:
-    """The rows of the list as it would render now (polled by jobs.js); 304 while unchanged."""
+    """The rows of the list as it would render now (polled by jobs.js, which starts with the
+    page's own ETag); 304 while unchanged."""
     rows, _ = _page()
     html = render_template("ui/_job_rows.html", rows=rows, admin=g.user.is_admin)
-    return _conditional(make_response(html), html.encode())
-
-
-def _conditional(resp: Response, content: bytes) -> Response:
-    resp.set_etag(hashlib.sha256(content).hexdigest()[:32])
+    resp = make_response(html)
+    resp.set_etag(_etag(html))
     resp.headers["Cache-Control"] = "no-cache"
     return resp.make_conditional(request)
+
+
+def _etag(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 # ------------------------------------------------------------------ one job

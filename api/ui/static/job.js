@@ -124,12 +124,13 @@
     }
     list.forEach(function (c) {
       var tr = el("tr"), a = el("a", null, c.name), td = el("td");
+      function cell(label, text) { var d = el("td", null, text); d.setAttribute("data-label", label); return d; }
       a.href = c.url; a.setAttribute("download", "");
-      td.appendChild(a); tr.appendChild(td);
-      tr.appendChild(el("td", null, c.epoch == null ? "–" : c.epoch));
-      tr.appendChild(el("td", null, size(c.size)));
-      var sha = el("td"); sha.appendChild(el("code", "sha", c.sha256 || "–")); tr.appendChild(sha);
-      tr.appendChild(el("td", null, U.pct((c.metrics || {})["val.top1"])));
+      td.setAttribute("data-label", "Name"); td.appendChild(a); tr.appendChild(td);
+      tr.appendChild(cell("Epoch", c.epoch == null ? "–" : c.epoch));
+      tr.appendChild(cell("Size", size(c.size)));
+      var sha = cell("sha256"); sha.appendChild(el("code", "sha", c.sha256 || "–")); tr.appendChild(sha);
+      tr.appendChild(cell("Val top-1", U.pct((c.metrics || {})["val.top1"])));
       body.appendChild(tr);
     });
   }

@@ -11,5 +11,6 @@
       window.teacherUI.localizeTimes(body);
       window.teacherJobs.updates = (window.teacherJobs.updates || 0) + 1;
     });
-  }, 3000, "text/html");
+  }, 3000, "text/html", table.getAttribute("data-etag"));
+  setInterval(function () { window.teacherUI.localizeTimes(body); }, 15000);  // ages move on
 })();

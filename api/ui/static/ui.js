@@ -29,9 +29,10 @@ window.teacherUI = (function () {
     });
   }
 
-  // GET url with the last ETag; onChange(response) only on a 200. Signed out: to the sign-in page.
-  function poller(url, onChange, intervalMs, accept) {
-    var etag = null, stopped = false, state = { polls: 0, notModified: 0, stop: function () { stopped = true; } };
+  // GET url with the last ETag (first: the page's own, if given); onChange(response) only on a
+  // 200. Signed out: to the sign-in page.
+  function poller(url, onChange, intervalMs, accept, firstEtag) {
+    var etag = firstEtag || null, stopped = false, state = { polls: 0, notModified: 0, stop: function () { stopped = true; } };
     function tick() {
       if (stopped) return;
       if (document.hidden) { setTimeout(tick, intervalMs); return; }
@@ -65,7 +66,9 @@ window.teacherUI = (function () {
     if (typeof v !== "number") return v === null || v === undefined ? "–" : String(v);
     if (!isFinite(v)) return String(v);
     if (v === 0) return "0";
-    return Number(v.toPrecision(digits || 3)).toString();
+    digits = digits || 3;
+    if (Math.abs(v) >= Math.pow(10, digits)) return Math.round(v).toLocaleString("en-US");
+    return Number(v.toPrecision(digits)).toString();  // as present.num: significant digits, no trailing zeros
   }
 
   function duration(s) {
