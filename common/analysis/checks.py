@@ -42,10 +42,30 @@ def run_checks(run: RunData) -> Report:
         results.extend(check(run))
     ends = [s.last_epoch() for s in run.sources if s.last_epoch() is not None]
     return Report(checks=results, num_classes=run.num_classes, dataset_sizes=dict(run.dataset_sizes),
-                  sources=[s.describe() for s in run.sources], last_epoch=max(ends) if ends else None)
+                  sources=[s.describe() for s in run.sources], last_epoch=max(ends) if ends else None,
+                  hints=run.hints.to_dict())
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def strict(source: Source) -> bool:
+    """Our own files (and constructed sources): a record missing or stopping there is a bug of
+    ours. Foreign logs are often excerpts, evaluate every k epochs, or were cut by the user."""
+    return source.format.startswith("teacher") or source.format == ""
+
+
+def chance_acc(run: RunData) -> float | None:
+    return 100.0 / run.num_classes if run.num_classes and run.num_classes >= 2 else None
+
+
+def hint_words(run: RunData) -> str:
+    """The user's/sidecars' hints that explain a look-alike, for messages."""
+    h = run.hints
+    said = [w for w, on in (("mixup/CutMix", h.mixup), ("EMA", h.ema), ("pretrained weights", h.pretrained),
+                            (f"label smoothing {h.label_smoothing:g}" if h.label_smoothing else "", bool(h.label_smoothing)))
+            if on]
+    return f" (hints: {', '.join(said)})" if said else ""
 
 
 def chance_loss(run: RunData) -> float | None:
@@ -149,16 +169,32 @@ def check_epochs(run: RunData) -> list[CheckResult]:
                 f"epoch(s) {fmt(dup)} recorded more than once: a resume appended instead of replacing",
                 series.name, source.name, dup.tolist(), counts[counts > 1].tolist()))
         missing = missing_epochs(uniq)
-        if missing:
+        if missing and strict(source):
             out.append(CheckResult(
                 "epochs_missing", "fail", f"epoch(s) {fmt(missing)} missing between {int(uniq[0])} and {int(uniq[-1])}",
                 series.name, source.name, missing, []))
-        if uniq.size and uniq[0] > 1 and not missing:
+        elif missing and not (source.approximate or series.name.startswith("val.")):
+            out.append(CheckResult(
+                "epochs_missing", "warn",
+                f"epoch(s) {fmt(missing)} missing between {int(uniq[0])} and {int(uniq[-1])}: likely innocent (an "
+                "excerpt, lines filtered out, or evaluation on some epochs only)",
+                series.name, source.name, missing, []))
+        if uniq.size and uniq[0] > 1 and not missing and strict(source):
             stride = np.diff(uniq)
             if not (stride.size and np.all(stride == stride[0]) and uniq[0] == stride[0]):
                 out.append(CheckResult(
                     "epochs_missing", "warn", f"starts at epoch {int(uniq[0])}, not 1 (resumed without the earlier history?)",
                     series.name, source.name, [int(uniq[0])], []))
+    for source in run.sources:
+        if source.restarts:
+            first = source.restarts[0]
+            out.append(CheckResult(
+                "epochs_missing", "warn",
+                f"the epoch counter restarts {len(source.restarts)} time(s) (first at row {first['row']}: epoch "
+                f"{first['epoch']} after a higher one): likely appended sessions (Keras CSVLogger(append=True) over "
+                "several fit() calls); later sessions are numbered on",
+                None, source.name, [r["continues_as"] for r in source.restarts], [r["epoch"] for r in source.restarts],
+                details={"restarts": source.restarts}))
     if not out:
         return no_data("epochs_duplicated", run) or (
             passed("epochs_duplicated", "every epoch recorded once") + passed("epochs_missing", "no gaps in the epochs"))
@@ -232,9 +268,13 @@ def check_dead(run: RunData) -> list[CheckResult]:
                     series.name, source.name, series.epochs.tolist(), series.values.tolist()))
                 continue
         if last is not None and len(series) and int(series.epochs.max()) < last - epoch_stride(series):
+            stopped = int(series.epochs.max())
             out.append(CheckResult(
-                "dead_metric", "fail", f"last recorded at epoch {int(series.epochs.max())} while the source goes on to epoch {last}",
-                series.name, source.name, [int(series.epochs.max())], [float(series.values[-1])]))
+                "dead_metric", "fail" if strict(source) else "warn",
+                f"last recorded at epoch {stopped} while the source goes on to epoch {last}"
+                + ("" if strict(source) else ": likely innocent in another tool's log (evaluation every k epochs, "
+                                             "an excerpt, a post-fit validate/test row)"),
+                series.name, source.name, [stopped], [float(series.values[-1])]))
     return out or no_data("dead_metric", run) or passed("dead_metric", "every metric is alive")
 
 
@@ -257,6 +297,11 @@ def accuracy_evidence(run: RunData, series: EpochSeries, learning: bool, chance:
             return f"{split} loss fell to {last:.4g} (chance level ln C = {chance:.4g})"
         if chance is None and last < first * 0.7:
             return f"{split} loss fell from {first:.4g} to {last:.4g}"
+    if loss is not None and chance is not None and len(loss) >= 3 and len(series) >= 3:
+        low = float(np.min(loss.values))
+        if low < 0.9 * chance:
+            epoch = int(loss.epochs[int(np.argmin(loss.values))])
+            return f"{split} loss went down to {low:.4g} at epoch {epoch}, better than chance (ln C = {chance:.4g})"
     return None
 
 
@@ -276,7 +321,14 @@ def check_constant(run: RunData) -> list[CheckResult]:
         if spread > 1e-9 * max(1.0, float(np.max(np.abs(finite.values)))) + 2 * finite.resolution:
             continue
         value = float(finite.values[0])
-        if series.name == "train.loss":
+        if finite.resolution > 0:
+            out.append(CheckResult(
+                "constant_series", "warn",
+                f"{series.name} is {value:.6g} at every epoch as printed: likely innocent, a plateau (e.g. a model "
+                "predicting the majority class of an imbalanced task) hidden by the printed decimals; worth a look if "
+                "it should still be learning",
+                series.name, source.name, finite.epochs.tolist(), finite.values.tolist()))
+        elif series.name == "train.loss":
             out.append(CheckResult(
                 "constant_series", "fail",
                 f"training loss is {value:.6g} at every epoch: training loss never repeats exactly, so it is not being updated",
@@ -318,6 +370,11 @@ def check_init_loss(run: RunData) -> list[CheckResult]:
 
 
 def check_val_above_chance(run: RunData) -> list[CheckResult]:
+    """Validation loss above ln C while training has learned. Miscalibration (a weak or
+    overfitted model, common with few classes) explains it whenever validation accuracy beats
+    chance, and so does a validation that recovers later (EMA warm-up): warn. Fail only when the
+    model fits its training data well (train loss < ½ ln C) and validation accuracy stays at or
+    below chance to the end, at 2+ epochs: validation then sees another label mapping or model."""
     chance = chance_loss(run)
     if chance is None:
         return skipped("val_above_chance", "number of classes unknown (pass --num-classes)")
@@ -325,13 +382,12 @@ def check_val_above_chance(run: RunData) -> list[CheckResult]:
     if train is None:
         return skipped("val_above_chance", "no training loss")
     out = []
-    chance_acc = 100.0 / run.num_classes
-    acc_limit = min(2 * chance_acc, chance_acc + (100 - chance_acc) / 4)
+    at_chance = 100.0 / run.num_classes * 1.1
     for source, val in each_series(run, ("val.loss",)):
         if all_zero(val):
             continue
         top1 = source.series.get("val.top1") or trusted(run, "val.top1")
-        bad_epochs, bad_values, explained = [], [], True
+        bad_epochs, bad_values, broken = [], [], []
         for epoch, value in val.finite().by_epoch().items():
             t = value_at(train, epoch)
             # Margins keep a noisy first epoch of a small-C run (ln 2 = 0.69) from firing.
@@ -340,17 +396,25 @@ def check_val_above_chance(run: RunData) -> list[CheckResult]:
             bad_epochs.append(epoch)
             bad_values.append(value)
             acc = value_at(top1, epoch)
-            # Overfitting explains it only when the model fits its training data well (loss far
-            # below chance) and still beats chance on validation: over-confident mistakes.
-            explained = explained and t < 0.5 * chance and acc is not None and acc > acc_limit
-        if len(bad_epochs) >= VAL_CHANCE_MIN_EPOCHS:
-            status = "warn" if explained else "fail"
-            what = ("while validation accuracy is above chance: the model is over-confident on its errors (overfitting)"
-                    if explained else "which training has not fitted well enough to explain by overfitting: validation "
-                    "sees a different label mapping, a stale or broken model copy, or its loss is computed wrongly")
+            if t < 0.5 * chance and acc is not None and acc <= at_chance:
+                broken.append(epoch)
+        if len(bad_epochs) < VAL_CHANCE_MIN_EPOCHS:
+            continue
+        recovered = top1 is not None and len(top1) and float(top1.values[-1]) > at_chance and broken and \
+            int(top1.epochs[-1]) > max(broken)
+        if len(broken) >= VAL_CHANCE_MIN_EPOCHS and not recovered:
             out.append(CheckResult(
-                "val_above_chance", status,
-                f"validation loss above chance ln C = {chance:.4g} at epoch(s) {fmt(bad_epochs)} while training loss is below it, {what}",
+                "val_above_chance", "fail",
+                f"validation loss above chance ln C = {chance:.4g} at epoch(s) {fmt(broken)} with validation accuracy at "
+                f"chance ({100.0 / run.num_classes:.3g}%) while training loss is below ½ ln C: validation sees a "
+                "different label mapping, a stale or broken model copy, or its loss is computed wrongly",
+                "val.loss", source.name, broken, [val.by_epoch()[e] for e in broken], details={"chance_loss": chance}))
+        else:
+            out.append(CheckResult(
+                "val_above_chance", "warn",
+                f"validation loss above chance ln C = {chance:.4g} at epoch(s) {fmt(bad_epochs)} while training loss is "
+                "below it: likely innocent, over-confident mistakes of an overfitted or weak model (miscalibration, "
+                "common with few classes), or validation recovering later (EMA weights warming up)",
                 "val.loss", source.name, bad_epochs, bad_values, details={"chance_loss": chance}))
     return out or passed("val_above_chance", f"validation loss stays below chance (ln C = {chance:.4g}) once training learns")
 
@@ -398,6 +462,16 @@ def check_accuracy_range(run: RunData) -> list[CheckResult]:
                 out.append(CheckResult(
                     "accuracy_range", "fail", "top-1 above top-5 accuracy: impossible, the two are counted differently",
                     f"{split}.top1", source.name, [b[0] for b in bad], [[b[1], b[2]] for b in bad]))
+    if run.num_classes is not None and run.num_classes <= 5:
+        for source, series in each_series(run, ("train.top5", "val.top5")):
+            v = series.values
+            bad = np.isfinite(v) & (v < 100 - 1e-6 - series.resolution)
+            if bad.any():
+                out.append(CheckResult(
+                    "accuracy_range", "fail",
+                    f"top-5 accuracy below 100% with {run.num_classes} classes: the true class is always among the top 5, "
+                    "so top-k is counted against the wrong labels or head",
+                    series.name, source.name, series.epochs[bad].tolist(), v[bad].tolist()))
     if out:
         return out
     return passed("accuracy_range", "accuracies within [0, 100]% and top-1 <= top-5") if seen else \
@@ -447,6 +521,8 @@ def check_cross_source(run: RunData) -> list[CheckResult]:
     out = []
     compared = 0
     for a, b in combinations(exact, 2):
+        if a.session != b.session:
+            continue  # Lightning version_N folders are separate fit() sessions
         for name in sorted(set(a.series) & set(b.series) - {"epoch_time"}):
             sa, sb = a.series[name], b.series[name]
             va, vb = sa.by_epoch(), sb.by_epoch()
@@ -526,8 +602,197 @@ def check_divergence(run: RunData) -> list[CheckResult]:
     return passed("train_val_divergence", "no sustained train/val divergence")
 
 
+# Cross-entropy of a misclassified sample is at least ln 2 (its true class has p <= 1/2), so a
+# mean loss L bounds the error rate: error <= L / ln 2. Focal loss (gamma 2) or class weights
+# down to 1/4 lower that floor by at most 4x: beyond that no cross-entropy-like loss explains it.
+LOSS_FLOOR = math.log(2)
+LOOSE_FLOOR = math.log(2) / 4
+
+
+def check_loss_accuracy_bound(run: RunData) -> list[CheckResult]:
+    out = []
+    considered = False
+    for source in run.sources:
+        for split in ("train", "val"):
+            loss, top1 = source.series.get(f"{split}.loss"), source.series.get(f"{split}.top1")
+            if loss is None or top1 is None or all_zero(loss):
+                continue
+            considered = True
+            acc_by = top1.by_epoch()
+            tight, loose = [], []
+            for epoch, value in loss.by_epoch().items():
+                acc = acc_by.get(epoch)
+                if acc is None or not math.isfinite(value) or not math.isfinite(acc):
+                    continue
+                worst_error = 100.0 - acc - top1.resolution
+                high = value + loss.resolution
+                if worst_error > 100.0 * high / LOOSE_FLOOR + 1e-9:
+                    loose.append((epoch, value, acc))
+                elif worst_error > 100.0 * high / LOSS_FLOOR + 1e-9:
+                    tight.append((epoch, value, acc))
+            if loose:
+                e, v, a = loose[0]
+                status = "warn" if source.approximate and len(loose) < 2 else "fail"
+                out.append(CheckResult(
+                    "loss_accuracy_bound", status,
+                    f"{split} loss {v:.4g} with {split} accuracy {a:.4g}% at epoch {e} ({len(loose)} epoch(s)): "
+                    f"impossible for a cross-entropy, where each misclassified sample costs at least ln 2, so a loss of "
+                    f"{v:.4g} allows at most {min(100.0, 100 * v / LOSS_FLOOR):.3g}% errors (even focal loss or class "
+                    "weights at most 4x that): the accuracy (or the loss) is not computed from the same predictions",
+                    f"{split}.top1", source.name, [x[0] for x in loose], [[x[2], x[1]] for x in loose]))
+            elif tight:
+                e, v, a = tight[0]
+                out.append(CheckResult(
+                    "loss_accuracy_bound", "warn",
+                    f"{split} loss {v:.4g} is low for an accuracy of {a:.4g}% at epoch {e}: possible only if the loss "
+                    "is not plain cross-entropy (focal loss, class weights, a loss scaled down)",
+                    f"{split}.top1", source.name, [x[0] for x in tight], [[x[2], x[1]] for x in tight]))
+    if out:
+        return out
+    return passed("loss_accuracy_bound", "loss and accuracy are compatible (error rate <= loss / ln 2)") if considered \
+        else skipped("loss_accuracy_bound", "needs loss and top-1 accuracy of the same split")
+
+
+def check_zero_step_loss(run: RunData) -> list[CheckResult]:
+    """A per-iteration loss printed as an exact 0 in scientific notation (0.0000e+00) is not a
+    rounding: every sample of the batch had probability 1 in float32 for its label."""
+    out = []
+    for source in run.sources:
+        if len(source.exact_zero_steps) >= 2:
+            out.append(CheckResult(
+                "zero_loss", "fail",
+                f"training loss exactly 0 (printed 0.0000e+00) at {len(source.exact_zero_steps)} iteration(s), first at "
+                f"step {source.exact_zero_steps[0]}: every sample predicted with probability 1, which real data does not "
+                "give; the labels are degenerate (e.g. one class only: a wrongly laid-out data folder) or the loss is not "
+                "computed on the model's output",
+                "step.train_loss", source.name, [], [0.0] * min(len(source.exact_zero_steps), 50),
+                details={"steps": source.exact_zero_steps[:50]}))
+    return out or passed("zero_loss", "no exact-zero iteration loss")
+
+
+def check_frozen_accuracy(run: RunData) -> list[CheckResult]:
+    """Every accuracy of the run identical at every epoch while the training loss swings: the
+    accuracies are not computed from this model's predictions, or it collapsed to one class."""
+    # Exactly 0% is dead_metric's; exactly 100% (top-5 with few classes) is saturated, not frozen.
+    accs = [(src, s) for src, s in each_series(run, ACCURACY_METRICS)
+            if not all_zero(s) and not np.all(s.finite().values >= 100 - 1e-6 - s.resolution)]
+    loss = trusted(run, "train.loss")
+    if not accs or loss is None or len(loss) < 5:
+        return skipped("frozen_accuracy", "needs 5 epochs of training loss and an accuracy")
+    frozen = [s for _, s in accs if len(s.finite()) >= 5 and np.ptp(s.finite().values) <= 2 * s.resolution + 1e-9]
+    swing = float(np.ptp(loss.values)) / max(abs(float(np.mean(loss.values))), 1e-12)
+    if len(frozen) == len(accs) and swing >= 0.2:
+        first = frozen[0]
+        return [CheckResult(
+            "frozen_accuracy", "fail",
+            f"every accuracy ({', '.join(s.name for s in frozen)}) is exactly {float(first.values[0]):.4g}% at every "
+            f"epoch while the training loss moves by {100 * swing:.0f}% ({float(np.min(loss.values)):.4g} to "
+            f"{float(np.max(loss.values)):.4g}): the model collapsed to one prediction, or the accuracy is not "
+            "computed from it",
+            first.name, first.source, first.epochs.tolist(), first.values.tolist())]
+    return passed("frozen_accuracy", "accuracies move with the loss")
+
+
+# --- innocent look-alikes: warn at most, naming the likely explanation ------------------------
+
+
+def check_lookalikes(run: RunData) -> list[CheckResult]:
+    out: list[CheckResult] = []
+    out += topk_saturated(run)
+    out += train_loss_above_val(run)
+    out += train_acc_below_val(run)
+    out += val_near_chance(run)
+    out += low_first_loss(run)
+    return out or passed("lookalikes", "no innocent look-alike to explain")
+
+
+def topk_saturated(run: RunData) -> list[CheckResult]:
+    out = []
+    for source, series in each_series(run, ("train.top5", "val.top5")):
+        finite = series.finite()
+        if len(finite) and np.all(finite.values >= 100 - 1e-6 - finite.resolution):
+            if run.num_classes is not None and run.num_classes <= 5:
+                continue  # certain with C <= 5
+            out.append(CheckResult(
+                "topk_saturated", "warn",
+                f"{series.name} is 100% at every epoch: expected when there are at most 5 classes (top-5 then always "
+                "holds the true class); otherwise top-k is counted wrongly. Pass --num-classes to settle it",
+                series.name, source.name, finite.epochs.tolist(), finite.values.tolist()))
+    return out
+
+
+def train_loss_above_val(run: RunData) -> list[CheckResult]:
+    train, val = trusted(run, "train.loss"), trusted(run, "val.loss")
+    if train is None or val is None:
+        return []
+    t, v = train.by_epoch(), val.by_epoch()
+    common = [e for e in sorted(set(t) & set(v)) if v[e] > 0]
+    high = [e for e in common if t[e] > 1.5 * v[e]]
+    if common and len(high) * 2 >= len(common):
+        e = high[0]
+        return [CheckResult(
+            "train_loss_above_val", "warn",
+            f"training loss well above validation loss ({t[e]:.4g} vs {v[e]:.4g} at epoch {e}, {len(high)} of "
+            f"{len(common)} epochs): likely innocent, mixup/CutMix or label smoothing make the training loss a "
+            f"mixed-target loss, and dropout or a regulariser counted in the loss raise it{hint_words(run)}",
+            "train.loss", train.source, high, [[t[x], v[x]] for x in high])]
+    return []
+
+
+def train_acc_below_val(run: RunData) -> list[CheckResult]:
+    train, val = trusted(run, "train.top1"), trusted(run, "val.top1")
+    if train is None or val is None:
+        return []
+    t, v = train.by_epoch(), val.by_epoch()
+    low = [e for e in sorted(set(t) & set(v)) if t[e] < v[e] - 5.0]
+    if low and len(low) * 2 >= len(set(t) & set(v)):
+        e = low[0]
+        return [CheckResult(
+            "train_acc_below_val", "warn",
+            f"training accuracy below validation accuracy ({t[e]:.4g}% vs {v[e]:.4g}% at epoch {e}): likely innocent, "
+            f"training sees augmented or mixed inputs and dropout, validation does not{hint_words(run)}",
+            "train.top1", train.source, low, [[t[x], v[x]] for x in low])]
+    return []
+
+
+def val_near_chance(run: RunData) -> list[CheckResult]:
+    floor = chance_acc(run)
+    val = trusted(run, "val.top1")
+    if floor is None or val is None:
+        return []
+    limit = min(2 * floor, floor + (100 - floor) / 10)  # 55% for 2 classes, 19% for 10, ~10% for 1000
+    near = [(int(e), float(a)) for e, a in zip(val.epochs, val.values) if a < limit]
+    if not near:
+        return []
+    recovered = float(val.values[-1]) >= limit
+    return [CheckResult(
+        "val_near_chance", "warn",
+        f"validation accuracy near chance ({100 / run.num_classes:.3g}% for {run.num_classes} classes) at "
+        f"{len(near)} epoch(s), e.g. {near[0][1]:.4g}% at epoch {near[0][0]}"
+        + (" and recovers later" if recovered else "")
+        + f": likely innocent early in training, with EMA weights still warming up, or in a smoke test of a few "
+          f"steps{hint_words(run)}",
+        "val.top1", val.source, [n[0] for n in near], [n[1] for n in near])]
+
+
+def low_first_loss(run: RunData) -> list[CheckResult]:
+    chance = chance_loss(run)
+    loss = trusted(run, "train.loss")
+    if chance is None or loss is None or int(loss.epochs[0]) != 1:
+        return []
+    first = float(loss.values[0])
+    if first >= 0.5 * chance:
+        return []
+    return [CheckResult(
+        "low_first_loss", "warn",
+        f"epoch-1 training loss {first:.4g} is far below chance ln C = {chance:.4g}: likely innocent, a fine-tune from "
+        f"pretrained weights starts there{hint_words(run)}; from scratch it would mean the task leaks its labels",
+        "train.loss", loss.source, [1], [first])]
+
+
 CHECKS: tuple[Check, ...] = (
     check_nonfinite, check_epochs, check_steps, check_dead, check_constant, check_init_loss,
     check_val_above_chance, check_no_learning, check_accuracy_range, check_accuracy_loss,
-    check_cross_source, check_samples, check_divergence,
+    check_cross_source, check_samples, check_divergence, check_loss_accuracy_bound, check_zero_step_loss,
+    check_frozen_accuracy, check_lookalikes,
 )

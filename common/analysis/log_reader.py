@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.analysis.series import (
     AnalysisInputError,
     Source,
+    StepSeries,
     decimals_resolution,
     map_metric_name,
     normalise_accuracy_units,
@@ -32,7 +33,7 @@ from common.analysis.series import (
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)|null|none"
 # key, separator, value, optional '%', optional "(running average)" as timm prints it.
 _KV = re.compile(
-    rf"(?P<key>[A-Za-z][\w@/.]*?)\s*(?:=|:|\s)\s*(?P<val>{_NUM})(?P<pct>\s*%)?"
+    rf"(?P<kpre>(?:(?:best|train|training|val|valid|validation|test|eval|dev)\s+)*)(?P<key>[A-Za-z][\w@/.\-]*?)\s*(?:=|:|\s)\s*(?P<val>{_NUM})(?P<pct>\s*%)?"
     rf"(?:\s*\(\s*(?P<avg>{_NUM})\s*(?P<avgpct>%)?\s*\))?",
     re.IGNORECASE,
 )
@@ -55,28 +56,89 @@ class LogPattern:
     approximate: bool = False  # values are running averages, not epoch summaries
     prefer_average: bool = False  # take "(avg)" over the instant value (timm)
     zero_based: bool = False  # the tool counts epochs from 0 (timm, Lightning)
+    priority: int = 2  # on the same (epoch, metric) a lower priority never replaces a higher one (EMA, test)
+    search: bool = False  # the pattern may start anywhere in the line (mmcls after a progress bar)
+    summary: bool = False  # an end-of-evaluation line without an epoch: it belongs to the current one (0 if none)
+    records: bool = False  # key=value lines without epochs: each record (a repeated key starts one) is a point
+    fmt: str = ""  # the format name reports show (docs/analysis.md "Formats")
 
 
 DEFAULT_PATTERNS: tuple[LogPattern, ...] = (
     # ours and the incident's: "Epoch 3/10 [Train]: loss=1.2345, top1=55.21%, ..."
     LogPattern("teacher", re.compile(
-        r"^\s*Epoch\s+(?P<epoch>\d+)(?:\s*/\s*\d+)?\s*\[(?P<split>[A-Za-z]+)\]\s*:?\s*(?P<rest>.*)$")),
+        r"^\s*Epoch\s+(?P<epoch>\d+)(?:\s*/\s*\d+)?\s*\[(?P<split>[A-Za-z]+)\]\s*:?\s*(?P<rest>.*)$"), fmt="teacher_log"),
     # timm: "Train: 3 [ 100/1251 (  8%)]  Loss: 6.123 (6.456)  ...  LR: 1.000e-03"
-    LogPattern("timm-train", re.compile(r"^\s*Train:\s*(?P<epoch>\d+)\s*\[[^\]]*\]\s*(?P<rest>.*)$"),
-               split="train", approximate=True, prefer_average=True, zero_based=True),
+    LogPattern("timm-train", re.compile(r"^\s*Train:\s*(?P<epoch>\d+)\s*\[\s*(?P<it>\d+)/(?P<iters>\d+)[^\]]*\]\s*(?P<rest>.*)$"),
+               split="train", approximate=True, prefer_average=True, zero_based=True, fmt="timm_console"),
+    # Swin/ConvNeXt main.py: "Train: [30/300][0/2859]  eta ... lr 0.000872  loss 2.3442 (2.3442)"
+    LogPattern("swin-train", re.compile(
+        r"^\s*Train:\s*\[(?P<epoch>\d+)/\d+\]\s*\[\s*(?P<it>\d+)/(?P<iters>\d+)\]\s*(?P<rest>.*)$"),
+               split="train", approximate=True, prefer_average=True, zero_based=True, fmt="swin_console"),
+    # timm: "Test (EMA): [  48/48]  ..." evaluates the EMA weights: never replaces the live model's values
+    LogPattern("timm-test-ema", re.compile(r"^\s*Test\s*\(EMA\):\s*\[[^\]]*\]\s*(?P<rest>.*)$"),
+               split="val", approximate=True, prefer_average=True, zero_based=True, priority=1, summary=True,
+               fmt="timm_console"),
     # timm: "Test: [  48/48]  Time: ...  Loss:  0.8398 (1.1125)  Acc@1: 83.4906 (76.3120) ..."
-    LogPattern("timm-test", re.compile(r"^\s*Test(?:\s*\(EMA\))?:\s*\[[^\]]*\]\s*(?P<rest>.*)$"),
-               split="val", approximate=True, prefer_average=True, zero_based=True),
+    LogPattern("timm-test", re.compile(r"^\s*Test:\s*\[[^\]]*\]\s*(?P<rest>.*)$"),
+               split="val", approximate=True, prefer_average=True, zero_based=True, summary=True, fmt="timm_console"),
+    # pytorch/examples imagenet: "Epoch: [0][ 10/5005]  Time ...  Loss 2.99e+00 (6.24e+00)  Acc@1 100.00 ( 81.82)"
+    LogPattern("pt-examples-train", re.compile(
+        r"^\s*Epoch:\s*\[(?P<epoch>\d+)\]\s*\[\s*(?P<it>\d+)/(?P<iters>\d+)\]\s*(?P<rest>.*)$"),
+               split="train", approximate=True, prefer_average=True, zero_based=True, fmt="pt_examples_console"),
+    # pytorch/examples, Swin, DeiT: " * Acc@1 76.130 Acc@5 92.862" closes an evaluation
+    LogPattern("pt-examples-summary", re.compile(r"^\s*\*\s*(?P<rest>Acc@1\s.*)$"), split="val", summary=True,
+               zero_based=True, fmt="pt_examples_console"),
+    # mmcls / mmpretrain 0.x: "Epoch(val) [3][12]  accuracy_top-1: 77.6042, accuracy_top-5: 100.0000"
+    LogPattern("mmcls-val", re.compile(r"Epoch\((?P<split>val|train|test)\)\s*\[(?P<epoch>\d+)\]\[[^\]]*\]\s*(?P<rest>.*)$"),
+               search=True, fmt="mmcls_text"),
+    # mmcls: "Epoch [4][100/239]  lr: 1.000e-03, eta: 0:30:58, ..., loss: 0.0885" (interval means)
+    LogPattern("mmcls-train", re.compile(r"^\s*Epoch\s*\[(?P<epoch>\d+)\]\s*\[\s*(?P<it>\d+)/(?P<iters>\d+)\]\s*(?P<rest>.*)$"),
+               split="train", approximate=True, fmt="mmcls_text"),
+    # JiGen/RSC: "30/42 of epoch 28/30 class : 0.014 - acc class : 100.00 [bs:128]"
+    LogPattern("jigen-train", re.compile(
+        r"^\s*\d+/\d+ of epoch (?P<epoch>\d+)/\d+\s+class\s*:\s*(?P<train_loss>\S+)\s*-\s*acc class\s*:\s*(?P<train_acc>\S+)"),
+               approximate=True, fmt="jigen_console"),
+    # JiGen/RSC: "Accuracies on val: class : 96.75" ("test" is an unseen domain: below val)
+    LogPattern("jigen-eval", re.compile(r"^\s*Accuracies on (?P<split>val):\s*class\s*:\s*(?P<acc>\S+)"), fmt="jigen_console"),
+    LogPattern("jigen-test", re.compile(r"^\s*Accuracies on (?P<split>test):\s*class\s*:\s*(?P<acc>\S+)"), priority=1,
+               fmt="jigen_console"),
     # Lightning tqdm bar: "Epoch 3: 100%|███| 50/50 [00:02<00:00, 20.1it/s, v_num=0, train_loss=0.523]"
     LogPattern("lightning", re.compile(r"^\s*Epoch\s+(?P<epoch>\d+)\s*:\s*[^|]*\|[^|]*\|(?P<rest>.*)$"),
-               approximate=True, zero_based=True),
+               approximate=True, zero_based=True, fmt="tqdm"),
+    # tqdm without bar characters (a non-terminal): "Epoch 0: 100% 2/2 [00:00<00:00, 12.1it/s, loss=2.29, val_acc=0.166]"
+    LogPattern("tqdm-plain", re.compile(
+        r"^\s*Epoch\s+(?P<epoch>\d+)\s*:\s*\d+%\s+[1-9]\d*/\d+\s*\[[^\]]*?,(?P<rest>[^\]]*)\]"),
+               approximate=True, zero_based=True, fmt="tqdm"),
     # Keras: "30/30 [======] - 1s 3ms/step - loss: 0.52 - accuracy: 0.83 - val_loss: ..."
     LogPattern("keras", re.compile(r"^\s*\d+/\d+\s*\[[=>.]*\].*?\s-\s(?P<rest>[A-Za-z_]+:.*)$"),
-               approximate=True),
+               approximate=True, fmt="keras_console"),
     # plain prints: "epoch 3 train_loss 0.52 val_loss 0.61 val_acc 0.83", "Epoch 3/10" (Keras header)
     LogPattern("plain", re.compile(
-        r"^\s*epoch\s*[:=#]?\s*(?P<epoch>\d+)(?:\s*/\s*\d+)?\b\s*[:,;|-]?\s*(?P<rest>.*)$", re.IGNORECASE)),
+        r"^\s*epoch\s*[:=#]?\s*(?P<epoch>\d+)(?:\s*/\s*\d+)?\b(?!\s*:\s*\d+%)\s*[:,;|-]?\s*(?P<rest>.*)$",
+        re.IGNORECASE),
+               fmt="epoch_lines"),
+    # a phase word first: "train Loss: 0.0138 Acc: 0.0000" (the epoch comes from an "Epoch 19/59" line)
+    LogPattern("split-first", re.compile(
+        r"^\s*(?P<split>train|training|val|valid|validation|test)\b\s*[:|-]?\s*(?P<rest>[A-Za-z].*)$", re.IGNORECASE),
+               fmt="epoch_lines"),
+    # key=value lines: "loss: 0.94, acc: 0.65, test_acc: 0.65" or TF's "cross_entropy = 2.30, train_accuracy = 0"
+    LogPattern("key-value", re.compile(r"^\s*(?P<rest>[A-Za-z][\w@\-]*\s*[:=]\s*[-+]?[\d.na].*)$"), records=True,
+               fmt="key_value_lines"),
 )
+FORMAT_NAMES = ("teacher_log", "timm_console", "swin_console", "pt_examples_console", "mmcls_text", "tqdm",
+                "keras_console", "jigen_console", "fastai_table", "markdown_table", "epoch_lines", "key_value_lines")
+# Keys that name a cross-entropy explicitly win over a plain "loss" for the same metric (TF logs
+# both; "loss" there includes weight decay).
+_EXPLICIT_CE = {"cross_entropy", "ce", "xent", "nll", "ce_loss"}
+# What loggers put before the message; stripped (repeatedly) before patterns are tried again.
+_PREFIXES = (
+    re.compile(r"^\[\d+,mpirank:\d+,[^\]]*\]<std(?:out|err)>:"),  # mpirun --tag-output (SageMaker)
+    re.compile(r"^[IWEF]\d{4}\s+\d\d:\d\d:\d\d\.\d+\s+\d+\s+[\w.]+:\d+\]\s*"),  # absl/glog
+    re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[^\]]*\]\s*(?:\([\w.]+ \d+\)\s*:)?\s*(?:INFO|WARNING|DEBUG)?\s*"),
+    re.compile(r"^.*?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - [\w.]+ - (?:INFO|WARNING|DEBUG) - "),  # mmcv
+    re.compile(r"^\s*\d\d:\d\d:\d\d(?=[A-Za-z])"),  # a time glued to the message ("00:43:58train Loss")
+)
+_ESCAPES = re.compile(r"(?:#033|\x1b)\[[0-9;?]*[A-Za-z]")
 
 
 def compile_user_patterns(patterns: list[str] | tuple[str, ...] | None) -> list[LogPattern]:
@@ -96,11 +158,19 @@ def compile_user_patterns(patterns: list[str] | tuple[str, ...] | None) -> list[
 
 @dataclass
 class _Collected:
-    values: dict[tuple[int, str], tuple[float, float, str]]  # (epoch, name) -> (value, resolution, raw key)
-    percent: set[str]
-    patterns_used: set[str]
+    # (epoch, name) -> (value, resolution, raw key, priority)
+    values: dict[tuple[int, str], tuple[float, float, str, int]] = field(default_factory=dict)
+    percent: set[str] = field(default_factory=set)
+    patterns_used: set[str] = field(default_factory=set)
+    formats: set[str] = field(default_factory=set)
     approximate: bool = False
     zero_based: bool = False
+    key_rank: dict[str, int] = field(default_factory=dict)  # canonical -> best key rank seen
+    steps: list[tuple[int, int, float, str]] = field(default_factory=list)  # (epoch, step, instant loss, text)
+    record: int = 0  # pseudo-epoch of key=value records without epoch numbers
+    record_keys: set[str] = field(default_factory=set)
+    used_records: bool = False
+    unprefixed_split: str | None = None
 
 
 def read_console_log(path: Path, patterns: list[str] | tuple[str, ...] | None = None,
@@ -111,32 +181,104 @@ def read_console_log(path: Path, patterns: list[str] | tuple[str, ...] | None = 
         raise AnalysisInputError(f"{path}: cannot read ({exc.strerror})") from None
     source = parse_console_text(text, path.name, str(path), compile_user_patterns(patterns) + list(DEFAULT_PATTERNS))
     if require_metrics and not source.series:
-        raise AnalysisInputError(
-            f"{path}: no metric lines recognised; pass --pattern REGEX with named groups (see docs/analysis.md)")
+        raise AnalysisInputError(f"{path}: {NOT_RECOGNISED}")
     return source
 
 
-def parse_console_text(text: str, name: str, path: str, patterns: list[LogPattern]) -> Source:
+NOT_RECOGNISED = (
+    "no known format recognised. Tried: TensorBoard event files; JSON (our history.json, Keras history, "
+    "Hugging Face trainer_state.json / log_history); JSON lines (DeiT/ConvNeXt log.txt, mmcls *.log.json, our "
+    "steps.jsonl); CSV (Lightning metrics.csv, Keras CSVLogger, ultralytics results.csv, fastai history.csv, timm "
+    "summary.csv); markdown epoch tables; console logs (ours, timm, pytorch/examples, Swin/DeiT, mmcls, Keras, "
+    "tqdm/Lightning bars, fastai tables, 'epoch N ...' lines, key=value lines). For another console format pass "
+    "--pattern REGEX with named groups, e.g. --pattern 'ep=(?P<epoch>\\d+) tl (?P<train_loss>\\S+)' "
+    "(see docs/analysis.md)")
+
+
+def clean_text(text: str) -> list[str]:
+    """Lines, with carriage returns (real, or syslog's '#015') splitting progress-bar redraws and
+    terminal escapes removed."""
+    text = _ESCAPES.sub("", text.replace("#015", "\r"))
     lines = re.split(r"[\r\n]+", text)
     if text and not text.endswith(("\n", "\r")):
         lines = lines[:-1]  # the writer may be mid-line; a partial number would be wrong
-    got = _Collected(values={}, percent=set(), patterns_used=set())
+    return lines
+
+
+def strip_prefixes(line: str) -> str:
+    """The message without logger prefixes (timestamps, levels, MPI tags), several stacked included."""
+    for _ in range(4):
+        bare = line
+        for prefix in _PREFIXES:
+            bare = prefix.sub("", bare, count=1)
+        bare = _PREFIX.sub("", bare, count=1)
+        if bare == line:
+            return line
+        line = bare
+    return line
+
+
+def parse_console_text(text: str, name: str, path: str, patterns: list[LogPattern]) -> Source:
+    got = _Collected()
     epoch: int | None = None
-    for line in lines:
-        bare = _PREFIX.sub("", line, count=1)
+    table: _Table | None = None
+    for line in clean_text(text):
+        bare = strip_prefixes(line)
+        if table is not None:
+            row = table.row(bare)
+            if row is not None:
+                store_row(got, table, row)
+                continue
+            table = None if bare.strip() else table
+        header = _Table.header(bare)
+        if header is not None:
+            table = header
+            got.formats.add(table.fmt)
+            got.zero_based = got.zero_based or table.zero_based
+            continue
         for pattern in patterns:
-            match = pattern.regex.match(line) or (pattern.regex.match(bare) if bare != line else None)
+            match = _match(pattern, line, bare)
             if not match:
                 continue
             groups = match.groupdict()
             if groups.get("epoch") is not None:
                 epoch = int(groups["epoch"])
-            if epoch is not None and collect_line(match, pattern, epoch, got):
+            at = epoch
+            if at is None and pattern.summary:
+                at = PRE_EPOCH
+            if at is None and pattern.records:
+                at = -1  # decided per key by the record counter
+            if at is not None and collect_line(match, pattern, at, got):
                 got.patterns_used.add(pattern.name)
+                got.formats.add(pattern.fmt)
                 got.approximate = got.approximate or pattern.approximate
                 got.zero_based = got.zero_based or pattern.zero_based
             break
     return build_source(got, name, path)
+
+
+# An evaluation printed before any epoch line evaluates the weights training resumes from: it
+# belongs to the epoch before the first one seen (epoch 0, i.e. 1 after the shift, if none is).
+PRE_EPOCH = -2
+
+
+def resolve_pre_epoch(got: _Collected) -> None:
+    pre = {k: v for k, v in got.values.items() if k[0] == PRE_EPOCH}
+    if not pre:
+        return
+    seen = [k[0] for k in got.values if k[0] >= 0]
+    target = max(min(seen) - 1, 0) if seen else 0
+    if not seen:
+        got.zero_based = True
+    for (_, name), value in pre.items():
+        del got.values[(PRE_EPOCH, name)]
+        if (target, name) not in got.values or got.values[(target, name)][3] < value[3]:
+            got.values[(target, name)] = value
+
+
+def _match(pattern: LogPattern, line: str, bare: str) -> re.Match[str] | None:
+    find = pattern.regex.search if pattern.search else pattern.regex.match
+    return find(line) or (find(bare) if bare != line else None)
 
 
 def collect_line(match: re.Match[str], pattern: LogPattern, epoch: int, got: _Collected) -> bool:
@@ -144,28 +286,46 @@ def collect_line(match: re.Match[str], pattern: LogPattern, epoch: int, got: _Co
     split = pattern.split
     if groups.get("split"):
         split = _SPLIT_WORDS.get(groups["split"].lower(), split)
-    pairs: list[tuple[str, str, bool]] = []  # raw key, value text, printed with '%'
+    pairs: list[tuple[str, str, bool, str | None]] = []  # raw key, value text, printed with '%', instant value
     for key, value in groups.items():
         if key not in _RESERVED_GROUPS and value is not None:
-            pairs.append((key, value.strip().rstrip("%"), value.strip().endswith("%")))
+            pairs.append((key, value.strip().rstrip("%"), value.strip().endswith("%"), None))
     rest = groups.get("rest") or ""
     for kv in _KV.finditer(rest):
         use_avg = pattern.prefer_average and kv.group("avg") is not None
         value = kv.group("avg") if use_avg else kv.group("val")
         pct = bool(kv.group("avgpct") if use_avg else kv.group("pct"))
-        pairs.append((kv.group("key"), value, pct))
+        key = "_".join(kv.group("kpre").split() + [kv.group("key")])  # "val acc: 0.5" is val_acc
+        pairs.append((key, value, pct, kv.group("val") if use_avg else None))
     found = False
-    for key, value, pct in pairs:
+    for key, value, pct, instant in pairs:
         canonical = canonical_for_line(key, split)
         if canonical is None:
             continue
-        store(got, epoch, canonical, key, value, pct)
+        rank = 2 if key.lower() in _EXPLICIT_CE else 1
+        if rank < got.key_rank.get(canonical, 0):
+            continue  # "loss" next to an explicit cross-entropy: the cross-entropy is the metric
+        got.key_rank[canonical] = rank
+        at = record_epoch(got, canonical) if epoch == -1 else epoch
+        store(got, at, canonical, key, value, pct, pattern.priority)
+        if instant is not None and canonical == "train.loss" and groups.get("it") is not None:
+            got.steps.append((at, int(groups["it"]), _number(instant), instant))
         found = True
     tp = _THROUGHPUT.search(rest)
-    if tp and split in (None, "train"):
-        store(got, epoch, "train.throughput", "img/s", tp.group("val"), False)
+    if tp and split in (None, "train") and epoch != -1:
+        store(got, epoch, "train.throughput", "img/s", tp.group("val"), False, pattern.priority)
         found = True
     return found
+
+
+def record_epoch(got: _Collected, canonical: str) -> int:
+    """Records without epoch numbers: a metric seen again in the current record starts the next."""
+    got.used_records = True
+    if got.record == 0 or canonical in got.record_keys:
+        got.record += 1
+        got.record_keys = set()
+    got.record_keys.add(canonical)
+    return got.record
 
 
 def canonical_for_line(key: str, split: str | None) -> str | None:
@@ -179,27 +339,109 @@ def canonical_for_line(key: str, split: str | None) -> str | None:
     return mapped[0]
 
 
-def store(got: _Collected, epoch: int, canonical: str, key: str, value: str, pct: bool) -> None:
+def _number(value: str) -> float:
     # "null"/"None" is how our log (and Python's str()) prints a non-finite or missing value.
-    number = math.nan if value.lower() in ("null", "none") else float(value)
-    got.values[(epoch, canonical)] = (number, decimals_resolution(value), key)
+    return math.nan if value.lower() in ("null", "none") else float(value)
+
+
+def store(got: _Collected, epoch: int, canonical: str, key: str, value: str, pct: bool, priority: int = 2) -> None:
+    held = got.values.get((epoch, canonical))
+    if held is not None and held[3] > priority:
+        return
+    got.values[(epoch, canonical)] = (_number(value), decimals_resolution(value), key, priority)
     if pct:
         got.percent.add(canonical)
 
 
+# --- tables printed in a console (fastai's progress table, markdown epoch tables) --------------
+
+
+@dataclass
+class _Table:
+    columns: list[str]
+    markdown: bool
+    fmt: str
+    zero_based: bool
+    default_split: str | None
+    epoch_col: int | None
+    index: int = 0
+
+    @staticmethod
+    def cells(line: str, markdown: bool) -> list[str]:
+        if markdown:
+            return [c.strip() for c in line.strip().strip("|").split("|")]
+        return line.split()
+
+    @classmethod
+    def header(cls, line: str) -> "_Table | None":
+        text = line.strip()
+        markdown = text.startswith("|") and text.endswith("|") and text.count("|") >= 3
+        cells = [c.lower() for c in cls.cells(text, markdown)]
+        if len(cells) < 3 or "epoch" not in cells:
+            return None
+        if not markdown and not all(re.fullmatch(r"[a-z][\w@\-]*", c) for c in cells):
+            return None
+        known = [c for c in cells if map_metric_name(c) is not None]
+        if not known:
+            return None
+        fastai = not markdown and "valid_loss" in cells
+        # fastai and Hugging Face model cards compute unprefixed metrics (accuracy, f1) on validation.
+        return cls(cells, markdown, "markdown_table" if markdown else "fastai_table" if fastai else "epoch_table",
+                   zero_based=fastai, default_split="val" if (fastai or markdown) else None,
+                   epoch_col=cells.index("epoch"))
+
+    def row(self, line: str) -> list[str] | None:
+        text = line.strip()
+        if self.markdown and re.fullmatch(r"\|[\s:|\-]+\|", text):
+            return []  # the separator row
+        cells = self.cells(text, self.markdown)
+        if len(cells) != len(self.columns):
+            return None
+        if self.epoch_col is not None and not re.fullmatch(r"\d+(?:\.\d+)?", cells[self.epoch_col]):
+            return None
+        return cells
+
+
+def store_row(got: _Collected, table: _Table, cells: list[str]) -> None:
+    if not cells:
+        return
+    table.index += 1
+    raw_epoch = cells[table.epoch_col] if table.epoch_col is not None else str(table.index)
+    # Fractional epochs (evaluation every N steps, as model cards print them): one row is one point.
+    epoch = int(raw_epoch) if raw_epoch.isdigit() else table.index
+    for column, cell in zip(table.columns, cells):
+        if column == "epoch" or not re.fullmatch(rf"(?:{_NUM})%?", cell, re.IGNORECASE):
+            continue
+        canonical = canonical_for_line(column.replace(" ", "_"), None)
+        mapped = map_metric_name(column.replace(" ", "_"))
+        if mapped is not None and not mapped[1] and table.default_split:
+            canonical = canonical_for_line(column.replace(" ", "_"), table.default_split)
+        if canonical is None:
+            continue
+        store(got, epoch, canonical, column, cell.rstrip("%"), cell.endswith("%"))
+        got.approximate = got.approximate  # tables hold epoch summaries: exact
+    got.patterns_used.add(table.fmt)
+
+
 def build_source(got: _Collected, name: str, path: str) -> Source:
+    resolve_pre_epoch(got)
     source = Source(name=name, kind="log", path=path, approximate=got.approximate)
     by_name: dict[str, list[tuple[int, float]]] = {}
     resolution: dict[str, float] = {}
     raw: dict[str, str] = {}
-    for (epoch, canonical), (value, res, key) in sorted(got.values.items()):
+    for (epoch, canonical), (value, res, key, _) in sorted(got.values.items()):
         by_name.setdefault(canonical, []).append((epoch, value))
         resolution[canonical] = max(resolution.get(canonical, 0.0), res)
         raw[canonical] = key
     for canonical, pairs in by_name.items():
         source.add(series_from_pairs(canonical, pairs, name, raw[canonical], resolution[canonical]))
+    if got.steps:
+        add_step_losses(source, got.steps)
+    source.format = "+".join(sorted(f for f in got.formats if f)) or "console"
     if got.patterns_used:
         source.notes.append("log patterns matched: " + ", ".join(sorted(got.patterns_used)))
+    if got.used_records:
+        source.notes.append("no epoch numbers: each key=value record is one point (a repeated key starts the next)")
     if got.approximate:
         source.notes.append("running averages from progress lines: not used to accuse other sources")
     declared = {n: "percent" for n in got.percent}
@@ -207,7 +449,25 @@ def build_source(got: _Collected, name: str, path: str) -> Source:
     if got.zero_based:
         for series in source.series.values():
             series.epochs = series.epochs + 1
+        for stream in source.steps.values():
+            if stream.epochs is not None:
+                stream.epochs = stream.epochs + 1
         source.notes.append("the logging tool counts epochs from 0; shifted by +1 to count from 1")
     else:
         shift_zero_based_epochs(source)
     return source
+
+
+def add_step_losses(source: Source, steps: list[tuple[int, int, float, str]]) -> None:
+    """The instant (per-iteration) training loss of progress lines, as a step stream; ``exact_zero``
+    in the notes marks values printed as an exact 0 (scientific notation: not a rounding)."""
+    import numpy as np
+
+    epochs = np.asarray([s[0] for s in steps], dtype=np.int64)
+    iters = np.asarray([s[1] for s in steps], dtype=np.float64)
+    per_epoch = max(int(iters.max()) + 1, 1)
+    global_steps = epochs * per_epoch + iters
+    values = np.asarray([s[2] for s in steps], dtype=np.float64)
+    source.steps["step.train_loss"] = StepSeries("step.train_loss", global_steps, values, source.name, epochs)
+    source.exact_zero_steps = [int(g) for g, (_, _, v, text) in zip(global_steps, steps)
+                               if v == 0.0 and "e" in text.lower()]

@@ -6,6 +6,7 @@ Each reader returns a :class:`Source`; nothing here judges the numbers (that is 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import yaml
 
-from common.analysis.log_reader import read_console_log
+from common.analysis.foreign import (
+    is_hf_state,
+    looks_like_python_repr,
+    parse_json_lines,
+    read_hf_log_history,
+    read_json_lines,
+    read_python_repr,
+)
+from common.analysis.hints import Hints, read_sidecar, sidecar_hints
+from common.analysis.log_reader import NOT_RECOGNISED, read_console_log
 from common.analysis.series import (
     AnalysisInputError,
     RunData,
@@ -22,6 +32,7 @@ from common.analysis.series import (
     StepSeries,
     map_metric_name,
     normalise_accuracy_units,
+    override_accuracy_unit,
     parse_float,
     series_from_pairs,
     shift_zero_based_epochs,
@@ -32,7 +43,11 @@ from common.rundir import RunPaths
 
 # What makes a directory one of our run directories (docs/run-directory.md).
 RUN_DIR_FILES = (rundir.HISTORY, rundir.STEPS, rundir.LOG, rundir.CONFIG, rundir.TENSORBOARD)
-FOREIGN_FILES = ("summary.csv", "metrics.csv", "*history*.json")
+FOREIGN_FILES = ("summary.csv", "metrics.csv", "results.csv", "history.csv", "*history*.json", "trainer_state.json",
+                 "log.txt", "*.log.json")
+# Lightning writes one version_N folder per fit(): each is its own session (never cross-checked).
+SESSION_DIRS = ("version_*", "lightning_logs/version_*")
+HINT_SUFFIXES = (".yaml", ".yml")
 # Keys with a fixed meaning that the split/metric vocabulary does not cover.
 _SPECIAL_KEYS = {"step": "step", "global_step": "step", "epoch_time_s": "epoch_time", "epoch_time": "epoch_time"}
 _EPOCH_KEYS = {"epoch", "epochs"}
@@ -40,12 +55,26 @@ _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 def load_inputs(paths: Sequence[Path], num_classes: int | None = None,
-                patterns: Sequence[str] | None = None) -> RunData:
-    """Read every path into one :class:`RunData` (a run directory yields several sources)."""
+                patterns: Sequence[str] | None = None, hints: Hints | None = None) -> RunData:
+    """Read every path into one :class:`RunData` (a run directory yields several sources).
+    ``hints`` are the user's (they win); sidecar files next to the inputs fill in the rest; a
+    ``.yaml`` input is read as a sidecar, not as metrics."""
     if not paths:
         raise AnalysisInputError("no input paths given")
-    run = RunData(num_classes=num_classes)
+    given = hints or Hints()
+    if num_classes is not None and given.num_classes is None:
+        given.num_classes = num_classes
+        given.origin["num_classes"] = "given"
+    run = RunData()
+    found = Hints()
+    folders: list[Path] = []
     for path in paths:
+        if path.is_file() and path.suffix.lower() in HINT_SUFFIXES and not is_run_dir(path.parent):
+            found.fill_from(read_sidecar(path))
+            continue
+        folder = path if path.is_dir() else path.parent
+        if folder not in folders:
+            folders.append(folder)
         if path.is_dir() and is_run_dir(path):
             sub = read_run_dir(path, patterns=patterns)
             run.sources.extend(sub.sources)
@@ -54,29 +83,70 @@ def load_inputs(paths: Sequence[Path], num_classes: int | None = None,
             run.sources.extend(read_foreign_dir(path, patterns))
         else:
             run.sources.append(read_path(path, patterns))
+    for folder in folders:
+        found.fill_from(sidecar_hints(folder))
     if not any(s.series or s.steps for s in run.sources):
         raise AnalysisInputError(f"no metrics found in {', '.join(map(str, paths))}")
     disambiguate_names(run.sources)
+    apply_hints(run, given, found)
     run.merge_task_info()
     return run
 
 
+def apply_hints(run: RunData, given: Hints, found: Hints) -> None:
+    """The user's hints, then the sidecars'; a class count from either beats the sources'."""
+    hints = Hints()
+    hints.fill_from(given)
+    hints.fill_from(found)
+    if run.num_classes is not None and hints.num_classes is None:
+        hints.num_classes = run.num_classes
+        hints.origin["num_classes"] = "run config"
+    if hints.num_classes is not None:
+        run.num_classes = hints.num_classes
+    if hints.accuracy_unit:
+        for source in run.sources:
+            if source.accuracy_unit is not None:
+                override_accuracy_unit(source, hints.accuracy_unit)
+    run.hints = hints
+
+
 def read_foreign_dir(path: Path, patterns: Sequence[str] | None = None) -> list[Source]:
-    """Another tool's output folder: TensorBoard events below it, plus the metric files other
-    trainers leave at its top (timm's summary.csv, Lightning's metrics.csv, history JSON)."""
+    """Another tool's output folder: TensorBoard events below it, the metric files other
+    trainers leave at its top (timm's summary.csv, Lightning's metrics.csv, ultralytics'
+    results.csv, history JSON, trainer_state.json, DeiT's log.txt), and Lightning's
+    ``version_N/metrics.csv`` sessions."""
     from common.analysis.tb_reader import find_event_files, read_tensorboard
 
     sources = []
     for name in FOREIGN_FILES:
         for file in sorted(path.glob(name)):
             sources.append(read_path(file, patterns))
+    for pattern in SESSION_DIRS:
+        for folder in sorted(path.glob(pattern), key=_version_order):
+            file = folder / "metrics.csv"
+            if file.is_file():
+                source = read_path(file, patterns)
+                source.session = folder.name
+                rename_source(source, f"{folder.name}/{file.name}")
+                sources.append(source)
     if find_event_files(path):
         sources.append(read_tensorboard(path))
     if not sources:
         raise AnalysisInputError(
             f"{path}: a directory that is neither a run directory ({', '.join(RUN_DIR_FILES)}) nor holds "
-            f"TensorBoard event files or {', '.join(FOREIGN_FILES)}")
+            f"TensorBoard event files, {', '.join(FOREIGN_FILES)} or version_N/metrics.csv")
     return sources
+
+
+def _version_order(folder: Path) -> tuple[int, str]:
+    tail = folder.name.rsplit("_", 1)[-1]
+    return (int(tail) if tail.isdigit() else 1 << 30, folder.name)
+
+
+def rename_source(source: Source, new: str) -> None:
+    for series in [*source.series.values(), *source.steps.values()]:
+        series.source = new
+    source.name = new
 
 
 def absorb_task_info(run: RunData, sub: RunData) -> None:
@@ -108,7 +178,9 @@ def is_run_dir(path: Path) -> bool:
 
 
 def read_path(path: Path, patterns: Sequence[str] | None = None) -> Source:
-    """Read one file or directory, choosing the reader from its name, then its content."""
+    """Read one file or directory. The format is decided by the content, not the name (a
+    DeiT ``log.txt`` is JSON lines, an ``output.log`` may be a CSV): only TensorBoard event
+    files are recognised by name or by their binary record header."""
     if not path.exists():
         raise AnalysisInputError(f"{path}: no such file or directory")
     if path.is_dir():
@@ -117,33 +189,111 @@ def read_path(path: Path, patterns: Sequence[str] | None = None) -> Source:
         if find_event_files(path):
             return read_tensorboard(path)
         raise AnalysisInputError(f"{path}: a directory without TensorBoard event files")
-    name = path.name.lower()
-    if "tfevents" in name:
+    try:
+        head = path.read_bytes()[:65536]
+    except OSError as exc:
+        raise AnalysisInputError(f"{path}: cannot read ({exc.strerror})") from None
+    if "tfevents" in path.name.lower() or _is_tfrecord(path, head):
         from common.analysis.tb_reader import read_tensorboard
 
         return read_tensorboard(path)
-    if name.endswith(".jsonl"):
-        return read_steps_jsonl(path)
-    if name.endswith(".json"):
-        return read_history_json(path)
-    if name.endswith(".csv"):
-        return read_csv(path)
-    if name.endswith((".log", ".txt", ".out", ".err")):
-        return read_console_log(path, patterns)
-    return read_by_content(path, patterns)
-
-
-def read_by_content(path: Path, patterns: Sequence[str] | None) -> Source:
-    try:
-        head = path.read_bytes()[:4096]
-    except OSError as exc:
-        raise AnalysisInputError(f"{path}: cannot read ({exc.strerror})") from None
     if b"\x00" in head:
-        raise AnalysisInputError(f"{path}: unknown file format (binary, and not a TensorBoard event file by name)")
-    text = head.decode("utf-8", errors="replace").lstrip()
-    if text.startswith(("{", "[")):
-        return read_history_json(path)
-    return read_console_log(path, patterns)
+        raise AnalysisInputError(f"{path}: unknown file format (binary, and not a TensorBoard event file); "
+                                 + NOT_RECOGNISED.split(". ", 1)[1])
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    source = read_text(path, text, patterns)
+    return source
+
+
+def _is_tfrecord(path: Path, head: bytes) -> bool:
+    if b"\x00" not in head[:12]:
+        return False  # a record length below 2**56 always has a zero byte: text never does
+    from common.analysis.formats import starts_with_tfrecord
+
+    return starts_with_tfrecord(head, path.stat().st_size)
+
+
+def read_text(path: Path, text: str, patterns: Sequence[str] | None) -> Source:
+    """Try the structured formats the content can be, then console-log patterns."""
+    stripped = text.lstrip()
+    if stripped[:1] in ("{", "["):
+        source = read_json_text(path, text)
+        if source is not None:
+            return source
+    if looks_like_python_repr(text):
+        try:
+            return read_python_repr(text, path.name, str(path))
+        except AnalysisInputError:
+            pass
+    if looks_like_csv(text):
+        return read_csv(path)
+    source = read_console_log(path, patterns)
+    return source
+
+
+def read_json_text(path: Path, text: str) -> Source | None:
+    try:
+        # NaN/Infinity literals are accepted: other tools write them, and they are findings.
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        data = _NOT_JSON
+    if data is not _NOT_JSON:
+        if is_hf_state(data):
+            source = read_hf_log_history(data["log_history"], path.name, str(path), "hf_trainer_state")
+            _hf_task_fields(source, data)
+            return source
+        if isinstance(data, list) and data and all(isinstance(r, dict) for r in data) and \
+                any("step" in r and ("loss" in r or any(str(k).startswith("eval_") for k in r)) for r in data):
+            return read_hf_log_history(data, path.name, str(path), "hf_log_history")
+        source = read_history_object(data, path.name, str(path))
+        source.format = "history_json"
+        return source
+    first = text.lstrip().split("\n", 1)[0]
+    try:
+        head = json.loads(first)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(head, dict) and ({"loss_sum", "correct1"} & set(head) or {"split", "final"} <= set(head)):
+        source = read_steps_jsonl(path)
+        source.format = "teacher_steps_jsonl"
+        return source
+    body = text if text.endswith("\n") else text.rsplit("\n", 1)[0]  # a line being written is ignored
+    records = parse_json_lines(body, str(path))
+    if records is None:
+        return None
+    return read_json_lines(records, path.name, str(path))
+
+
+_NOT_JSON = object()
+
+
+def _hf_task_fields(source: Source, data: dict) -> None:
+    if isinstance(data.get("train_batch_size"), int):
+        source.batch_size = data["train_batch_size"]
+
+
+def looks_like_csv(text: str) -> bool:
+    lines = [line for line in text.splitlines()[:3] if line.strip()]
+    if len(lines) < 2 or "," not in lines[0]:
+        return False
+    try:
+        rows = list(csv.reader(io.StringIO("\n".join(lines))))
+    except csv.Error:
+        return False
+    header = [c.strip() for c in rows[0]]
+    if len(header) < 2 or any(_is_number(c) or ":" in c for c in header if c):
+        return False  # "epoch 3: loss 0.5, acc 0.9" is a console line, not a header
+    data = [c.strip() for c in rows[1]]
+    numeric = sum(1 for c in data if not c or _is_number(c))
+    return len(data) == len(header) and numeric * 2 >= len(data)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 # --- run directory ---------------------------------------------------------------------------
@@ -157,11 +307,14 @@ def read_run_dir(path: Path, *, patterns: Sequence[str] | None = None, include_t
         run.num_classes, run.batch_size = read_config_task(files.config)
     if files.history.is_file():
         run.sources.append(read_history_json(files.history))
+        run.sources[-1].format = "teacher_history"
     if files.steps.is_file():
         run.sources.append(read_steps_jsonl(files.steps))
+        run.sources[-1].format = "teacher_steps_jsonl"
     if files.log.is_file():
         source = read_console_log(files.log, patterns, require_metrics=False)
         if source.series:
+            source.format = "teacher_log"
             run.sources.append(source)
     tb = files.tensorboard
     if include_tensorboard and tb.is_dir():
@@ -170,6 +323,7 @@ def read_run_dir(path: Path, *, patterns: Sequence[str] | None = None, include_t
         if find_event_files(tb):
             source = read_tensorboard(tb, accuracy_unit="percent")  # docs/run-directory.md
             source.name = "tb"
+            source.format = "teacher_tb"
             for series in source.series.values():
                 series.source = "tb"
             for stream in source.steps.values():
@@ -347,23 +501,32 @@ def value_of(value: Any, path: str, key: str) -> float:
 
 
 def read_csv(path: Path) -> Source:
-    """timm's summary.csv, Lightning's metrics.csv, or any CSV with one row per epoch."""
+    """One row per epoch (Keras CSVLogger, fastai history.csv, ultralytics results.csv, timm
+    summary.csv) or Lightning's sparse metrics.csv (step rows, val rows, empty cells)."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+            table = list(csv.reader(handle))
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise AnalysisInputError(f"{path}: not a readable CSV ({exc})") from None
-    if not rows or not rows[0]:
+    if len(table) < 2 or not table[0]:
         raise AnalysisInputError(f"{path}: empty CSV")
-    source = Source(name=path.name, kind="csv", path=str(path))
-    header = list(rows[0].keys())
-    epoch_col = next((h for h in header if h and h.strip().lower() == "epoch"), None)
-    step_col = next((h for h in header if h and h.strip().lower() in ("step", "global_step")), None)
+    header = [h.strip() for h in table[0]]  # ultralytics pads its column names
+    rows = [dict(zip(header, (c.strip() for c in r))) for r in table[1:] if any(c.strip() for c in r)]
+    source = Source(name=path.name, kind="csv", path=str(path), format=csv_format(header))
+    epoch_col = next((h for h in header if h.lower() == "epoch"), None)
+    step_col = next((h for h in header if h.lower() in ("step", "global_step")), None)
+    if epoch_col is not None:
+        blank = [r for r in rows if not r.get(epoch_col)]
+        if blank:
+            source.notes.append(f"{len(blank)} row(s) without an epoch (e.g. learning-rate monitor rows): ignored")
+            rows = [r for r in rows if r.get(epoch_col)]
     epochs = [csv_epoch(row, epoch_col, i, path) for i, row in enumerate(rows)]
-    for col in header:
-        if col in (epoch_col, step_col) or col is None:
+    epochs = renumber_sessions(source, epochs, rows, header, epoch_col)
+    default_split = "val" if source.format == "fastai_csv" else None
+    for col in sorted(header, key=_column_order):
+        if col in (epoch_col, step_col) or not col:
             continue
-        add_csv_column(source, col, rows, epochs, step_col, path)
+        add_csv_column(source, col, rows, epochs, step_col, path, default_split)
     if not source.series and not source.steps:
         raise AnalysisInputError(f"{path}: no metric column recognised (columns: {', '.join(map(str, header))})")
     normalise_accuracy_units(source)
@@ -380,11 +543,63 @@ def csv_epoch(row: dict, epoch_col: str | None, index: int, path: Path) -> int:
         raise AnalysisInputError(f"{path}: row {index + 2}: epoch {row[epoch_col]!r} is not a number") from None
 
 
+def csv_format(header: list[str]) -> str:
+    lower = {h.lower() for h in header}
+    if any(h.startswith(("metrics/", "train/", "val/")) for h in lower):
+        return "ultralytics_csv"
+    if "valid_loss" in lower and "time" in lower:
+        return "fastai_csv"
+    if "step" in lower and "epoch" in lower:
+        return "lightning_csv"
+    if "eval_loss" in lower or "eval_top1" in lower:
+        return "timm_summary_csv"
+    return "keras_csv" if "epoch" in lower else "csv"
+
+
+def _column_order(col: str) -> tuple[int, str]:
+    """Validation columns claim ``val.*`` before test columns do (Lightning logs both)."""
+    tokens = set(col.lower().replace("/", "_").split("_"))
+    return (1 if "test" in tokens else 0, "")
+
+
+def renumber_sessions(source: Source, epochs: list[int], rows: list[dict], header: list[str],
+                      epoch_col: str | None) -> list[int]:
+    """Keras ``CSVLogger(append=True)`` appends each ``fit()`` with its epoch counter restarted.
+    A restart with different values is a new session: its epochs continue the previous ones
+    (``source.restarts`` says where, for the report). Rows that repeat earlier rows exactly keep
+    their numbers, so that an epoch written twice stays visible."""
+    if epoch_col is None or len(epochs) < 2:
+        return epochs
+    out = list(epochs)
+    offset = 0
+    seen: dict[int, dict] = {}
+    previous = None
+    for i, epoch in enumerate(epochs):
+        if previous is not None and epoch + offset < previous:
+            same = seen.get(epoch + offset)
+            if same is not None and same == rows[i]:
+                out[i] = epoch + offset  # written twice: left for epochs_duplicated
+                previous = out[i]
+                continue
+            offset = previous + 1 - epoch
+            source.restarts.append({"row": i + 2, "epoch": epoch, "continues_as": epoch + offset})
+        out[i] = epoch + offset
+        seen[out[i]] = rows[i]
+        previous = out[i]
+    if source.restarts:
+        source.notes.append(f"the epoch counter restarts {len(source.restarts)} time(s) (appended fit() sessions): "
+                            "later sessions are numbered on from the earlier ones")
+    return out
+
+
 def add_csv_column(source: Source, col: str, rows: list[dict], epochs: list[int], step_col: str | None,
-                   path: Path) -> None:
+                   path: Path, default_split: str | None = None) -> None:
     name = canonical_key(source, col)
     if name is None:
         return
+    mapped = map_metric_name(col)
+    if mapped is not None and not mapped[1] and default_split and not name.startswith(("lr", "step")):
+        name = map_metric_name(f"{default_split}_{col}")[0]  # fastai computes its metrics on validation
     pairs, steps = [], []
     for index, row in enumerate(rows):
         cell = row.get(col)

@@ -49,6 +49,16 @@ class Report:
     dataset_sizes: dict[str, int] = field(default_factory=dict)
     sources: list[dict[str, Any]] = field(default_factory=list)
     last_epoch: int | None = None
+    hints: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def strength(self) -> dict[str, Any]:
+        """How much the verdict rests on: checks that ran, checks skipped and why. A pass with
+        more checks skipped than run is ``weak``: the report could not look at most things."""
+        ran = sorted({c.id for c in self.checks if c.status != "skipped"})
+        skipped = {c.id: c.reason or c.message for c in self.checks if c.status == "skipped" and c.id not in ran}
+        return {"ran": ran, "skipped": skipped,
+                "weak": self.verdict == "pass" and len(skipped) > len(ran)}
 
     @property
     def verdict(self) -> str:
@@ -81,6 +91,8 @@ class Report:
             "chance_loss": math.log(self.num_classes) if self.num_classes else None,
             "dataset_sizes": self.dataset_sizes,
             "last_epoch": self.last_epoch,
+            "strength": self.strength,
+            "hints": self.hints,
             "checks": [c.to_dict() for c in self.checks],
             "sources": self.sources,
         })
@@ -90,8 +102,16 @@ class Report:
 
     def summary(self) -> str:
         lines = [c.summary_line() for c in self.checks]
+        strength = self.strength
+        used = (self.hints or {}).get("used") or {}
+        if used:
+            lines.append("hints used: " + ", ".join(f"{k}={v}" for k, v in used.items()))
+        for note in (self.hints or {}).get("notes") or []:
+            lines.append(f"hint note: {note}")
+        weak = (f"; weak: {len(strength['skipped'])} of {len(strength['skipped']) + len(strength['ran'])} checks "
+                "skipped" if strength["weak"] else "")
         lines.append(f"verdict: {self.verdict.upper()}"
-                     f" ({len(self.failures())} failed, {len(self.warnings())} warnings)")
+                     f" ({len(self.failures())} failed, {len(self.warnings())} warnings{weak})")
         return "\n".join(lines)
 
 

@@ -19,6 +19,8 @@ from typing import Iterable
 
 import numpy as np
 
+from common.analysis.hints import Hints
+
 SPLITS = ("train", "val")
 EPOCH_METRICS = (
     "train.loss", "train.top1", "train.top5", "val.loss", "val.top1", "val.top5",
@@ -98,6 +100,12 @@ class Source:
     dataset_sizes: dict[str, int] = field(default_factory=dict)
     batch_size: int | None = None
     step_sequence: np.ndarray | None = None  # optimizer steps in write order, for resume checks
+    accuracy_unit: str | None = None  # what normalise_accuracy_units detected (None: declared/undetermined)
+    detected_unit_metrics: list[str] = field(default_factory=list)
+    format: str = ""  # the format the reader recognised (docs/analysis.md "Formats")
+    exact_zero_steps: list[int] = field(default_factory=list)  # steps whose loss was printed as an exact 0 (0.0000e+00)
+    restarts: list[dict] = field(default_factory=list)  # where an epoch counter restarted (appended sessions)
+    session: str = ""  # sources of different sessions (Lightning version_N) are not cross-checked
 
     def add(self, series: EpochSeries) -> None:
         self.series[series.name] = series
@@ -119,6 +127,8 @@ class Source:
             "ignored": sorted(set(self.ignored)),
             "notes": list(self.notes),
             "approximate": self.approximate,
+            "format": self.format,
+            "accuracy_unit": self.accuracy_unit,
         }
 
 
@@ -130,6 +140,7 @@ class RunData:
     num_classes: int | None = None
     dataset_sizes: dict[str, int] = field(default_factory=dict)
     batch_size: int | None = None
+    hints: Hints = field(default_factory=Hints)
 
     def all_series(self, name: str) -> list[EpochSeries]:
         return [s.series[name] for s in self.sources if name in s.series and len(s.series[name])]
@@ -162,6 +173,8 @@ class RunData:
 # --- metric name mapping -------------------------------------------------------------------
 
 _TRAIN_TOKENS = {"train", "training", "tr"}
+# ultralytics writes validation metrics as ``metrics/accuracy_top1``.
+_METRICS_TOKENS = {"metrics"}
 _VAL_TOKENS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev"}
 # Tokens that say "aggregated per epoch" (Lightning's ``_epoch``, Keras TB's ``epoch_``).
 _EPOCH_TOKENS = {"epoch", "avg", "mean"}
@@ -169,6 +182,8 @@ _METRIC_WORDS: dict[str, str] = {
     "loss": "loss", "ce": "loss", "xent": "loss", "cross_entropy": "loss", "nll": "loss",
     "acc": "top1", "accuracy": "top1", "top1": "top1", "acc1": "top1", "top_1": "top1",
     "top1_acc": "top1", "top1_accuracy": "top1", "acc_top1": "top1", "acc@1": "top1",
+    "accuracy_top1": "top1", "accuracy_top_1": "top1", "acc_top_1": "top1",
+    "accuracy_top5": "top5", "accuracy_top_5": "top5", "acc_top_5": "top5",
     "categorical_accuracy": "top1", "sparse_categorical_accuracy": "top1", "prec1": "top1",
     "top5": "top5", "acc5": "top5", "top_5": "top5", "top5_acc": "top5", "top5_accuracy": "top5",
     "acc_top5": "top5", "acc@5": "top5", "top_k_categorical_accuracy": "top5",
@@ -213,6 +228,8 @@ def map_metric_name(raw: str) -> tuple[str, bool] | None:
             split = "train"
         elif token in _VAL_TOKENS and split is None:
             split = "val"
+        elif token in _METRICS_TOKENS and split is None and len(tokens) > 1:
+            split = "val"
         else:
             rest.append(token)
     if len(rest) > 1:
@@ -231,34 +248,60 @@ def map_metric_name(raw: str) -> tuple[str, bool] | None:
 def normalise_accuracy_units(source: Source, declared: str | dict[str, str] | None = None) -> None:
     """Convert fractional accuracies to percent in place, recording what was decided.
 
-    A series whose finite values all lie in [0, 1] is taken as a fraction (×100) unless the
-    source declared percent (our history.json, a log that printed '%'). All-zero series are
-    ambiguous and left alone, with a note.
+    The unit is decided once for the whole source, not per series: a source whose undeclared
+    accuracies all lie in [0, 1] is a fraction (x100); one with any undeclared accuracy above 1
+    is percent throughout (top-1 of 0.36% next to top-5 of 1.5% is one unit, not two). A
+    declared unit (our history's ``accuracy_unit``, a '%' printed in a log) wins for its series.
+    All-zero sources are ambiguous and left alone, with a note. ``source.accuracy_unit`` keeps
+    the decision so that a user's ``--accuracy-unit`` can override it (:func:`override_accuracy_unit`).
     """
-    for name in ACCURACY_METRICS:
-        series = source.series.get(name)
-        if series is None or not len(series):
-            continue
-        finite = series.values[np.isfinite(series.values)]
+    present = [n for n in ACCURACY_METRICS if n in source.series and len(source.series[n])]
+    undeclared = []
+    for name in present:
         unit = declared.get(name) if isinstance(declared, dict) else declared
         if unit == "percent":
             source.notes.append(f"{name}: percent (declared by the source)")
-            continue
-        if unit == "fraction":
-            series.values = series.values * 100.0
-            series.resolution *= 100.0
+        elif unit == "fraction":
+            _scale(source.series[name], 100.0)
             source.notes.append(f"{name}: fraction (declared by the source), converted to percent")
-            continue
-        if finite.size == 0 or not np.any(finite != 0):
-            source.notes.append(f"{name}: unit undetermined (no non-zero values), kept as is")
-        elif float(np.max(np.abs(finite))) <= 1.0:
-            series.values = series.values * 100.0
-            series.resolution *= 100.0
-            source.notes.append(
-                f"{name}: fraction detected (all values <= 1, max {float(np.max(finite)):.4g}), converted to percent"
-            )
         else:
-            source.notes.append(f"{name}: percent detected (max {float(np.max(finite)):.4g})")
+            undeclared.append(name)
+    if not undeclared:
+        return
+    finite = np.concatenate([source.series[n].values[np.isfinite(source.series[n].values)] for n in undeclared])
+    if finite.size == 0 or not np.any(finite != 0):
+        source.notes.append(f"{', '.join(undeclared)}: unit undetermined (no non-zero values), kept as is")
+        return
+    top = float(np.max(np.abs(finite)))
+    if top <= 1.0:
+        for name in undeclared:
+            _scale(source.series[name], 100.0)
+        source.accuracy_unit = "fraction"
+        source.notes.append(f"{', '.join(undeclared)}: fraction detected for the source (all values <= 1, "
+                            f"max {top:.4g}), converted to percent")
+    else:
+        source.accuracy_unit = "percent"
+        source.notes.append(f"{', '.join(undeclared)}: percent detected for the source (max {top:.4g})")
+    source.detected_unit_metrics = list(undeclared)
+
+
+def override_accuracy_unit(source: Source, unit: str) -> None:
+    """The user says the source's undeclared accuracies are ``unit`` (percent or fraction)."""
+    names = [n for n in (source.detected_unit_metrics or
+                         [n for n in ACCURACY_METRICS if n in source.series]) if n in source.series]
+    current = source.accuracy_unit or "percent"  # undetermined (all zero) series were kept as is
+    if not names or unit == current:
+        return
+    factor = 100.0 if unit == "fraction" else 0.01
+    for name in names:
+        _scale(source.series[name], factor)
+    source.accuracy_unit = unit
+    source.notes.append(f"{', '.join(names)}: {unit} as given by the accuracy_unit hint (detected: {current})")
+
+
+def _scale(series: EpochSeries, factor: float) -> None:
+    series.values = series.values * factor
+    series.resolution *= factor
 
 
 def shift_zero_based_epochs(source: Source) -> None:

@@ -21,6 +21,7 @@ from common import rundir
 from common.atomic import atomic_write_text
 
 if TYPE_CHECKING:  # the readers import NumPy: not at import time (the API imports this module)
+    from common.analysis.hints import Hints
     from common.analysis.report import Report
     from common.analysis.series import RunData
 
@@ -40,7 +41,8 @@ class NoMetrics(LookupError):
 
 def write_analysis(paths: Sequence[Path], out: Path, *, num_classes: int | None = None,
                    patterns: tuple[str, ...] = (), plots: bool = True,
-                   display_names: Mapping[str, str] | None = None) -> tuple[Report, dict[str, Path]]:
+                   display_names: Mapping[str, str] | None = None,
+                   hints: Hints | None = None) -> tuple[Report, dict[str, Path]]:
     """Read ``paths``, run every check, write ``out/report.json`` (atomically) and the PNGs.
     ``display_names`` (file name -> name to show) renames sources before the checks and plots
     run, so messages and legends say "console.log", not the stored name. Raises
@@ -48,7 +50,7 @@ def write_analysis(paths: Sequence[Path], out: Path, *, num_classes: int | None 
     from common.analysis.checks import run_checks
     from common.analysis.readers import load_inputs
 
-    run = load_inputs(list(paths), num_classes=num_classes, patterns=patterns)
+    run = load_inputs(list(paths), num_classes=num_classes, patterns=patterns, hints=hints)
     if display_names:
         rename_sources(run, display_names)
     report = run_checks(run)

@@ -148,7 +148,8 @@ def test_init_loss_far_above_chance_warns() -> None:
 def test_val_loss_above_chance_fires() -> None:
     metrics = dict(HEALTHY, **{"val.loss": [2.4, 2.6, 2.7, 2.8, 2.9, 3.0], "val.top1": [8.0] * 6})
     hit = report_for(source("h", metrics)).by_id("val_above_chance")[0]
-    assert hit.status == "fail" and hit.epochs == [2, 3, 4, 5, 6]
+    # Fails at the epochs where training fits well (loss < ½ ln C) and validation stays at chance.
+    assert hit.status == "fail" and hit.epochs == [3, 4, 5, 6]
 
 
 def test_val_loss_above_chance_with_good_accuracy_is_overfitting_warning() -> None:
@@ -240,7 +241,9 @@ def test_incident_fails_naming_every_symptom(tmp_path: Path) -> None:
     assert report.verdict == "fail"
     failed = {(c.id, c.metric) for c in report.failures()}
     assert {("dead_metric", "train.loss"), ("dead_metric", "train.top1"), ("constant_series", "val.loss"),
-            ("val_above_chance", "val.loss"), ("cross_source", "train.loss")} <= failed
+            ("cross_source", "train.loss")} <= failed
+    # Training has not fitted well (loss far above ½ ln C): a high val loss alone is only a warning.
+    assert {c.status for c in report.by_id("val_above_chance")} == {"warn"}
     disagreement = [c for c in report.failures() if c.id == "cross_source" and c.metric == "train.loss"][0]
     assert disagreement.values[-1] == [0.0, 7.535]
     json.loads(report.to_json())

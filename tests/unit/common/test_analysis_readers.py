@@ -169,7 +169,7 @@ def test_bad_user_pattern_is_an_input_error(tmp_path: Path) -> None:
 
 
 def test_unrecognised_log_is_an_input_error(tmp_path: Path) -> None:
-    with pytest.raises(AnalysisInputError, match="no metric lines"):
+    with pytest.raises(AnalysisInputError, match="no known format recognised. Tried: TensorBoard"):
         read_path(write(tmp_path / "notes.txt", "hello\nworld\n"))
 
 
