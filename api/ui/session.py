@@ -9,6 +9,7 @@ Cookie flags: HttpOnly, SameSite=Lax, Secure whenever the request came over HTTP
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import secrets
 import time
@@ -20,6 +21,8 @@ from sqlalchemy.orm import Session as DbSession
 
 from common.auth import AuthError, hash_token, user_for_token_hash
 from common.store import User
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SESSION_HOURS = 12.0
 SECRET_FILE = "ui_secret_key"  # in the state root, shared by every gunicorn worker of a host
@@ -35,7 +38,16 @@ class _SessionInterface(SecureCookieSessionInterface):
 def configure_sessions(app: Flask) -> None:
     settings = app.extensions["teacher"].settings
     if not app.config.get("SECRET_KEY"):
-        app.config["SECRET_KEY"] = _shared_secret(Path(settings.state_root) / SECRET_FILE)
+        path = Path(settings.state_root) / SECRET_FILE
+        try:
+            app.config["SECRET_KEY"] = _shared_secret(path)
+        except OSError as exc:
+            # The API still serves; only the dashboard waits for a writable state root.
+            log.error("web dashboard disabled: cannot keep its signing key in %s (%s); make "
+                      "TEACHER_STATE_ROOT writable or give the app a SECRET_KEY", path, exc)
+            app.config["TEACHER_UI_DISABLED"] = "the dashboard has no signing key yet: an operator must make " \
+                                                "TEACHER_STATE_ROOT writable (see the API's log)"
+            app.config["SECRET_KEY"] = secrets.token_urlsafe(48)  # never used to sign a session
     hours = float(app.config.setdefault("TEACHER_UI_SESSION_HOURS", DEFAULT_SESSION_HOURS))
     app.config.setdefault("PERMANENT_SESSION_LIFETIME", dt.timedelta(hours=hours))
     app.config.update(SESSION_COOKIE_NAME="teacher_session", SESSION_COOKIE_HTTPONLY=True,

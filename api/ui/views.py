@@ -56,6 +56,9 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 @blp.before_request
 def _guard() -> Any:
     """CSRF on every POST (sign-in included), then the session's user, else sign in first."""
+    disabled = current_app.config.get("TEACHER_UI_DISABLED")
+    if disabled and request.endpoint != "ui.static":
+        return render_template("ui/error.html", status=503, message=disabled), 503
     if request.method == "POST":
         csrf.protect()
     if request.endpoint in OPEN_ENDPOINTS:

@@ -230,3 +230,38 @@ def test_open_redirect_is_refused(client, alice):
     page = client.get("/ui/signin")
     r = client.post("/ui/signin?next=//evil.example/", data={"token": token, "csrf_token": csrf_of(page.text)})
     assert r.headers["Location"].endswith("/ui/jobs")
+
+
+def test_an_unwritable_state_root_disables_only_the_dashboard(settings, broker, tmp_path):
+    import dataclasses
+
+    from api import create_app
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state root should be")
+    app = create_app({"TEACHER_SETTINGS": dataclasses.replace(settings, state_root=blocker / "state"),
+                      "TEACHER_ENQUEUE": broker, "TESTING": True})
+    try:
+        client = app.test_client()
+        assert client.get("/ui/signin").status_code == 503
+        assert client.get("/api/v1/health").status_code in (200, 503)  # the API itself still starts
+        alice = mint(app, "alice")
+        assert client.get("/api/v1/jobs", headers=alice).status_code == 200
+    finally:
+        app.extensions["teacher"].engine.dispose()
+
+
+def test_the_signing_key_is_made_once_and_shared(settings, broker, tmp_path):
+    import dataclasses
+
+    from api import create_app
+
+    apps = [create_app({"TEACHER_SETTINGS": dataclasses.replace(settings, state_root=tmp_path / "st"),
+                        "TEACHER_ENQUEUE": broker}) for _ in range(2)]
+    try:
+        assert apps[0].config["SECRET_KEY"] == apps[1].config["SECRET_KEY"]  # two workers, one key
+        key_file = tmp_path / "st" / "ui_secret_key"
+        assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_text()) >= 48
+    finally:
+        for app in apps:
+            app.extensions["teacher"].engine.dispose()
