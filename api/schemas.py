@@ -21,7 +21,8 @@ from common.analysis.formats import FileKind
 from common.analysis.service import PLOT_NAMES
 from common.analysis.uploads import StoredAnalysis
 from common.rundir import RunStatus
-from common.store.models import Job, JobStatus
+from common.store.attempts import resumed_from
+from common.store.models import AttemptCause, Job, JobAttempt, JobStatus, StopCause
 
 JOB_ID = validate.Regexp(r"^[0-9a-f]{32}$", error="not a job id")
 # Where a client names one of its jobs: the id or a unique prefix of it (api.jobs.resolve_job).
@@ -270,6 +271,51 @@ class DerivedNested(_Derived, fields.Nested):
     pass
 
 
+class DerivedList(_Derived, fields.List):
+    pass
+
+
+class ResumePointSchema(ma.Schema):
+    """Where an attempt started: after ``epoch`` completed epochs and ``step`` optimizer steps,
+    ``batch`` micro-batches into the next epoch, from checkpoint ``checkpoint``."""
+
+    epoch = fields.Integer(required=True, metadata={"description": "epochs completed before it"})
+    step = fields.Integer(required=True, metadata={"description": "optimizer steps done before it"})
+    batch = fields.Integer(allow_none=True, metadata={
+        "description": "micro-batches into the next epoch (0: an epoch boundary; null until the trainer reports it)"})
+    checkpoint = fields.String(required=True, metadata={"description": "the checkpoint file it loaded"})
+    created_at = fields.Float(allow_none=True, metadata={"description": "when that checkpoint was written (Unix time)"})
+
+
+def _attempt_reason(attempt: JobAttempt) -> str | None:
+    return scrub(attempt.reason, server_roots()) if attempt.reason else None
+
+
+class AttemptSchema(ma.Schema):
+    """One attempt of a job (a row of its timeline)."""
+
+    number = fields.Integer(required=True, metadata={"description": "1 for the first attempt, then 2, ..."})
+    worker = fields.String(allow_none=True, metadata={"description": "the worker that ran it (host:pid)"})
+    started_at = fields.DateTime(required=True)
+    ended_at = fields.DateTime(allow_none=True, metadata={"description": "null while it runs"})
+    cause = fields.String(allow_none=True, validate=validate.OneOf([c.value for c in AttemptCause]), metadata={
+        "description": "how it ended (null while it runs): succeeded, cancelled, failed (not retried: bad input, no "
+                       "space, time limit, an integrity stop, a cap), training_failed (a failure; retried while "
+                       "failures < max_attempts), preempted (stopped on request: an interruption), killed (its "
+                       "training process died by a signal nobody sent: a failure), worker_lost (an interruption "
+                       "if it had not trained yet, else a failure), stalled"})
+    stop = fields.String(allow_none=True, validate=validate.OneOf([c.value for c in StopCause]), metadata={
+        "description": "what the supervisor stopped the training for, if it did: worker_shutdown (SIGTERM to the "
+                       "worker, e.g. a preemption), cancel, time_limit, superseded (another worker took the job)"})
+    exit_code = fields.Integer(allow_none=True, metadata={"description": "the training process's (negative: a signal)"})
+    reason = DerivedString(allow_none=True, derive=_attempt_reason)
+    resumed_from = fields.Nested(ResumePointSchema, allow_none=True, metadata={
+        "description": "where it started (null: from scratch)"})
+    lost_s = fields.Float(allow_none=True, metadata={
+        "description": "for an attempt the next one resumes after: seconds of work since its last checkpoint, "
+                       "which are done again (null when it finished the job, or could not be read)"})
+
+
 class JobSchema(ma.Schema):
     """A job response, dumped from the job's row (common.store.Job)."""
 
@@ -281,10 +327,17 @@ class JobSchema(ma.Schema):
     priority = fields.Integer(required=True)
     attempts = fields.Integer(required=True, metadata={"description": "attempts started (interruptions included)"})
     max_attempts = fields.Integer(required=True, metadata={
-        "description": "cap on attempts whose worker or training process died while training (TEACHER_MAX_ATTEMPTS)"})
+        "description": "cap on failures (TEACHER_MAX_ATTEMPTS)"})
     interruptions = DerivedInteger(required=True, derive=lambda job: job.interruptions or 0, metadata={
         "description": "attempts that ended without a failure of their own: a graceful stop (worker shutdown, "
                        "preemption) or a worker lost before it trained; capped by TEACHER_MAX_INTERRUPTIONS"})
+    failures = DerivedInteger(required=True, derive=lambda job: job.failures or 0, metadata={
+        "description": "attempts that failed: the training failed (retried from its last checkpoint), or its worker "
+                       "or training process died while training; capped by max_attempts"})
+    resumed_from = DerivedNested(ResumePointSchema, allow_none=True, derive=resumed_from, metadata={
+        "description": "where the latest attempt started (null: from scratch, or not started)"})
+    timeline = DerivedList(fields.Nested(AttemptSchema), required=True, derive=lambda job: list(job.attempt_rows),
+                           metadata={"description": "the job's attempts, oldest first"})
     run_seconds = DerivedFloat(required=True, derive=lambda job: round(job.run_seconds or 0.0, 3), metadata={
         "description": "Training time so far, summed over attempts (counts against TEACHER_MAX_JOB_SECONDS)"})
     cancel_requested = fields.Boolean(required=True)
@@ -409,10 +462,6 @@ class AnalysisLinksSchema(ma.Schema):
 def _analysis_plots(analysis: StoredAnalysis) -> list[dict[str, str]]:
     return [{"name": name, "url": url_for("analysis.analysis_plot", analysis_id=analysis.record.id, name=name)}
             for name in analysis.plots]
-
-
-class DerivedList(_Derived, fields.List):
-    pass
 
 
 class AnalysisSchema(ma.Schema):

@@ -312,7 +312,8 @@ def _list_detail(job: dict[str, Any]) -> str:
 
 def _print_job(job: dict[str, Any]) -> None:
     click.echo(_fmt_progress(job))
-    for key in ("id", "name", "queue", "attempts", "created_at", "started_at", "finished_at", "failure_reason"):
+    for key in ("id", "name", "queue", "attempts", "interruptions", "failures", "created_at", "started_at",
+                "finished_at", "failure_reason"):
         if job.get(key) is not None:
             click.echo(f"  {key}: {job[key]}")
     integrity = job.get("integrity")
@@ -322,6 +323,36 @@ def _print_job(job: dict[str, Any]) -> None:
         click.echo(f"  integrity: {str(integrity.get('verdict')).upper()}" + (f" ({found})" if found else ""))
     for line in _summary_lines(job):
         click.echo(f"  {line}")
+    for line in _timeline_lines(job.get("timeline") or []):
+        click.echo(f"  {line}")
+
+
+def _resumed_text(point: dict[str, Any] | None) -> str:
+    if not point:
+        return "start"
+    batch = point.get("batch")
+    return f"epoch {point.get('epoch')} step {point.get('step')}" + (f" (+{batch} batches)" if batch else "")
+
+
+def _when(value: Any) -> str:
+    return str(value)[:19].replace("T", " ") if value else ""
+
+
+def _timeline_lines(timeline: list[dict[str, Any]]) -> list[str]:
+    """The attempts as a small table: when each ran, how it ended, where it resumed from and
+    the work it lost (done again by the next attempt)."""
+    if not timeline:
+        return []
+    rows = [("ATTEMPT", "START (UTC)", "END (UTC)", "CAUSE", "RESUMED FROM", "LOST")]
+    for a in timeline:
+        cause = a.get("cause") or "running"
+        if a.get("stop") and a.get("cause") not in ("cancelled",):
+            cause += f" ({a['stop']})"
+        lost = a.get("lost_s")
+        rows.append((str(a.get("number")), _when(a.get("started_at")), _when(a.get("ended_at")) or "-", cause,
+                     _resumed_text(a.get("resumed_from")), _duration(float(lost)) if lost is not None else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["timeline:"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def _sse_lines(resp: Any) -> Iterator[tuple[str, str]]:

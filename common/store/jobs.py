@@ -87,6 +87,7 @@ def create_job(
     job = Job(
         id=new_job_id(), user_id=user.id, name=name, queue=queue, priority=priority, status=status.value,
         config=config, after_id=after_id, init_from=init_from, max_attempts=max_attempts,
+        attempt_rows=[],  # no attempt yet (and loaded: the API dumps the timeline after the session)
     )
     session.add(job)
     session.flush()
