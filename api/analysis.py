@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Response, request, send_file, url_for
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from api.errors import ApiError
 from api.extensions import current_user, services
@@ -33,7 +34,6 @@ blp = Blueprint("analysis", __name__, url_prefix="/api/v1", description="Metrics
 
 ANALYSIS_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_NUM_CLASSES = 10_000_000
-FORM_FIELDS = frozenset({"num_classes", "pattern"})
 FILE_FIELD = "files"
 MAX_PATTERNS = 16
 MAX_PATTERN_LENGTH = 1000
@@ -126,25 +126,62 @@ def job_plot(job_id: str, name: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------- uploads
-def _check_form_fields() -> None:
-    """Every multipart field is one this endpoint reads: a misspelt option is an error, not
-    silently ignored."""
-    unknown = sorted({k for k in request.form if k not in FORM_FIELDS}
-                     | {k for k in request.files if k != FILE_FIELD})
-    if unknown:
-        raise ApiError(400, f"unknown form field(s): {', '.join(unknown)}; the fields are "
-                            f"{FILE_FIELD} (files), num_classes and pattern",
-                       {k: ["unknown field"] for k in unknown})
+class AnalysisFormSchema(Schema):
+    """The form fields of ``POST /analyses`` besides the files: the hints ``teacher analyze``
+    takes as flags. Unknown fields are errors (a misspelt option must not be silently ignored)."""
+
+    class Meta:
+        unknown = RAISE
+
+    num_classes = fields.Integer(strict=False, validate=validate.Range(2, MAX_NUM_CLASSES),
+                                 metadata={"description": "C, for the chance loss ln(C)"})
+    pattern = fields.List(fields.String(validate=validate.Length(max=MAX_PATTERN_LENGTH)),
+                          validate=validate.Length(max=MAX_PATTERNS))
+    label_smoothing = fields.Float(validate=validate.Range(0, 1, max_inclusive=False))
+    mixup = fields.Boolean()
+    ema = fields.Boolean()
+    pretrained = fields.Boolean()
+    accuracy_unit = fields.String(validate=validate.OneOf(("percent", "fraction")))
 
 
-def _patterns() -> tuple[str, ...]:
+def _form() -> dict[str, Any]:
+    """The form fields, validated by :class:`AnalysisFormSchema`; 400 naming each bad field."""
+    unknown_files = sorted(k for k in request.files if k != FILE_FIELD)
+    raw: dict[str, Any] = {}
+    for key in request.form:
+        values = request.form.getlist(key)
+        if key == "pattern":
+            raw[key] = [v for v in values if v.strip()]
+        elif any(v.strip() for v in values):
+            raw[key] = values[-1]
+    try:
+        form = AnalysisFormSchema().load(raw)
+    except ValidationError as exc:
+        errors = {k: (v if isinstance(v, list) else [str(v)]) for k, v in exc.normalized_messages().items()}
+        errors.update({k: ["unknown field"] for k in unknown_files})
+        unknown = sorted(k for k, v in errors.items() if v == ["Unknown field."] or v == ["unknown field"])
+        if unknown:
+            raise ApiError(400, f"unknown form field(s): {', '.join(unknown)}; the fields are {FILE_FIELD} (files), "
+                                f"{', '.join(AnalysisFormSchema().fields)}", errors) from None
+        first = sorted(errors)[0]
+        raise ApiError(400, f"{first}: {_flat(errors[first])}", errors) from None
+    if unknown_files:
+        raise ApiError(400, f"unknown form field(s): {', '.join(unknown_files)}; files go in {FILE_FIELD}",
+                       {k: ["unknown field"] for k in unknown_files})
+    form["pattern"] = _patterns(form.get("pattern") or [])
+    return form
+
+
+def _flat(messages: Any) -> str:
+    if isinstance(messages, dict):
+        return "; ".join(f"{k}: {_flat(v)}" for k, v in messages.items())
+    if isinstance(messages, list):
+        return "; ".join(_flat(m) for m in messages)
+    return str(messages)
+
+
+def _patterns(values: list[str]) -> tuple[str, ...]:
     """Extra console-log regexes (as ``teacher analyze --pattern``), tried before the built-in ones."""
-    values = [v for v in request.form.getlist("pattern") if v.strip()]
-    if len(values) > MAX_PATTERNS:
-        raise ApiError(400, f"pattern: at most {MAX_PATTERNS}", {"pattern": [f"at most {MAX_PATTERNS} patterns"]})
-    for value in values:
-        if len(value) > MAX_PATTERN_LENGTH:
-            raise ApiError(400, "pattern: too long", {"pattern": [f"at most {MAX_PATTERN_LENGTH} characters"]})
     from common.analysis.log_reader import compile_user_patterns
     from common.analysis.series import AnalysisInputError
 
@@ -154,19 +191,6 @@ def _patterns() -> tuple[str, ...]:
         message = for_form(str(exc))
         raise ApiError(400, f"pattern: {message}", {"pattern": [message]}) from None
     return tuple(values)
-
-
-def _num_classes() -> int | None:
-    raw = request.form.get("num_classes")
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "num_classes: not an integer", {"num_classes": ["an integer >= 2"]}) from None
-    if not 2 <= value <= MAX_NUM_CLASSES:
-        raise ApiError(400, "num_classes: out of range", {"num_classes": [f"between 2 and {MAX_NUM_CLASSES}"]})
-    return value
 
 
 def _analysis_dir(analysis_id: str) -> Path:
@@ -191,6 +215,13 @@ ANALYSIS_REQUEST = {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"},
                       "description": "history JSON, CSV, step-stream JSONL, TensorBoard event files, console logs"},
             "num_classes": {"type": "integer", "minimum": 2, "description": "C, for the chance loss ln(C)"},
+            "label_smoothing": {"type": "number", "minimum": 0, "exclusiveMaximum": 1,
+                                "description": "hint: label smoothing used in training"},
+            "mixup": {"type": "boolean", "description": "hint: mixup/CutMix used in training"},
+            "ema": {"type": "boolean", "description": "hint: validation runs on EMA weights"},
+            "pretrained": {"type": "boolean", "description": "hint: fine-tuned from pretrained weights"},
+            "accuracy_unit": {"type": "string", "enum": ["percent", "fraction"],
+                              "description": "the unit of accuracies the files do not declare (default: detected)"},
             "pattern": {"type": "array", "items": {"type": "string", "maxLength": MAX_PATTERN_LENGTH},
                         "maxItems": MAX_PATTERNS,
                         "description": "extra console-log regexes with named groups (epoch, split, rest, or metric "
@@ -220,18 +251,21 @@ def create_analysis() -> Any:
     request.max_content_length = settings.max_upload_length  # this endpoint's own limit
     if request.mimetype != "multipart/form-data":
         raise ApiError(415, "send the files as multipart/form-data")
-    _check_form_fields()
+    form = _form()
     incoming = [IncomingFile(field, fs.filename, fs.stream) for field, fs in request.files.items(multi=True)]
     if not incoming:
         raise ApiError(400, "files: no files uploaded; upload at least one file (multipart field 'files')",
                        {"files": ["upload at least one file"]})
-    num_classes = _num_classes()
-    patterns = _patterns()
+    from common.analysis.hints import user_hints
+
+    hints = user_hints(num_classes=form.get("num_classes"), label_smoothing=form.get("label_smoothing"),
+                       mixup=form.get("mixup"), ema=form.get("ema"), pretrained=form.get("pretrained"),
+                       accuracy_unit=form.get("accuracy_unit"), origin="form field")
     user = current_user()
     analysis_id = uuid.uuid4().hex
     analysis = store_analysis(settings.analyses_dir / str(user.id) / analysis_id, incoming,  # UploadRejected: 400
                               analysis_id=analysis_id, user=user.name, user_id=user.id,
-                              num_classes=num_classes, patterns=patterns)
+                              num_classes=form.get("num_classes"), patterns=form["pattern"], hints=hints)
     return analysis, 201, {"Location": url_for("analysis.analysis", analysis_id=analysis_id)}
 
 

@@ -16,9 +16,12 @@ from pathlib import Path
 
 # How much of a file the sniff reads.
 SNIFF_BYTES = 64 * 1024
-TEXT_EXTENSIONS = frozenset({"json", "jsonl", "csv", "log", "txt", "out", "err"})
-UNKNOWN_TYPE = ("unknown file type; upload history JSON (.json), CSV (.csv), step streams (.jsonl), "
-                "TensorBoard event files (events.out.tfevents.*) or console logs (.log, .txt, .out, .err)")
+TEXT_EXTENSIONS = frozenset({"json", "jsonl", "csv", "log", "txt", "out", "err", "md", "tsv", "yaml", "yml"})
+HINT_EXTENSIONS = frozenset({"yaml", "yml"})
+UNKNOWN_TYPE = ("unknown file type; upload JSON (.json: history, trainer_state.json, JSON lines), CSV (.csv), "
+                "step streams (.jsonl), TensorBoard event files (events.out.tfevents.*), console logs or tables "
+                "(.log, .txt, .out, .err, .md, .tsv), or sidecar hints (hparams.yaml, args.yaml as .yaml); the "
+                "content decides the format")
 
 
 class FileKind(StrEnum):
@@ -27,6 +30,7 @@ class FileKind(StrEnum):
     steps = "steps"
     tensorboard = "tensorboard"
     log = "log"
+    hints = "hints"  # a sidecar (hparams.yaml, args.yaml): read for hints, never as metrics
 
     @property
     def extension(self) -> str:
@@ -35,7 +39,7 @@ class FileKind(StrEnum):
 
 
 _EXTENSIONS = {FileKind.history: ".json", FileKind.steps: ".jsonl", FileKind.csv: ".csv",
-               FileKind.tensorboard: ".tfevents", FileKind.log: ".log"}
+               FileKind.tensorboard: ".tfevents", FileKind.log: ".log", FileKind.hints: ".yaml"}
 
 
 class UnknownFormat(ValueError):
@@ -54,6 +58,8 @@ def sniff(name: str, head: bytes, size: int) -> FileKind:
     if ext not in TEXT_EXTENSIONS:
         raise UnknownFormat(UNKNOWN_TYPE)
     text = _text_prefix(head, size)
+    if ext in HINT_EXTENSIONS:
+        return FileKind.hints  # safe-loaded by the hints reader; a bad one is a note, not an error
     if ext == "json":
         return FileKind.history  # parsed in full once stored (check_stored)
     if ext == "jsonl":
@@ -81,9 +87,11 @@ def check_stored(path: Path, kind: FileKind, size: int) -> None:
     JSON document; a console log longer than the sniffed prefix is UTF-8 throughout."""
     if kind is FileKind.history:
         try:
-            json.loads(path.read_bytes().decode("utf-8"))
+            text = path.read_bytes().decode("utf-8")
+            json.loads(text)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise UnknownFormat(f"not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+            if isinstance(exc, UnicodeDecodeError) or not _json_lines(text):
+                raise UnknownFormat(f"not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
     elif kind is FileKind.log and size > SNIFF_BYTES:
         try:
             with path.open(encoding="utf-8") as fh:
@@ -91,6 +99,15 @@ def check_stored(path: Path, kind: FileKind, size: int) -> None:
                     pass
         except UnicodeDecodeError:
             raise UnknownFormat("not UTF-8 text") from None
+
+
+def _json_lines(text: str) -> bool:
+    """Every non-empty line a JSON object (mmcls ``*.log.json``, DeiT ``log.txt``)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        return bool(lines) and all(isinstance(json.loads(line), dict) for line in lines)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _masked_crc32c(data: bytes) -> int:

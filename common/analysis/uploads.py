@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
+from common.analysis.hints import Hints
 from common.analysis.formats import SNIFF_BYTES, FileKind, UnknownFormat, check_stored, sniff
 from common.analysis.service import PLOT_NAMES, public_report, strip_base, write_analysis
 from common.atomic import atomic_write_text
@@ -103,14 +104,14 @@ def load_analysis(folder: Path) -> StoredAnalysis:
 
 
 def create_analysis(folder: Path, incoming: Iterable[IncomingFile], *, analysis_id: str, user: str, user_id: int,
-                    num_classes: int | None, patterns: tuple[str, ...]) -> StoredAnalysis:
+                    num_classes: int | None, patterns: tuple[str, ...], hints: Hints | None = None) -> StoredAnalysis:
     """Store and analyse the uploads in ``folder`` (which must not exist). Raises
     :class:`UploadRejected`; nothing is left behind when anything fails."""
     inputs = folder / INPUTS
     inputs.mkdir(parents=True)
     try:
         files = save_uploads(incoming, inputs)
-        _analyse(inputs, files, folder / OUT, num_classes, patterns, analysis_id)
+        _analyse(inputs, files, folder / OUT, num_classes, patterns, analysis_id, hints)
         record = AnalysisRecord(id=analysis_id, user=user, user_id=user_id, num_classes=num_classes, files=files,
                                 created_at=dt.datetime.now(dt.timezone.utc))
         atomic_write_text(folder / RECORD, record.to_json())  # written last: marks it complete
@@ -165,10 +166,10 @@ def display_names(files: list[UploadedFile]) -> dict[str, str]:
 
 
 def _analyse(inputs: Path, files: list[UploadedFile], out: Path, num_classes: int | None,
-             patterns: tuple[str, ...], analysis_id: str) -> None:
+             patterns: tuple[str, ...], analysis_id: str, hints: Hints | None = None) -> None:
     try:
         write_analysis([inputs / f.stored_as for f in files], out, num_classes=num_classes, patterns=patterns,
-                       display_names=display_names(files))
+                       display_names=display_names(files), hints=hints)
     except READER_ERRORS as exc:
         from common.analysis.series import AnalysisInputError
 

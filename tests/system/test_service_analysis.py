@@ -193,8 +193,8 @@ def test_upload_of_the_incident_fails_with_plots(call, client, alice, settings):
     report = body["report"]
     assert report["verdict"] == "fail" and report["num_classes"] == 9500
     failed = {(c["id"], c["metric"]) for c in report["checks"] if c["status"] == "fail"}
-    assert {("dead_metric", "train.loss"), ("constant_series", "val.loss"), ("val_above_chance", "val.loss"),
-            ("cross_source", "train.loss")} <= failed
+    # val_above_chance is only a warning here (training has not fitted well: issue 12's policy)
+    assert {("dead_metric", "train.loss"), ("constant_series", "val.loss"), ("cross_source", "train.loss")} <= failed
     assert [f["stored_as"] for f in body["files"]] == ["upload_0.json", "upload_1.log"]
     assert [f["filename"] for f in body["files"]] == ["training_history.json", "console.log"]
     assert {s["path"] for s in report["sources"]} == {"upload_0.json", "upload_1.log"}
