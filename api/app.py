@@ -55,7 +55,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if request.endpoint in PUBLIC_ENDPOINTS or is_ui_request():
             return  # the dashboard checks its session cookie itself (api/ui/views.py), by the same token lookup
         svc = services()
-        with svc.sessions() as s:
+        with svc.reads() as s:
             g.user = authenticate(s, request.headers.get("Authorization"))
             if request.path.startswith("/api/v1/"):  # per-token rate limits (429 + Retry-After)
                 enforce_rate_limits(svc.limiter, svc.settings, s, request.headers["Authorization"],

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from flask import Flask, current_app, g
 from sqlalchemy import Engine
@@ -17,6 +18,7 @@ from common.store.jobs import mark_enqueued
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[str, str, int], None]  # (job_id, queue, priority)
+_READS = "_teacher_reads"  # flask.g attribute: the request's read session (Services.reads)
 
 
 def celery_enqueue(settings: Settings) -> Enqueue:
@@ -55,6 +57,27 @@ class Services:
             mark_enqueued(s, job_id)
         return True
 
+    @contextmanager
+    def reads(self) -> Iterator[Session]:
+        """The request's read session: one per request (on ``flask.g``, closed at the end of the
+        request), shared by the authentication and the view. Each block is a read transaction of
+        its own (a deferred BEGIN on SQLite, never the write lock): it ends when the block does,
+        so no connection or snapshot is held while a response streams, but the rows it loaded
+        stay in the session. The caller authenticated in the first block is then the owner found
+        in the session, without a query, when the view loads the caller's own job. Writes go
+        through ``transaction(self.sessions)``, as everywhere."""
+        session = g.get(_READS)
+        if session is None:
+            session = self.sessions()
+            setattr(g, _READS, session)
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        else:
+            session.commit()  # ends the read transaction; expire_on_commit=False keeps the rows
+
     def redis(self):  # type: ignore[no-untyped-def]
         if self.redis_client is None:
             import redis
@@ -77,7 +100,14 @@ def init_services(app: Flask, settings: Settings, enqueue: Enqueue | None = None
     services = Services(settings=settings, engine=engine, sessions=make_sessionmaker(engine),
                         enqueue_fn=enqueue or celery_enqueue(settings))
     app.extensions["teacher"] = services
+    app.teardown_appcontext(_close_reads)
     return services
+
+
+def _close_reads(_exc: BaseException | None) -> None:
+    session = g.pop(_READS, None)
+    if session is not None:
+        session.close()
 
 
 def services() -> Services:

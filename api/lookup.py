@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Boolean, bindparam, or_, select
+from sqlalchemy.orm import Session, joinedload
 
 from api.extensions import current_user, services
 from common.store import Job, User
@@ -17,6 +17,15 @@ MAX_LISTED_MATCHES = 10
 _HEX = re.compile(r"^[0-9a-f]{1,32}$")
 # The description of the 400 every operation with a job id in its path documents.
 AMBIGUOUS = "an ambiguous job id prefix (the matching ids are listed) or a prefix shorter than 6 characters"
+
+
+# The read of a full id (the status poll) as one query: visible_job's rule (not deleted; the
+# caller's own unless an admin), with every relationship the response dumps (the owner, the
+# attempts) joined into the same SELECT rather than loaded by queries of their own. Built once:
+# building a select and its cache key per request costs about as much as running it.
+_VISIBLE_BY_ID = (select(Job).options(joinedload("*"))
+                  .where(Job.id == bindparam("job_id"), Job.deleted_at.is_(None),
+                         or_(bindparam("admin", type_=Boolean), Job.user_id == bindparam("user_id"))))
 
 
 class BadJobRef(ValueError):
@@ -38,7 +47,13 @@ def resolve_job(session: Session, user: User, ref: str, *, field: str = "job_id"
     if not _HEX.match(ref):
         raise JobNotFound(ref[:64])
     if len(ref) == 32:
-        return visible_job(session, user, ref, for_update=for_update)
+        if for_update:
+            return visible_job(session, user, ref, for_update=True)
+        job = session.execute(_VISIBLE_BY_ID, {"job_id": ref, "user_id": user.id, "admin": user.is_admin}
+                              ).unique().scalar_one_or_none()
+        if job is None:
+            raise JobNotFound(ref)
+        return job
     if len(ref) < MIN_PREFIX:
         raise BadJobRef(field, f"job id prefix '{ref}' is too short: give at least {MIN_PREFIX} characters",
                         f"at least {MIN_PREFIX} characters of a job id")
@@ -56,8 +71,9 @@ def resolve_job(session: Session, user: User, ref: str, *, field: str = "job_id"
 
 
 def load_job(job_id: str) -> Job:
-    """The caller's job named in the URL, read in a session of its own (owner loaded)."""
-    with services().sessions() as s:
+    """The caller's job named in the URL, read in the request's read session, with its owner
+    and attempts: one query (a prefix: one more, for the matching ids)."""
+    with services().reads() as s:
         job = resolve_job(s, current_user(), job_id)
-        job.user  # load the owner while the session is open  # noqa: B018
+        job.user  # loaded with it; for a prefix, loaded now while the session is open  # noqa: B018
         return job

@@ -1,9 +1,20 @@
 """Engine, sessions and migrations (Alembic) of the job store.
 
-SQLite (the default, one file on the data volume) runs in WAL mode with a busy timeout, and every
-transaction starts with ``BEGIN IMMEDIATE``: the API's gunicorn workers and the Celery worker all
-write, and a deferred transaction that upgrades from a read to a write lock can fail with
-"database is locked" regardless of the busy timeout. PostgreSQL uses row locks instead.
+SQLite (the default, one file on the data volume) runs in WAL mode with a busy timeout. Reads and
+writes start differently:
+
+- a write, ``with transaction(factory) as s``, starts with ``BEGIN IMMEDIATE``: it takes the write
+  lock first (waiting up to the busy timeout). A deferred transaction that upgrades from a read to
+  a write lock can fail with "database is locked" at once, whatever the busy timeout, when another
+  connection committed since it began reading; taking the lock first is also what makes each
+  read-check-write in common/store exclusive on SQLite (PostgreSQL uses ``SELECT ... FOR UPDATE``).
+- a read, a plain ``with factory() as s`` session, starts with a deferred ``BEGIN``: in WAL mode
+  it reads a snapshot and never waits for a writer, nor makes one wait (the API's status polls
+  and the worker's heartbeats run side by side). Such a session must not write: a flush in it
+  raises :class:`ReadOnlySession` (on PostgreSQL too, so that a misuse shows in the SQLite tests).
+
+``engine.begin()``/``engine.connect()`` outside a session (migrations, ``teacher doctor``) keep
+``BEGIN IMMEDIATE``.
 """
 from __future__ import annotations
 
@@ -37,6 +48,13 @@ class _NoContextBanner(logging.Filter):
 logging.getLogger("alembic.runtime.migration").addFilter(_NoContextBanner())
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option of a read session's connection: its SQLite transaction begins deferred.
+READ_ONLY = "teacher_read_only"
+_WRITE = "teacher_write"  # Session.info key: opened by transaction(), may flush
+
+
+class ReadOnlySession(RuntimeError):
+    """A plain (read) session tried to write: writes go through ``transaction(factory)``."""
 
 
 def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
@@ -60,7 +78,7 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
@@ -69,13 +87,24 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    # expire_on_commit=False: rows are read after the transaction that loaded them ends.
-    return sessionmaker(engine, expire_on_commit=False)
+    """Sessions that read (deferred BEGIN on SQLite) unless opened by :func:`transaction`.
+    expire_on_commit=False: rows are read after the transaction that loaded them ends."""
+    factory = sessionmaker(engine, expire_on_commit=False, execution_options={READ_ONLY: True})
+    event.listen(factory, "before_flush", _refuse_read_only_flush)
+    return factory
+
+
+def _refuse_read_only_flush(session: Session, _context: Any, _instances: Any) -> None:
+    if not session.info.get(_WRITE) and (session.new or session.dirty or session.deleted):
+        raise ReadOnlySession("a read session has changes to write; use `with transaction(factory) as s`")
 
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    with factory() as session, session.begin():
+    """A write transaction: BEGIN IMMEDIATE on SQLite (the write lock before the first read),
+    committed at the end of the block, rolled back on an exception."""
+    with factory(info={_WRITE: True}) as session, session.begin():
+        session.connection(execution_options={READ_ONLY: False})  # begins it, before any read
         yield session
 
 
@@ -134,7 +163,7 @@ def upgrade(engine: Engine) -> int:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})"))  # released at commit
-        # (SQLite: BEGIN IMMEDIATE already serialises this transaction.)
+        # (SQLite: engine.begin() is BEGIN IMMEDIATE, which already serialises this transaction.)
         if current_revision(conn) is None:
             _adopt_legacy(conn)
         version = current_version(conn)

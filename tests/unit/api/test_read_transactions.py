@@ -1,0 +1,181 @@
+"""Reads never take the SQLite write lock, writes still do, and an authenticated status poll costs
+two SQL statements (common/store/db.py, common/auth.py, api/extensions.py Services.reads)."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import event, select
+
+from common.store import Job, User, make_engine, make_sessionmaker, transaction, upgrade
+from common.store.db import ReadOnlySession
+from tests.support.api import CFG, FakeBroker, mint
+from tests.support.procs import wait_until
+
+
+@pytest.fixture
+def statements(quiet_app) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
+    """The SQL statements the app's engine sends, in order: BEGINs in full, others by verb."""
+    sent: list[str] = []
+    engine = quiet_app.extensions["teacher"].engine
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement.strip() if statement.startswith("BEGIN") else statement.split()[0].upper())
+
+    event.listen(engine, "before_cursor_execute", record)
+    yield sent
+    event.remove(engine, "before_cursor_execute", record)
+
+
+@pytest.fixture
+def quiet_app(settings):  # type: ignore[no-untyped-def]
+    """The app without per-token rate limits (their token-id lookup is a query of its own)."""
+    import dataclasses
+
+    from api import create_app
+
+    app = create_app({"TEACHER_SETTINGS": dataclasses.replace(settings, rate_limit=None, submit_rate_limit=None),
+                      "TEACHER_ENQUEUE": FakeBroker(), "TESTING": True})
+    yield app
+    app.extensions["teacher"].engine.dispose()
+
+
+def _db_file(app) -> Path:  # type: ignore[no-untyped-def]
+    return Path(app.extensions["teacher"].engine.url.database)
+
+
+def test_a_status_poll_answers_while_another_connection_holds_the_write_lock(quiet_app):
+    client = quiet_app.test_client()
+    alice = mint(quiet_app, "alice")
+    job_id = client.post("/api/v1/jobs", json=CFG, headers=alice).json["id"]
+    writer = sqlite3.connect(_db_file(quiet_app), isolation_level=None, timeout=0)
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, held (as a worker's heartbeat transaction does)
+    writer.execute("UPDATE jobs SET name = 'renamed' WHERE id = ?", (job_id,))
+    answers: list[Any] = []
+    try:
+        # In a thread: were the read waiting for the lock, this test would fail at the deadline
+        # instead of hanging for the 30 s busy timeout.
+        poll = threading.Thread(target=lambda: answers.append(client.get(f"/api/v1/jobs/{job_id}", headers=alice)))
+        poll.start()
+        wait_until(lambda: not poll.is_alive(), 20, "the status poll to answer while the write lock is held")
+        # ...and the job list too (its own session)
+        listing = client.get("/api/v1/jobs", headers=alice)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert answers[0].status_code == 200 and answers[0].json["name"] == "tiny"  # the committed row, not the pending write
+    assert listing.status_code == 200 and [j["id"] for j in listing.json["jobs"]] == [job_id]
+
+
+def test_a_write_needs_the_write_lock_a_read_does_not(tmp_path: Path):
+    """transaction() begins with BEGIN IMMEDIATE (it queues behind a writer, here refused at once:
+    no busy timeout); a plain session begins deferred and reads past the writer."""
+    from sqlalchemy.exc import OperationalError
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'teacher.db'}")
+    upgrade(engine)
+    engine.dispose()
+    event.listen(engine, "connect", lambda dbapi_conn, _rec: dbapi_conn.execute("PRAGMA busy_timeout=0"))
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as s:
+        s.add(User(name="alice"))
+    begins: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda _c, _cur, st, *_: begins.append(st) if st.startswith("BEGIN") else None)
+    writer = sqlite3.connect(tmp_path / "teacher.db", isolation_level=None, timeout=0)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE users SET name = 'pending'")
+    try:
+        with factory() as s:  # a read while the lock is held: the committed row
+            assert s.scalar(select(User.name)) == "alice"
+        with pytest.raises(OperationalError, match="locked"), transaction(factory) as s:
+            s.scalar(select(User.name))
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    with transaction(factory) as s:  # the lock is free: the write goes through
+        s.scalar(select(User).where(User.name == "alice")).is_admin = True
+    assert begins == ["BEGIN", "BEGIN IMMEDIATE", "BEGIN IMMEDIATE"]
+    with factory() as s:
+        assert s.scalar(select(User.is_admin)) is True
+    engine.dispose()
+
+
+def test_a_read_session_refuses_to_write(tmp_path: Path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'teacher.db'}")
+    upgrade(engine)
+    factory = make_sessionmaker(engine)
+    with factory() as s:
+        s.add(User(name="mallory"))
+        with pytest.raises(ReadOnlySession):
+            s.flush()
+    with factory() as s:
+        assert s.scalar(select(User)) is None
+    engine.dispose()
+
+
+def test_an_authenticated_status_poll_is_two_queries_and_takes_no_write_lock(quiet_app, statements):
+    client = quiet_app.test_client()
+    alice = mint(quiet_app, "alice")
+    job_id = client.post("/api/v1/jobs", json=CFG, headers=alice).json["id"]
+    statements.clear()
+    r = client.get(f"/api/v1/jobs/{job_id}", headers=alice)
+    assert r.status_code == 200 and r.json["user"] == "alice"
+    # the token joined with its user; the job joined with its owner and attempts
+    assert [s for s in statements if not s.startswith("BEGIN")] == ["SELECT", "SELECT"]
+    assert "BEGIN IMMEDIATE" not in statements and statements.count("BEGIN") == 2
+
+
+def test_an_admin_reading_another_users_running_job_is_two_queries(quiet_app, statements):
+    from common.store import lifecycle
+    from common.store.jobs import lock_job
+    from common.store.models import AttemptCause
+
+    client = quiet_app.test_client()
+    job_id = client.post("/api/v1/jobs", json=CFG, headers=mint(quiet_app, "alice")).json["id"]
+    with transaction(quiet_app.extensions["teacher"].sessions) as s:  # two attempts: a timeline to dump
+        for _ in range(2):
+            job = lock_job(s, job_id)
+            lifecycle.claim(job, "host:1")
+            s.flush()
+            if job.attempts == 1:
+                lifecycle.interrupt(job, "worker shutdown", cause=AttemptCause.preempted)
+                s.flush()
+    root = mint(quiet_app, "root", admin=True)
+    statements.clear()
+    r = client.get(f"/api/v1/jobs/{job_id}", headers=root)
+    assert r.status_code == 200 and r.json["user"] == "alice" and r.json["status"] == "running"
+    assert r.json["attempts"] == 2  # (their rows: joined into the job's SELECT, not a selectin query of their own)
+    assert [s for s in statements if not s.startswith("BEGIN")] == ["SELECT", "SELECT"]
+
+
+def test_a_revoked_token_is_refused_on_its_next_request(quiet_app):
+    """Nothing about a token is kept between requests: the request's read session is closed at the
+    end of each request, and the token is looked up again on the next one."""
+    from common.auth import revoke_tokens
+
+    client = quiet_app.test_client()
+    alice = mint(quiet_app, "alice")
+    job_id = client.post("/api/v1/jobs", json=CFG, headers=alice).json["id"]
+    assert [client.get(f"/api/v1/jobs/{job_id}", headers=alice).status_code for _ in range(3)] == [200] * 3
+    with transaction(quiet_app.extensions["teacher"].sessions) as s:
+        revoke_tokens(s, token=alice["Authorization"].split()[1])
+    r = client.get(f"/api/v1/jobs/{job_id}", headers=alice)
+    assert r.status_code == 401 and "revoked" in r.json["message"]
+    assert client.get("/api/v1/jobs", headers=alice).status_code == 401
+
+
+def test_other_users_and_deleted_jobs_stay_invisible_to_the_prebuilt_lookup(quiet_app):
+    from common.store import utcnow
+
+    client = quiet_app.test_client()
+    alice, bob = mint(quiet_app, "alice"), mint(quiet_app, "bob")
+    job_id = client.post("/api/v1/jobs", json=CFG, headers=alice).json["id"]
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=bob).status_code == 404
+    with transaction(quiet_app.extensions["teacher"].sessions) as s:
+        s.scalar(select(Job).where(Job.id == job_id)).deleted_at = utcnow()
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).status_code == 404
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=mint(quiet_app, "root", admin=True)).status_code == 404
