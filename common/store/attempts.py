@@ -51,12 +51,14 @@ def _read(reader: Any, path: Path, pick: Any) -> Any:
 
 # ------------------------------------------------------------------------------ resume points
 def point_of_entry(entry: CheckpointEntry | None) -> dict[str, Any] | None:
-    """The resume point a manifest entry stands for, as an attempt row stores it. A step file's
-    position in its epoch (``batch``) is not in the manifest: null until the trainer reports it."""
+    """The resume point a manifest entry stands for, as an attempt row stores it: a step file's
+    position in its epoch (``batch``) as its entry records it (null when it does not: then
+    until the trainer reports it)."""
     if entry is None:
         return None
-    return {"epoch": entry.epoch, "step": entry.step, "batch": 0 if entry.kind == "epoch" else None,
-            "checkpoint": entry.name, "created_at": entry.created_at}
+    batch = 0 if entry.kind == "epoch" else getattr(entry, "batch", None)
+    return {"epoch": entry.epoch, "step": entry.step, "batch": batch, "checkpoint": entry.name,
+            "created_at": entry.created_at}
 
 
 def reported_point(progress: Progress | dict[str, Any] | None, since: dt.datetime) -> dict[str, Any] | None:
