@@ -102,4 +102,39 @@ def _line_of(node: Any, dotted: str) -> int | None:
     return line
 
 
-__all__ = ["STATUSES", "BADGES", "num", "pct", "duration", "size", "val_top1", "as_yaml", "errors_with_lines"]
+def best_epoch(epochs: list[dict[str, Any]], metric: str = "val.top1") -> dict[str, Any] | None:
+    """The epoch with the highest ``metric`` (split.key), or None."""
+    split, _, key = metric.partition(".")
+    scored = [e for e in epochs if isinstance((e.get(split) or {}).get(key), (int, float))]
+    return max(scored, key=lambda e: e[split][key]) if scored else None
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(config, dict):
+        return {prefix: config}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(_flat(value, name) if isinstance(value, dict) and value else {name: value})
+    return out
+
+
+MISSING = "(not set)"
+
+
+def config_differences(configs: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """The dotted keys whose values are not the same in every config, with each config's value
+    as shown (``(not set)`` where a config lacks the key); keys in order of first appearance."""
+    flat = [_flat(c) for c in configs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    rows = []
+    for key in keys:
+        values = [f.get(key, MISSING) for f in flat]
+        if any(v != values[0] for v in values[1:]):
+            rows.append((key, [v if v is MISSING else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+                               for v in values]))
+    return rows
+
+
+__all__ = ["STATUSES", "BADGES", "num", "pct", "duration", "size", "val_top1", "as_yaml", "errors_with_lines",
+           "best_epoch", "config_differences"]

@@ -312,6 +312,33 @@ def plot(job_id: str, name: str) -> Any:
     return analysis_api.job_plot(job_id, name)
 
 
+# ------------------------------------------------------------------ compare
+COMPARE_MIN, COMPARE_MAX = 2, 6
+
+
+@blp.route("/compare", endpoint="compare")
+def compare() -> Any:
+    """2-6 of the caller's jobs side by side: curves overlaid, final and best metrics, and the
+    config keys whose values differ. ``?job=<id>&job=<id>...`` (ids or unique prefixes)."""
+    refs = list(dict.fromkeys(r.strip() for r in request.args.getlist("job") if r.strip()))
+    if not refs:
+        return render_template("ui/compare_pick.html", rows=_page()[0], max=COMPARE_MAX)
+    if not COMPARE_MIN <= len(refs) <= COMPARE_MAX:
+        return render_template("ui/error.html", status=400,
+                               message=f"pick {COMPARE_MIN} to {COMPARE_MAX} jobs to compare (got {len(refs)})"), 400
+    rows = [load_job(ref) for ref in refs]  # each one 404 unless the caller may see it
+    runs = []
+    for row in rows:
+        dump = JobSchema().dump(row)
+        epochs = _epochs(_paths(row))
+        runs.append({"job": dump, "epochs": epochs, "final": epochs[-1] if epochs else None,
+                     "best": present.best_epoch(epochs)})
+    return render_template("ui/compare.html", runs=runs,
+                           differences=present.config_differences([r["job"].get("config") or {} for r in runs]),
+                           series={"runs": [{"id": r["job"]["id"], "name": r["job"]["name"], "epochs": r["epochs"]}
+                                            for r in runs]})
+
+
 # ------------------------------------------------------------------ submit
 def _configs_dir() -> Path:
     return services().settings.configs_dir or CONFIGS_DIR

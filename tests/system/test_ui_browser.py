@@ -169,6 +169,11 @@ def test_sign_in_submit_the_demo_config_and_watch_it_succeed_live(stack, tokens,
     job_id = browser.current_url.rstrip("/").rsplit("/", 1)[1]
     state["job"] = job_id
     assert api(stack, tokens["alice"], "get", f"/api/v1/jobs/{job_id}").json()["name"] == "demo"
+    # a second, shorter run for the comparison (trains after this one)
+    r = api(stack, tokens["alice"], "post", "/api/v1/jobs",
+            json={"config": "demo", "name": "demo-short", "overrides": {"optim": {"epochs": 2, "lr": 0.003}}})
+    assert r.status_code == 202, r.text
+    state["short"] = r.json()["id"]
 
     browser.execute_script("window.__sameDocument = 'yes'")  # gone if the page were reloaded
     wait_until(lambda: browser.execute_script("return window.teacherJob && window.teacherJob.epochs") >= 1,
@@ -199,6 +204,7 @@ def test_download_a_checkpoint_and_verify_its_sha256(stack, tokens, browser, dow
 
     job_id = state["job"]
     browser.get(stack.api_url + f"/ui/jobs/{job_id}")
+    wait_until(lambda: browser.execute_script("return window.teacherJob.finished"), 15, "the page's one live update")
     manifest = {c["name"]: c for c in api(stack, tokens["alice"], "get", f"/api/v1/jobs/{job_id}/checkpoints").json()["checkpoints"]}
     link = wait_until(lambda: browser.find_element(By.LINK_TEXT, "best.pt"), 15, "the best.pt link")
     row = link.find_element(By.XPATH, "./ancestor::tr")
@@ -218,6 +224,30 @@ def test_jobs_list_shows_the_job_and_polls_conditionally(stack, browser, shots, 
     wait_until(lambda: browser.execute_script("return window.teacherJobs.notModified") >= 1, 20, "a 304 poll")
     assert browser.execute_script("return window.teacherJobs.updates || 0") == 0
     shoot(browser, shots, "jobs")
+
+
+def test_compare_two_jobs(stack, tokens, browser, shots, state):
+    stack.headers = {"Authorization": f"Bearer {tokens['alice']}"}
+    stack.wait_status(state["short"], {"succeeded"}, timeout=240)
+    browser.get(stack.api_url + "/ui/compare")
+    for job_id in (state["job"], state["short"]):
+        by_id(browser, f"pick-{job_id}").click()
+    shoot(browser, shots, "compare-pick")
+    by_id(browser, "compare-submit").click()
+    wait_until(lambda: browser.execute_script("return window.teacherCompare && window.teacherCompare.runs"), 15,
+               "the compare charts")
+    ids, data = browser.execute_script("var c = window.teacherCompare; return [c.ids, c.top1.data]")
+    assert sorted(ids) == sorted([state["job"], state["short"]])
+    series = dict(zip(ids, data[1:]))
+    assert data[0] == [1, 2, 3, 4, 5, 6]  # 6 and 2 epochs overlaid on one axis
+    long_run = api(stack, tokens["alice"], "get", f"/api/v1/jobs/{state['job']}/metrics").json()["epochs"]
+    assert series[state["job"]] == pytest.approx([e["val"]["top1"] for e in long_run])
+    assert series[state["short"]][2:] == [None] * 4 and None not in series[state["short"]][:2]
+    diff = by_id(browser, "config-diff").text
+    assert "optim.epochs" in diff and "optim.lr" in diff and "name" in diff and "model.arch" not in diff
+    rows = by_id(browser, "compare-metrics").find_elements("css selector", "tbody tr")
+    assert sorted(r.get_attribute("data-job") for r in rows) == sorted(ids)
+    shoot(browser, shots, "compare")
 
 
 def test_markup_in_config_values_and_the_editor_is_shown_escaped(stack, tokens, browser, shots, state):

@@ -95,6 +95,7 @@
   }
 
   function epochRows(epochs) {
+    if (!changed("epochs", epochs)) return;
     var body = document.getElementById("epoch-rows");
     body.textContent = "";
     epochs.forEach(function (e) {
@@ -114,7 +115,17 @@
     return n.toFixed(1) + " " + units[i];
   }
 
+  var shown = {};
+  function changed(part, value) {
+    // Redraw a part only when its data changed: links keep focus, nothing flickers.
+    var key = JSON.stringify(value);
+    if (shown[part] === key) return false;
+    shown[part] = key;
+    return true;
+  }
+
   function checkpoints(list) {
+    if (!changed("checkpoints", list)) return;
     var body = document.getElementById("ckpt-rows");
     body.textContent = "";
     if (!list.length) {
@@ -136,6 +147,7 @@
   }
 
   function logTail(lines) {
+    if (!changed("log", lines)) return;
     var pre = document.getElementById("log");
     var atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     pre.textContent = lines.length ? lines.join("\n") + "\n" : "";

@@ -265,3 +265,19 @@ def test_the_signing_key_is_made_once_and_shared(settings, broker, tmp_path):
     finally:
         for app in apps:
             app.extensions["teacher"].engine.dispose()
+
+
+def test_compare_shows_differing_config_keys_and_refuses_other_users_jobs(app, client, alice, bob):
+    a = submit_api(client, alice, name="lr-a", optim={**CFG["optim"], "lr": 0.01})
+    b = submit_api(client, alice, name="lr-b", optim={**CFG["optim"], "lr": 0.05})
+    other = submit_api(client, bob, name="bobs")
+    signed_in(client, alice)
+    pick = client.get("/ui/compare").text
+    assert f'value="{a}"' in pick and f'value="{b}"' in pick and other not in pick
+    html = client.get(f"/ui/compare?job={a}&job={b[:8]}").text
+    diff = html.split('id="config-diff"', 1)[1].split("</table>", 1)[0]
+    assert "optim.lr" in diff and "0.01" in diff and "0.05" in diff and "name" in diff
+    assert "optim.epochs" not in diff and "model.arch" not in diff  # equal keys are left out
+    assert client.get(f"/ui/compare?job={a}&job={other}").status_code == 404
+    assert client.get(f"/ui/compare?job={a}").status_code == 400
+    assert client.get("/ui/compare?" + "&".join(f"job={x}" for x in [a, b] * 4)).status_code == 200  # duplicates count once
