@@ -252,6 +252,13 @@ def check_dead(run: RunData) -> list[CheckResult]:
             continue
         last = source.last_epoch()
         if series.name in LOSS_METRICS or series.name.endswith(".samples"):
+            if all_zero(series) and series.resolution > 0 and series.name in LOSS_METRICS:
+                out.append(CheckResult(
+                    "dead_metric", "warn",
+                    f"printed as 0 at every epoch (to {series.resolution * 2:g}): likely innocent, a loss below the "
+                    "printed precision (rounding); an exactly-0 loss written as a number would be a failure",
+                    series.name, source.name, series.epochs.tolist(), series.values.tolist()))
+                continue
             if all_zero(series):
                 out.append(CheckResult(
                     "dead_metric", "fail",
@@ -382,7 +389,8 @@ def check_val_above_chance(run: RunData) -> list[CheckResult]:
     if train is None:
         return skipped("val_above_chance", "no training loss")
     out = []
-    at_chance = 100.0 / run.num_classes * 1.1
+    floor = 100.0 / run.num_classes
+    at_chance = min(1.1 * floor, floor + (100 - floor) * 0.05)  # 52.5% for 2 classes
     for source, val in each_series(run, ("val.loss",)):
         if all_zero(val):
             continue
@@ -703,6 +711,8 @@ def check_lookalikes(run: RunData) -> list[CheckResult]:
     out += train_acc_below_val(run)
     out += val_near_chance(run)
     out += low_first_loss(run)
+    out += generalisation_gap(run)
+    out += val_quantised(run)
     return out or passed("lookalikes", "no innocent look-alike to explain")
 
 
@@ -725,7 +735,7 @@ def train_loss_above_val(run: RunData) -> list[CheckResult]:
     train, val = trusted(run, "train.loss"), trusted(run, "val.loss")
     if train is None or val is None:
         return []
-    t, v = train.by_epoch(), val.by_epoch()
+    t, v = train.by_epoch(), latest_by_epoch(val, train)
     common = [e for e in sorted(set(t) & set(v)) if v[e] > 0]
     high = [e for e in common if t[e] > 1.5 * v[e]]
     if common and len(high) * 2 >= len(common):
@@ -737,6 +747,80 @@ def train_loss_above_val(run: RunData) -> list[CheckResult]:
             f"mixed-target loss, and dropout or a regulariser counted in the loss raise it{hint_words(run)}",
             "train.loss", train.source, high, [[t[x], v[x]] for x in high])]
     return []
+
+
+def latest_by_epoch(sparse: EpochSeries, dense: EpochSeries) -> dict[int, float]:
+    """``sparse`` at each epoch of ``dense``: its last value at or before it (evaluation every k
+    epochs, or an evaluation printed before training resumed)."""
+    values = sparse.by_epoch()
+    known = sorted(values)
+    out = {}
+    for epoch in map(int, dense.epochs):
+        before = [e for e in known if e <= epoch]
+        if before:
+            out[epoch] = values[before[-1]]
+    return out
+
+
+def generalisation_gap(run: RunData) -> list[CheckResult]:
+    """Validation accuracy far below what the training loss implies for training accuracy
+    (train error <= loss / ln 2), or far below the training accuracy itself: overfitting, or a
+    validation set from another distribution. Information about the model, never a failure."""
+    loss, val = trusted(run, "train.loss"), trusted(run, "val.top1")
+    train_acc = trusted(run, "train.top1")
+    if val is None or (loss is None and train_acc is None):
+        return []
+    epoch = int(val.epochs[-1])
+    v = float(val.values[-1])
+    implied = None
+    if loss is not None and epoch in loss.by_epoch():
+        implied = 100.0 * (1 - loss.by_epoch()[epoch] / LOSS_FLOOR)
+    measured = train_acc.by_epoch().get(epoch) if train_acc is not None else None
+    floor = max(x for x in (implied, measured, -1.0) if x is not None)
+    if floor - v < 15.0:
+        return []
+    what = (f"training accuracy {measured:.4g}%" if measured is not None and floor == measured else
+            f"a training loss of {loss.by_epoch()[epoch]:.4g}, which implies a training accuracy of at least {floor:.3g}%")
+    return [CheckResult(
+        "generalisation_gap", "warn",
+        f"validation accuracy {v:.4g}% at epoch {epoch} against {what}: likely innocent, the model overfits a small "
+        "training set, or validation comes from another domain; keep the best checkpoint",
+        "val.top1", val.source, [epoch], [v])]
+
+
+def val_quantised(run: RunData) -> list[CheckResult]:
+    """Validation accuracy swinging up and down by several points between epochs: a small
+    validation set (one sample moves it by 100/N points: N is named when every value is a
+    multiple of 100/N) or a high learning rate. Noise, not a finding."""
+    val = trusted(run, "val.top1")
+    if val is None or len(val) < 4:
+        return []
+    diffs = np.diff(val.values)
+    big = diffs[np.abs(diffs) >= 3.0]
+    reversals = int(np.sum(np.sign(big[1:]) != np.sign(big[:-1]))) if big.size > 1 else 0
+    if reversals < 2:
+        return []
+    size = None if "val" in run.dataset_sizes else quantum(val)
+    return [CheckResult(
+        "val_quantised", "warn",
+        f"validation accuracy swings by up to {float(np.max(np.abs(diffs))):.3g} points between epochs "
+        f"({reversals} reversals): likely innocent, "
+        + (f"a validation set of about {size} samples (every value is a multiple of 100/{size}%), where each sample "
+           "moves accuracy by that much" if size else "a small validation set or a high learning rate")
+        + "; read the trend, not single epochs",
+        "val.top1", val.source, val.epochs.tolist(), val.values.tolist(), details={"val_size": size})]
+
+
+def quantum(val: EpochSeries) -> int | None:
+    values = np.unique(val.values)
+    if values.size < 3 or np.all(np.abs(values - np.round(values)) < 1e-9):
+        return None
+    for n in range(10, 2001):
+        counts = values * n / 100.0
+        tol = max(val.resolution, 1e-5) * n / 100.0 + 1e-6  # JSON writers round to ~5 decimals
+        if np.all(np.abs(counts - np.round(counts)) <= tol):
+            return n
+    return None
 
 
 def train_acc_below_val(run: RunData) -> list[CheckResult]:
