@@ -255,6 +255,12 @@ class CheckpointSchema(_Strict):
     every_epochs = StrictInteger(load_default=1, validate=validate.Range(min=1, max=10_000))
     keep_last = StrictInteger(load_default=2, validate=validate.Range(min=1, max=1000))
     best_metric = fields.String(load_default="val.top1", validate=validate.OneOf(sorted(BEST_METRICS)))
+    # Mid-epoch ("step") checkpoints, so a preemption costs minutes, not an epoch; 0 = off.
+    # One is also written when a stop is requested (SIGTERM), if it fits in the grace period.
+    every_minutes = fields.Float(load_default=30.0, allow_nan=False, validate=validate.Range(min=0, max=10_080), metadata={
+        "description": "write a step checkpoint when this many minutes passed since the last checkpoint (0: off)"})
+    every_steps = StrictInteger(load_default=0, validate=validate.Range(min=0, max=100_000_000), metadata={
+        "description": "write a step checkpoint every this many optimizer steps (0: off)"})
 
 
 class IntegritySchema(_Strict):
@@ -345,6 +351,8 @@ class CheckpointConfig:
     every_epochs: int
     keep_last: int
     best_metric: str
+    every_minutes: float = 30.0
+    every_steps: int = 0
 
 
 @dataclass(frozen=True)

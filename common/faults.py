@@ -19,8 +19,9 @@ from typing import Callable
 
 # name -> takes a number (the epoch or step it fires at)
 KNOWN: dict[str, bool] = {
-    "kill_at_step": True,            # SIGKILL the trainer right after logging step N
+    "kill_at_step": True,            # SIGKILL the trainer right after step N (and its log line, if any)
     "sigterm_at_step": True,         # SIGTERM the trainer after step N (a preemption)
+    "sigterm_at_batch": True,        # SIGTERM after the run's N-th micro-batch (counted across epochs)
     "kill_after_epoch": True,        # SIGKILL after epoch N's checkpoint is complete
     "kill_in_checkpoint": True,      # write half of epoch N's file to its temp name, then SIGKILL
     "kill_after_manifest": True,     # SIGKILL after epoch N's manifest, before links and pruning
@@ -75,6 +76,10 @@ class Faults:
             os.kill(os.getpid(), signal.SIGKILL)  # a crash in the middle of an epoch
         if self.fires("sigterm_at_step", step):
             os.kill(os.getpid(), signal.SIGTERM)  # a preemption at a known step
+
+    def after_batch(self, batch: int) -> None:
+        if self.fires("sigterm_at_batch", batch):
+            os.kill(os.getpid(), signal.SIGTERM)  # a preemption inside an accumulation window
 
     def after_epoch(self, epoch: int) -> None:
         if self.fires("kill_after_epoch", epoch):

@@ -545,8 +545,10 @@ def write_history(path: Path, history: Mapping[str, Any] | History) -> None:
 
 @dataclass
 class CheckpointEntry:
-    """One name in checkpoints/: an epoch file, ``last.pt`` or ``best.pt`` (the aliases carry
-    the entry of the epoch whose bytes they name)."""
+    """One name in checkpoints/: an epoch file, a step file (mid-epoch), ``last.pt`` or
+    ``best.pt`` (the aliases carry the entry of the epoch whose bytes they name). ``epoch`` is
+    the number of completed epochs; a step file also has ``batch``, the micro-batches done of
+    the epoch after it."""
 
     name: str
     epoch: int
@@ -555,17 +557,20 @@ class CheckpointEntry:
     sha256: str
     metrics: dict[str, float | None]
     created_at: float | None  # the trainer always records it; a hand-made manifest may not
+    batch: int | None = None  # step files only
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "CheckpointEntry":
         return cls(str(obj["name"]), _int(obj["epoch"]), _int(obj["step"]), _int(obj["size"]), str(obj["sha256"]),
-                   _metrics(obj["metrics"]), _opt_float(obj.get("created_at")))
+                   _metrics(obj["metrics"]), _opt_float(obj.get("created_at")), _opt_int(obj.get("batch")))
 
     def to_json(self) -> JsonObject:
         out = {"name": self.name, "epoch": self.epoch, "step": self.step, "size": self.size, "sha256": self.sha256,
                "metrics": dict(self.metrics), "created_at": self.created_at}
         if self.created_at is None:
             del out["created_at"]
+        if self.batch is not None:
+            out["batch"] = self.batch
         return out
 
     to_dict = to_json  # the name checkpoints.py used
@@ -635,10 +640,11 @@ class Manifest(_JsonFile):
         return entry.sha256 if entry is not None else None
 
     def resume_point(self) -> CheckpointEntry | None:
-        """The checkpoint a resume starts from when it verifies: the newest epoch or step file
-        (by optimizer step; an epoch file before a step file of the same step)."""
+        """The checkpoint a resume starts from when it verifies: the newest epoch or step file.
+        A step file is only kept while it is newer than every epoch file, so at the same
+        optimizer step (a stop in the middle of an epoch's first accumulation window) it wins."""
         files = [e for e in self.checkpoints if e.kind in ("epoch", "step")]
-        return max(files, key=lambda e: (e.step, e.kind == "epoch"), default=None)
+        return max(files, key=lambda e: (e.step, e.kind == "step", e.batch or 0), default=None)
 
 
 # ----------------------------------------------------------------------------- steps.jsonl

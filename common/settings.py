@@ -66,6 +66,13 @@ def runs_root(env: Mapping[str, str] | None = None) -> Path:
     return _env_path(os.environ if env is None else env, "TEACHER_RUNS_ROOT", DEFAULT_RUNS_ROOT)
 
 
+def stop_grace_s(env: Mapping[str, str] | None = None) -> float:
+    """``TEACHER_CANCEL_GRACE_S`` as a training child sees it (the worker's environment): how
+    long after a SIGTERM it has before the SIGKILL, so it knows whether a last checkpoint fits."""
+    return float(_Env(os.environ if env is None else env).parse("number", "TEACHER_CANCEL_GRACE_S",
+                                                              Settings.cancel_grace_s))
+
+
 def torch_home(env: Mapping[str, str] | None = None) -> Path:
     """``TORCH_HOME``: the local cache of pretrained weights (never downloaded into)."""
     return _env_path(os.environ if env is None else env, "TORCH_HOME", DEFAULT_TORCH_HOME)

@@ -153,7 +153,7 @@ def test_resume_of_a_finished_run_changes_nothing(resume_setup, tmp_path):
 def test_sigterm_stops_within_a_step_and_exits_resumable(resume_setup):
     """SIGTERM (delivered by the test-only fault at epoch 2's first optimizer step, so the
     moment is deterministic; the service tests send it from outside): the run stops after that
-    step, exits 3, keeps epoch 1's checkpoint, and resumes to the uninterrupted result."""
+    step, exits 3 with a step checkpoint of that moment, and resumes to the uninterrupted result."""
     run_dir = resume_setup["base"] / "sigterm"
     proc = subprocess.Popen([sys.executable, "-m", "common.apps.cli", "train", "--config", str(resume_setup["config"]),
                              "--run-dir", str(run_dir)], env={**resume_setup["env"], "TEACHER_FAULT": "sigterm_at_step:3"},
@@ -163,11 +163,122 @@ def test_sigterm_stops_within_a_step_and_exits_resumable(resume_setup):
     assert "resume with: teacher train --resume" in err
     progress = json.loads((run_dir / "progress.json").read_text())
     assert progress["status"] == "stopped"
-    assert len(history(run_dir)["epochs"]) == 1  # the last checkpoint (epoch 1) is kept
+    assert len(history(run_dir)["epochs"]) == 1  # epoch 2 is not recorded until it ends
     epoch2 = [s for s in steps(run_dir) if s["epoch"] == 2]
     assert [s["step"] for s in epoch2] == [3] and not epoch2[0]["final"]  # stopped right after step 3
+    step_entry = _step_entry(run_dir)
+    assert (step_entry["name"], step_entry["epoch"], step_entry["step"], step_entry["batch"]) == (
+        "step_00000003.pt", 1, 3, 3)
     run_teacher(["train", "--resume", str(run_dir)], resume_setup["env"], check=True)
     assert_same_run(resume_setup["reference"], run_dir)
+    assert "resumed from step_00000003.pt (epoch 1, step 3, batch 3 of epoch 2)" in (run_dir / "train.log").read_text()
+
+
+# ------------------------------------------------------------- mid-epoch (step) checkpoints
+def _manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "checkpoints" / "manifest.json").read_text())
+
+
+def _step_entry(run_dir: Path) -> dict:
+    entries = [e for e in _manifest(run_dir)["checkpoints"] if e["name"].startswith("step_")]
+    assert len(entries) == 1, entries
+    return entries[0]
+
+
+def _stop_resume_chain(resume_setup, run_dir: Path, fault: str, stops: int, *, config: Path | None = None) -> list[dict]:
+    """Train with ``fault`` (several SIGTERM points); after each stop (exit 3) resume, until the
+    run finishes. Returns the step checkpoint each stop left (its manifest entry)."""
+    env = {**resume_setup["env"], "TEACHER_FAULT": fault}
+    args = ["train", "--config", str(config or resume_setup["config"]), "--run-dir", str(run_dir)]
+    left = []
+    for _ in range(stops):
+        proc = run_teacher(args, env)
+        assert proc.returncode == 3, proc.stderr
+        left.append(_step_entry(run_dir))
+        args = ["train", "--resume", str(run_dir)]
+    run_teacher(args, env, check=True)
+    return left
+
+
+def _assert_resumed_mid_epoch(run_dir: Path, entry: dict) -> None:
+    """The attempt after the stop started inside the epoch, at the step checkpoint: the step
+    stream has each step once, and the log says where it resumed."""
+    log_text = (run_dir / "train.log").read_text()
+    assert (f"resumed from {entry['name']} (epoch {entry['epoch']}, step {entry['step']}, "
+            f"batch {entry['batch']} of epoch {entry['epoch'] + 1})") in log_text, log_text[-2000:]
+    train = [(s["epoch"], s["step"]) for s in steps(run_dir) if s["split"] == "train"]
+    assert train == sorted(set(train)), "a step was recorded twice"
+
+
+def test_stopped_at_random_points_and_resumed_equals_uninterrupted(resume_setup):
+    """Three SIGTERMs at random micro-batches of a 3-epoch run (4 batches an epoch, windows of
+    3: most points fall inside an accumulation window, so the step checkpoint carries the
+    accumulated gradients), each resumed from the step checkpoint it left: history, step
+    stream and final weights are identical to the uninterrupted run's, every epoch is recorded
+    once, and no step checkpoint outlives the next epoch checkpoint."""
+    import random
+
+    seed = int(os.environ.get("TEACHER_TEST_STOP_SEED", random.randrange(1_000_000)))
+    points = sorted(random.Random(seed).sample(range(1, 12), 3))  # batch 12 is the run's last
+    run_dir = resume_setup["base"] / f"stops-{seed}"
+    left = _stop_resume_chain(resume_setup, run_dir, ",".join(f"sigterm_at_batch:{b}" for b in points), 3)
+    why = f"stop points {points} (TEACHER_TEST_STOP_SEED={seed})"
+    assert [e["epoch"] * 4 + e["batch"] for e in left] == points, why
+    assert_same_run(resume_setup["reference"], run_dir)
+    assert [e["epoch"] for e in history(run_dir)["epochs"]] == [1, 2, 3], why
+    for entry in left:
+        if entry["batch"] < 4:  # a stop after an epoch's last batch resumes at its validation
+            _assert_resumed_mid_epoch(run_dir, entry)
+    assert not any(e["name"].startswith("step_") for e in _manifest(run_dir)["checkpoints"]), why
+    assert not list((run_dir / "checkpoints").glob("step_*.pt")), why
+
+
+def test_a_stop_inside_an_epochs_first_window_resumes_from_the_step_file(resume_setup):
+    """SIGTERM after batch 5, the first of epoch 2 and inside its first window: no optimizer
+    step since epoch 1's checkpoint, so the step file has the same step as epoch_0001.pt and
+    must still win (it holds the accumulated gradient and the batch done)."""
+    run_dir = resume_setup["base"] / "first-window"
+    (entry,) = _stop_resume_chain(resume_setup, run_dir, "sigterm_at_batch:5", 1)
+    assert (entry["epoch"], entry["step"], entry["batch"]) == (1, 2, 1)
+    assert_same_run(resume_setup["reference"], run_dir)
+    _assert_resumed_mid_epoch(run_dir, entry)
+
+
+def test_resume_mid_epoch_with_dataloader_workers(resume_setup, tmp_path):
+    """Two DataLoader worker processes: each sample's augmentation is seeded by (seed, epoch,
+    index), so the run equals the in-process reference, stopped in the middle of epoch 2 or not."""
+    import copy
+    import yaml
+
+    cfg = yaml.safe_load(resume_setup["config"].read_text())
+    cfg = copy.deepcopy(cfg)
+    cfg["runtime"]["num_workers"] = 2
+    config = write_config(tmp_path / "workers.yaml", cfg)
+    run_dir = resume_setup["base"] / "workers"
+    (entry,) = _stop_resume_chain(resume_setup, run_dir, "sigterm_at_step:3", 1, config=config)
+    assert (entry["epoch"], entry["step"], entry["batch"]) == (1, 3, 3)
+    assert_same_run(resume_setup["reference"], run_dir)
+    _assert_resumed_mid_epoch(run_dir, entry)
+
+
+def test_sigkill_mid_epoch_resumes_from_the_last_periodic_step_checkpoint(resume_setup, tmp_path):
+    """checkpoint.every_steps: 1 and a SIGKILL (no chance to write anything) right after step 4,
+    in the middle of epoch 2: the resume starts from step_00000003.pt, the periodic checkpoint
+    before the kill, replays step 4 and ends identical to the uninterrupted run."""
+    import yaml
+
+    cfg = yaml.safe_load(resume_setup["config"].read_text())
+    cfg["checkpoint"]["every_steps"] = 1
+    config = write_config(tmp_path / "every-step.yaml", cfg)
+    run_dir = resume_setup["base"] / "periodic"
+    env = {**resume_setup["env"], "TEACHER_FAULT": "kill_at_step:4"}
+    proc = run_teacher(["train", "--config", str(config), "--run-dir", str(run_dir)], env)
+    assert proc.returncode == -signal.SIGKILL
+    entry = _step_entry(run_dir)  # periodic: after step 3 (step 4 ends epoch 2: its epoch checkpoint comes instead)
+    assert (entry["name"], entry["epoch"], entry["batch"]) == ("step_00000003.pt", 1, 3)
+    run_teacher(["train", "--resume", str(run_dir)], resume_setup["env"], check=True)
+    assert_same_run(resume_setup["reference"], run_dir)
+    _assert_resumed_mid_epoch(run_dir, entry)
 
 
 # ------------------------------------------------------------- a save cut short after the manifest
@@ -267,7 +378,7 @@ def test_a_second_signal_while_stopping_keeps_the_stop_a_stop(resume_setup, seco
                             env={**resume_setup["env"], "TEACHER_FAULT": "sigterm_at_step:3,hold_stop"},
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_line(run_dir / "train.log", "received SIGTERM: stopping after the current step", proc, 300)
+        _wait_for_line(run_dir / "train.log", "received SIGTERM: stopping after the current batch", proc, 300)
         proc.send_signal(second)
         out, err = proc.communicate(timeout=120)
     finally:

@@ -12,6 +12,11 @@ directory, before anything else) makes the files match again, and also repairs r
 written by older versions, whose manifest was written before ``last``/``best`` were. The
 manifest's ``best`` is always the best recorded epoch by the configured metric.
 
+A step checkpoint (``step_NNNNNNNN.pt``, mid-epoch: periodic, or written when a stop was
+requested) is committed the same way; it replaces the previous step file and is dropped by the
+next epoch save, in the same manifest write. ``keep_last`` counts epoch files only. A resume
+starts from the newest file that verifies, a step file included.
+
 A file whose bytes do not match the manifest (truncated, half-written, bit-rotted) is skipped
 with a warning in favour of the previous good one. Loading always uses ``weights_only=True``: a
 checkpoint from an untrusted source cannot execute code.
@@ -35,7 +40,8 @@ import torch
 from common import faults
 from common.atomic import TMP_PREFIX, atomic_write_bytes, fsync_dir, remove_stale_temp_files, sha256_file
 from common.rundir import (ALIASES, BEST, LAST, MANIFEST, Best, CheckpointEntry, JsonObject,  # noqa: F401 (re-exported)
-                           Manifest, epoch_file, epoch_of_file, is_epoch_file, manifest_entries, naming)
+                           Manifest, epoch_file, epoch_of_file, is_epoch_file, is_step_file, manifest_entries, naming,
+                           step_file)
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +182,32 @@ class CheckpointManager:
         self._remove(doomed)
         return written
 
+    def save_step(self, state: dict[str, Any], *, epoch: int, step: int, batch: int) -> str:
+        """Write a mid-epoch checkpoint (``epoch`` completed, ``batch`` micro-batches into the
+        next one) and commit it in the manifest in place of the previous step file, which is
+        then removed. Atomic like an epoch save: a crash at any point leaves the previous
+        resume point usable."""
+        try:
+            data = serialize(state)
+            name = step_file(step)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with naming(self.dir / name):
+                atomic_write_bytes(self.dir / name, data)  # a repeat of the same step (batch later) replaces it
+            older = [e.name for e in self.entries.values() if is_step_file(e.name) and e.name != name]
+            for old in older:
+                del self.entries[old]
+            self.entries[name] = CheckpointEntry(name, epoch, step, len(data), sha256_bytes(data), {}, time.time(),
+                                                 batch=batch)
+            self._write_manifest()  # the commit point
+            self._remove(older)
+            return name
+        except BaseException:
+            try:
+                remove_stale_temp_files(self.dir)
+            except OSError:
+                pass
+            raise
+
     # -- hard links -------------------------------------------------------------------------
     def _link(self, source: str, alias: str) -> None:
         """Make ``alias`` name the same bytes as ``source``: a hard link, made under a temp name
@@ -212,12 +244,14 @@ class CheckpointManager:
     # -- pruning ----------------------------------------------------------------------------
     def _plan_prune(self, current_epoch: int) -> list[str]:
         """Drop from the manifest every epoch file except the newest one and the newest
-        ``keep_last`` periodic ones; return their names (removed after the manifest is written).
+        ``keep_last`` periodic ones, and the step files it supersedes; return their names (removed after the manifest is written).
         ``best.pt`` is its own link to the inode, so removing the epoch file it came from keeps it."""
         epoch_files = sorted((e for e in self.entries.values() if is_epoch_file(e.name)), key=lambda e: e.epoch)
         periodic = [e for e in epoch_files if e.epoch % self.every_epochs == 0][-self.keep_last:]
         keep = {e.name for e in periodic} | {epoch_file(current_epoch)}
         doomed = [e.name for e in epoch_files if e.name not in keep]
+        # Step files written before this epoch ended are superseded by its checkpoint.
+        doomed += [e.name for e in self.entries.values() if is_step_file(e.name) and e.epoch < current_epoch]
         for name in doomed:
             del self.entries[name]
         return doomed
@@ -242,6 +276,14 @@ class CheckpointManager:
                 older.append(p.name)
         return sorted(older)
 
+    def _unlisted_step_files(self) -> list[str]:
+        """Step files on disk that the manifest does not list: superseded by a save killed
+        before it removed them, or written by one killed before its manifest commit (unverified
+        bytes: never a resume point)."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.name for p in self.dir.iterdir() if is_step_file(p.name) and p.name not in self.entries)
+
     # -- completing a save a crash interrupted ----------------------------------------------
     def _value(self, entry: CheckpointEntry) -> float | None:
         return entry.value(self.best_metric)
@@ -263,8 +305,10 @@ class CheckpointManager:
         the newest epoch, ``best.pt`` the best recorded epoch, old epoch files pruned. Returns
         what it changed (empty when the directory was consistent, the usual case)."""
         epochs = [e for e in self.entries.values() if is_epoch_file(e.name) and (self.dir / e.name).exists()]
-        if not epochs:
-            return []
+        if not epochs:  # a run stopped inside its first epoch: at most a step file to tidy
+            stray = self._unlisted_step_files()
+            self._remove(stray)
+            return stray
         newest = max(epochs, key=lambda e: (e.step, e.epoch))
         changed = self._ensure_alias(LAST, newest)
         best = self.best_recorded()
@@ -279,7 +323,7 @@ class CheckpointManager:
         doomed = self._plan_prune(newest.epoch)
         if changed or doomed:
             self._write_manifest()
-        doomed += self._unlisted_older_epoch_files()
+        doomed += self._unlisted_older_epoch_files() + self._unlisted_step_files()
         self._remove(doomed)
         changed += doomed
         if changed:
@@ -309,8 +353,11 @@ class CheckpointManager:
 
     # -- loading ----------------------------------------------------------------------------
     def candidates(self) -> list[CheckpointEntry]:
-        """Manifest entries, newest first; ``last.pt`` before an epoch file of the same step."""
-        return sorted(self.entries.values(), key=lambda e: (e.step, e.name == LAST, e.name != BEST), reverse=True)
+        """Manifest entries, newest first: a step file (only kept while newer than every epoch
+        file) before ``last.pt`` before an epoch file of the same step."""
+        return sorted(self.entries.values(),
+                      key=lambda e: (e.step, is_step_file(e.name), e.batch or 0, e.name == LAST, e.name != BEST),
+                      reverse=True)
 
     def load_latest(self) -> tuple[dict[str, Any], CheckpointEntry] | None:
         """The newest checkpoint that verifies and loads; warn about each one skipped."""

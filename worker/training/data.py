@@ -185,6 +185,12 @@ def load_data(data_cfg: DataConfig, data_root: Path, *, seed: int, num_classes: 
 
 
 class ImageListDataset(Dataset):
+    """Images and labels. A key may carry its own augmentation seed (``(index, seed)``, as
+    :class:`EpochSampler` yields them): the random transforms then depend only on that seed,
+    not on which process loads the sample or what it loaded before, so a run resumed in the
+    middle of an epoch augments the rest of it exactly as an uninterrupted run would have, with
+    any number of DataLoader workers."""
+
     def __init__(self, samples: Sequence[tuple[Path, int]], transform: Any):
         self.samples = list(samples)
         self.transform = transform
@@ -192,11 +198,21 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[i]
         with Image.open(path) as im:
             image = im.convert("RGB")
-        return self.transform(image), label
+        if seed is None:
+            return self.transform(image), label
+        # The transforms draw from torch's global generator: seed it for this sample, and put
+        # the caller's state back (in the main process that state is the model's dropout).
+        outer = torch.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            return self.transform(image), label
+        finally:
+            torch.set_rng_state(outer)
 
 
 def build_transforms(image_size: int, *, train: bool, augment: bool) -> Any:
@@ -206,30 +222,43 @@ def build_transforms(image_size: int, *, train: bool, augment: bool) -> Any:
     return T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), *to_tensor])
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(Sampler[tuple[int, int]]):
     """Deterministic per-epoch order: the permutation depends only on (seed, epoch), so a run
-    resumed at epoch k sees exactly the batches an uninterrupted run would have seen.
+    resumed at epoch k sees exactly the batches an uninterrupted run would have seen. Each
+    index comes with its sample's augmentation seed, a function of (seed, epoch, index) only.
+    ``set_epoch(epoch, skip=n)`` starts the epoch's order at position n (a resume in the
+    middle of an epoch: the skipped samples are not loaded at all).
     Shards for several processes; see :func:`shard_indices` for padding."""
 
     def __init__(self, n: int, *, shuffle: bool, seed: int, world_size: int = 1, rank: int = 0, pad: bool = False):
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.world_size, self.rank, self.pad = world_size, rank, pad
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
         self._positions, self.num_real = shard_indices(n, world_size, rank, pad=pad)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, *, skip: int = 0) -> None:
+        if not 0 <= skip <= len(self._positions):
+            raise ValueError(f"skip {skip} outside the epoch's {len(self._positions)} positions")
+        self.epoch, self.skip = epoch, skip
 
-    def __len__(self) -> int:
+    @property
+    def epoch_length(self) -> int:
+        """Positions in a whole epoch (padding included), whatever ``skip`` is."""
         return len(self._positions)
 
-    def __iter__(self) -> Iterator[int]:
+    def __len__(self) -> int:
+        return len(self._positions) - self.skip
+
+    def sample_seed(self, index: int) -> int:
+        return ((self.seed * 1_000_003 + self.epoch) * 2_147_483_647 + index) % 2**63
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        return iter([order[p] for p in self._positions])
+        return iter([(order[p], self.sample_seed(order[p])) for p in self._positions[self.skip:]])
 
 
 def build_loader(dataset: Dataset, sampler: EpochSampler, *, batch_size: int, num_workers: int, pin_memory: bool, seed: int) -> DataLoader:
@@ -241,6 +270,6 @@ def build_loader(dataset: Dataset, sampler: EpochSampler, *, batch_size: int, nu
         pin_memory=pin_memory,
         drop_last=False,  # every sample counts; the smaller last batch is handled exactly
         generator=torch.Generator().manual_seed(seed),
-        persistent_workers=False,  # workers are re-seeded from the generator each epoch
+        persistent_workers=False,  # a fresh iterator per epoch (its sampler starts where set_epoch says)
     )
 

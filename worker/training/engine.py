@@ -5,12 +5,16 @@ events to it and knows nothing of files. The config arrives typed (common.config
 
 Design notes (the *why*):
 * Metrics are per-sample sums on the device (metrics.py), synchronised once per log interval.
-* Resume is exact on CPU: the data order depends only on (seed, epoch), every RNG is re-seeded
-  at the start of each epoch, and the checkpoint holds every other piece of state. An epoch is
-  recorded only together with its checkpoint, so a crash replays the whole unfinished epoch.
-* SIGTERM/SIGINT set a flag that is checked after every step: the run stops within one step,
-  keeps its last epoch checkpoint and exits with :data:`EXIT_STOPPED` so a supervisor can
-  requeue it.
+* Resume is exact on CPU, also in the middle of an epoch: the data order depends only on
+  (seed, epoch), each sample's augmentation only on (seed, epoch, index) (data.py), every RNG is
+  re-seeded at the start of each epoch, and a checkpoint holds every other piece of state. An
+  epoch checkpoint ends each epoch; a step checkpoint (``checkpoint.every_steps`` /
+  ``every_minutes``, and on a stop) also holds the position in the epoch (:class:`EpochPosition`:
+  batches done, the running metric sums, the log interval's start, accumulated gradients), so a
+  resume continues the epoch where it stopped and records it once, with exact metrics.
+* SIGTERM/SIGINT set a flag that is checked after every batch: the run writes a step
+  checkpoint if it fits in the grace period before the SIGKILL (``TEACHER_CANCEL_GRACE_S``),
+  stops, and exits with :data:`EXIT_STOPPED` so a supervisor can requeue it.
 * A full disk (ENOSPC/EDQUOT anywhere in the failure's cause chain) is its own outcome,
   :data:`EXIT_NO_SPACE`: progress.json and train.log live on the full volume too, so the exit
   code is the one channel that always reaches a supervisor. Retrying does not fix it.
@@ -38,10 +42,11 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from common import faults
-from common.config import BEST_METRICS, ConfigError, OptimConfig, RuntimeConfig, TrainConfig, confine, load_train_config
+from common.config import (BEST_METRICS, CheckpointConfig, ConfigError, OptimConfig, RuntimeConfig, TrainConfig, confine,
+                           load_train_config)
 from common import rundir
-from common.rundir import History, Integrity, RunPaths, RunStatus
-from common.settings import data_root as default_data_root, runs_root as default_runs_root
+from common.rundir import CheckpointEntry, History, Integrity, ResumePoint, RunPaths, RunStatus
+from common.settings import data_root as default_data_root, runs_root as default_runs_root, stop_grace_s
 
 from . import data as data_mod
 from .artifacts import RunFiles, setup_logging, teardown_logging
@@ -264,6 +269,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     epoch: int = 0  # completed epochs
     step: int = 0  # optimizer steps taken
+    position: "EpochPosition | None" = None  # the epoch in progress (set while training one)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -292,35 +298,76 @@ def _move(images: torch.Tensor, targets: torch.Tensor, run: Runtime) -> tuple[to
     return images, targets.to(run.device, non_blocking=run.pin_memory)
 
 
-def train_one_epoch(st: TrainState, epoch: int, recorder: Recorder, stop: StopFlag) -> EpochTrain:
-    """One pass over the training data; a requested stop ends it after the current batch."""
+@dataclass
+class EpochPosition:
+    """How far the epoch in progress has got: what a step checkpoint holds beyond what an
+    epoch checkpoint does."""
+
+    epoch: int  # the epoch in progress
+    batch: int  # its micro-batches done
+    sums: MetricSums  # its running metric sums
+    meter: IntervalMeter  # where the current log interval started
+    lr: float  # of the last optimizer step
+    rng: dict[str, Any] | None = None  # a resumed position's RNG state, applied when the epoch restarts
+
+    @classmethod
+    def start(cls, st: TrainState, epoch: int) -> "EpochPosition":
+        st.optimizer.zero_grad(set_to_none=True)
+        return cls(epoch, 0, MetricSums(st.run.device), IntervalMeter(), st.optimizer.param_groups[0]["lr"])
+
+    def to_state(self, model: nn.Module) -> dict[str, Any]:
+        # Gradients only in the middle of an accumulation window (between windows they are None).
+        grads = [None if p.grad is None else p.grad.detach().cpu() for p in model.parameters()]
+        return {"epoch": self.epoch, "batch": self.batch, "sums": self.sums.state(), "meter": self.meter.state(),
+                "lr": self.lr, "grads": grads if any(g is not None for g in grads) else None}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, rng: dict[str, Any], model: nn.Module,
+                   device: torch.device) -> "EpochPosition":
+        for p, g in zip(model.parameters(), state["grads"] or [None] * len(list(model.parameters()))):
+            p.grad = None if g is None else g.to(p.device)
+        return cls(int(state["epoch"]), int(state["batch"]), MetricSums.from_state(state["sums"], device),
+                   IntervalMeter.from_state(state["meter"]), float(state["lr"]), rng)
+
+
+def train_one_epoch(st: TrainState, epoch: int, recorder: Recorder, stop: StopFlag,
+                    steps: "StepCheckpoints") -> EpochTrain:
+    """One pass over the training data, or the rest of it when ``st.position`` is this epoch
+    (a resume from a step checkpoint). A requested stop ends it after the current batch."""
     optim, log_interval = st.cfg.optim, st.cfg.runtime.log_interval
     plan = AccumulationPlan.for_sampler(st.train_loader.sampler, optim.batch_size, optim.grad_accum_steps)
     st.model.train()
-    sums, meter = MetricSums(st.run.device), IntervalMeter()
-    lr = st.optimizer.param_groups[0]["lr"]
-    st.optimizer.zero_grad(set_to_none=True)
-    for i, (images, targets) in enumerate(st.train_loader):
+    if st.position is None or st.position.epoch != epoch:
+        st.position = EpochPosition.start(st, epoch)
+    pos = st.position
+    for i, (images, targets) in enumerate(st.train_loader, start=pos.batch):
         images, targets = _move(images, targets, st.run)
         with st.run.autocast():
             logits = st.model(images)
         per_sample = criterion(logits, targets, optim.label_smoothing)
         weight = plan.weight(i, st.run.device)  # None unless the batch holds padding
         st.scaler.scale(plan.loss(per_sample, i, weight)).backward()
-        sums.update(per_sample, logits, targets, weight)
+        pos.sums.update(per_sample, logits, targets, weight)
+        pos.batch = i + 1
         if plan.ends_window(i):
-            lr = optimizer_step(st)
+            pos.lr = optimizer_step(st)
             # log_interval counts optimizer steps, so every record sits on a step boundary.
             if plan.is_last(i) or st.step % log_interval == 0:
-                interval = meter.lap(sums.totals())  # the one synchronisation per interval
+                interval = pos.meter.lap(pos.sums.totals())  # the one synchronisation per interval
                 if not math.isfinite(interval.loss):
                     raise NonFiniteLossError(f"training loss became {interval.loss} at epoch {epoch}, step {st.step}")
-                recorder.on_interval(epoch=epoch, batch=i + 1, step=st.step, interval=interval, lr=lr)
-                faults.current().after_step(st.step)  # test-only crash points
+                recorder.on_interval(epoch=epoch, batch=i + 1, step=st.step, interval=interval, lr=pos.lr)
+            faults.current().after_step(st.step)  # test-only crash points
+            if steps.due(st.step) and not plan.is_last(i):  # the epoch checkpoint follows the last
+                steps.save(st, recorder.history, why="periodic")
+        faults.current().after_batch((epoch - 1) * len(plan) + i + 1)
         if stop.requested:
+            if steps.fits(stop):
+                steps.save(st, recorder.history, why="stop requested")
             faults.current().hold_stop(lambda: stop.count)
             raise StopRequested()
-    return EpochTrain(sums.totals(), lr, meter.elapsed())
+    st.position = None
+    return EpochTrain(pos.sums.totals(), pos.lr, pos.meter.elapsed())
 
 
 def optimizer_step(st: TrainState) -> float:
@@ -350,16 +397,64 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, run: Runtime
     return sums.totals()
 
 
-def save_checkpoint(st: TrainState, ckpts: CheckpointManager, history: History, metrics: dict[str, Any]) -> list[str]:
-    state = {
+def checkpoint_state(st: TrainState, history: History) -> dict[str, Any]:
+    """Everything a resume needs at an epoch boundary (a step checkpoint adds ``position``)."""
+    return {
         "format": "teacher-checkpoint/1",
         "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
         "scheduler": st.scheduler.state_dict(), "scaler": st.scaler.state_dict(),
         "epoch": st.epoch, "step": st.step, "rng": rng_state(),
         "config": st.cfg.to_dict(), "class_names": st.data.class_names, "history": history.to_json(),
-        "metrics": metrics,
     }
-    return ckpts.save(state, epoch=st.epoch, step=st.step, metrics=metrics)
+
+
+def save_checkpoint(st: TrainState, ckpts: CheckpointManager, history: History, metrics: dict[str, Any]) -> list[str]:
+    return ckpts.save({**checkpoint_state(st, history), "metrics": metrics}, epoch=st.epoch, step=st.step,
+                      metrics=metrics)
+
+
+class StepCheckpoints:
+    """When to write a step checkpoint: every ``every_steps`` optimizer steps, when
+    ``every_minutes`` have passed since the last checkpoint of either kind, and on a requested
+    stop if the write fits in what is left of the grace period (judged by the slowest write so
+    far; otherwise the previous checkpoint stays the resume point, and an atomic write means a
+    SIGKILL in the middle of one never leaves half a file as one)."""
+
+    MARGIN_S = 2.0  # for the log lines and the exit after the write
+
+    def __init__(self, ckpts: CheckpointManager, cfg: CheckpointConfig, *, grace_s: float,
+                 clock: Any = time.monotonic) -> None:
+        self.ckpts, self.every_steps, self.every_s = ckpts, cfg.every_steps, cfg.every_minutes * 60.0
+        self.grace_s, self.clock = grace_s, clock
+        self.last_at = clock()
+        self.write_s: float | None = None  # the slowest checkpoint write of this process
+
+    def due(self, step: int) -> bool:
+        by_steps = self.every_steps > 0 and step % self.every_steps == 0
+        return by_steps or (self.every_s > 0 and self.clock() - self.last_at >= self.every_s)
+
+    def fits(self, stop: StopFlag) -> bool:
+        if self.write_s is None or stop.at is None:
+            return True  # nothing to judge by: try (atomic, so the worst case is a wasted attempt)
+        left = self.grace_s - (self.clock() - stop.at)
+        if self.write_s + self.MARGIN_S <= left:
+            return True
+        log.warning("no step checkpoint on stop: a write takes ~%.1fs and %.1fs of the %.0fs grace period are left; "
+                    "the previous checkpoint stays the resume point", self.write_s, left, self.grace_s)
+        return False
+
+    def wrote(self, seconds: float) -> None:
+        self.write_s = max(seconds, self.write_s or 0.0)
+        self.last_at = self.clock()
+
+    def save(self, st: TrainState, history: History, *, why: str) -> None:
+        assert st.position is not None
+        t0 = self.clock()
+        state = {**checkpoint_state(st, history), "position": st.position.to_state(st.model)}
+        name = self.ckpts.save_step(state, epoch=st.epoch, step=st.step, batch=st.position.batch)
+        self.wrote(self.clock() - t0)
+        log.info("step checkpoint %s (%s): epoch %d, batch %d, step %d, in %.1fs", name, why, st.position.epoch,
+                 st.position.batch, st.step, self.clock() - t0)
 
 
 def check_integrity(st: TrainState, run_dir: Path) -> Integrity:
@@ -377,22 +472,30 @@ def check_integrity(st: TrainState, run_dir: Path) -> Integrity:
     return summary
 
 
-def fit(st: TrainState, recorder: Recorder, ckpts: CheckpointManager, run_dir: Path, stop: StopFlag) -> None:
-    """The epochs from the one after ``st.epoch``: train, validate, record, checkpoint, check."""
+def fit(st: TrainState, recorder: Recorder, ckpts: CheckpointManager, run_dir: Path, stop: StopFlag,
+        steps: StepCheckpoints) -> None:
+    """The epochs from the one after ``st.epoch`` (continuing ``st.position`` when a step
+    checkpoint was resumed): train, validate, record, checkpoint, check."""
     seed = st.cfg.optim.seed
     for epoch in range(st.epoch + 1, st.cfg.optim.epochs + 1):
-        # Each epoch's randomness depends only on (seed, epoch): resume replays it exactly.
-        seed_everything(seed * 10_007 + epoch)
-        st.train_loader.sampler.set_epoch(epoch)
+        # Each epoch's randomness depends only on (seed, epoch): resume replays it exactly. In
+        # the middle of an epoch the RNG is where the step checkpoint left it.
+        resumed = st.position if st.position is not None and st.position.epoch == epoch else None
+        if resumed is not None and resumed.rng is not None:
+            set_rng_state(resumed.rng)
+        else:
+            seed_everything(seed * 10_007 + epoch)
+        st.train_loader.sampler.set_epoch(epoch, skip=resumed.batch * st.cfg.optim.batch_size if resumed else 0)
         st.train_loader.generator.manual_seed(seed * 10_007 + epoch)
         t0 = time.perf_counter()
-        trained = train_one_epoch(st, epoch, recorder, stop)
+        trained = train_one_epoch(st, epoch, recorder, stop, steps)
         recorder.on_validate(epoch=epoch, step=st.step, throughput=trained.throughput)
         val = evaluate(st.model, st.val_loader, st.run, st.cfg.optim.label_smoothing)
         st.epoch = epoch
         rec = recorder.on_epoch(epoch=epoch, step=st.step, lr=trained.lr, train=trained.totals, val=val,
                                 train_s=trained.seconds, epoch_s=time.perf_counter() - t0)
         save_checkpoint(st, ckpts, recorder.history, rec.metrics())
+        steps.wrote(time.perf_counter() - t0 - trained.seconds)  # the period restarts; an upper bound of the write
         recorder.on_checked(rec=rec, integrity=check_integrity(st, run_dir))
         faults.current().after_epoch(epoch)  # test-only: a crash between epochs
 
@@ -420,6 +523,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.at: float | None = None  # time.monotonic() of the first signal
         self.count = 0  # signals handled (the hold_stop fault waits for a second one)
         self._previous: dict[int, Any] = {}
 
@@ -442,10 +546,10 @@ class StopFlag:
             # A second signal (a supervisor repeating itself, or one per thread of a dying
             # parent) must not turn the graceful stop under way into a failure: raising here
             # would abort at an arbitrary point and record a KeyboardInterrupt.
-            log.warning("received %s again: already stopping after the current step", name)
+            log.warning("received %s again: already stopping after the current batch", name)
             return
-        self.signal = signum
-        log.warning("received %s: stopping after the current step", name)
+        self.signal, self.at = signum, time.monotonic()
+        log.warning("received %s: stopping after the current batch", name)
 
 
 @dataclass
@@ -540,11 +644,11 @@ def build_state(cfg: TrainConfig, run_dir: Path, *, data_root: Path, runs_root: 
                       scaler=torch.amp.GradScaler(run.device.type, enabled=run.use_scaler))
 
 
-def restore(st: TrainState, ckpts: CheckpointManager, files: RunFiles) -> History | None:
-    """Load the latest usable checkpoint into ``st``; returns its history (None: start afresh).
-    Step records written after it (the interrupted epoch) are dropped."""
+def restore(st: TrainState, ckpts: CheckpointManager, files: RunFiles) -> tuple[History | None, ResumePoint | None]:
+    """Load the latest usable checkpoint into ``st``; returns its history and where it resumes
+    (None, None: start afresh). Step records written after it are dropped."""
     loaded = ckpts.load_latest()
-    history = None
+    history, point = None, None
     if loaded is None:
         log.warning("no usable checkpoint in %s: starting from epoch 1", ckpts.dir)
     else:
@@ -554,11 +658,21 @@ def restore(st: TrainState, ckpts: CheckpointManager, files: RunFiles) -> Histor
         set_rng_state(state["rng"])
         history = History.from_json(state["history"])
         st.epoch, st.step = state["epoch"], state["step"]
-        log.info("resumed from %s (epoch %d, step %d)", entry.name, st.epoch, st.step)
-    dropped = files.truncate_steps(st.step, st.epoch)
+        if "position" in state:  # a step checkpoint: continue its epoch
+            st.position = EpochPosition.from_state(state["position"], rng=state["rng"], model=st.model,
+                                                   device=st.run.device)
+        point = resume_point(st, entry)
+        log.info("resumed from %s (epoch %d, step %d%s)", entry.name, st.epoch, st.step,
+                 f", batch {point.batch} of epoch {st.epoch + 1}" if point.batch else "")
+    dropped = files.truncate_steps(st.step, st.epoch + (1 if st.position is not None else 0))
     if dropped:
         log.info("dropped %d step record(s) written after that checkpoint", dropped)
-    return history
+    return history, point
+
+
+def resume_point(st: TrainState, entry: CheckpointEntry) -> ResumePoint:
+    return ResumePoint(st.epoch, st.step, st.position.batch if st.position is not None else 0, entry.name,
+                       entry.created_at)
 
 
 def _train(cfg: TrainConfig, files: RunFiles, *, resume: bool, data_root: Path, runs_root: Path,
@@ -572,7 +686,7 @@ def _train(cfg: TrainConfig, files: RunFiles, *, resume: bool, data_root: Path, 
     ckpts.complete_interrupted_save()
     st = build_state(cfg, files.dir, data_root=data_root, runs_root=runs_root)
     integrity = previous_integrity(files.dir) if resume else None
-    history = restore(st, ckpts, files) if resume else None
+    history, resumed_from = restore(st, ckpts, files) if resume else (None, None)
     history = history or History(len(st.data.class_names), st.data.class_names, st.data.sizes)
     files.write_config(cfg.to_dict())
     files.write_history(history.to_json())
@@ -581,9 +695,10 @@ def _train(cfg: TrainConfig, files: RunFiles, *, resume: bool, data_root: Path, 
     recorder = Recorder(files, tb, history=history, epochs=cfg.optim.epochs,
                         steps_per_epoch=st.steps_per_epoch,
                         batches=len(st.train_loader), val_batches=len(st.val_loader),
-                        integrity=integrity if st.epoch else None)
+                        integrity=integrity if st.epoch else None, resumed_from=resumed_from)
+    steps = StepCheckpoints(ckpts, cfg.checkpoint, grace_s=stop_grace_s())
     try:
-        fit(st, recorder, ckpts, files.dir, stop)
+        fit(st, recorder, ckpts, files.dir, stop, steps)
     finally:
         tb.close()
     write_export(paths, ckpts)

@@ -89,6 +89,16 @@ class MetricSums:
             update = torch.stack([(loss * w).sum(), (c1 * w).sum(), (c5 * w).sum(), w.sum()])
         self._sums += update
 
+    def state(self) -> torch.Tensor:
+        """The running sums, exactly (float64, on the CPU), for a mid-epoch checkpoint."""
+        return self._sums.detach().cpu().clone()
+
+    @classmethod
+    def from_state(cls, sums: torch.Tensor, device: torch.device | str = "cpu") -> "MetricSums":
+        out = cls(device)
+        out._sums.copy_(sums.to(torch.float64))
+        return out
+
     def totals(self, all_reduce: AllReduce | None = None) -> Totals:
         """One synchronisation: sum across processes (if given) and copy to the host."""
         sums = self._sums.clone()
@@ -156,6 +166,20 @@ class IntervalMeter:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    def state(self) -> dict[str, object]:
+        """Where the current interval started (its sums) and the epoch's time so far."""
+        t = self._last
+        return {"last": [t.loss_sum, t.correct1, t.correct5, t.samples], "elapsed": self.elapsed()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, object]) -> "IntervalMeter":
+        """Continue an interrupted epoch: the interval's loss counts from the same samples as
+        it would have; its throughput (timing, not a metric) restarts now."""
+        meter = cls()
+        meter._last = Totals(*(float(x) for x in state["last"]))  # type: ignore[union-attr]
+        meter.started -= float(state["elapsed"])  # type: ignore[arg-type]
+        return meter
+
 
 def batch_sizes(num_samples: int, batch_size: int) -> list[int]:
     full, rest = divmod(num_samples, batch_size)
@@ -183,8 +207,9 @@ class AccumulationPlan:
 
     @classmethod
     def for_sampler(cls, sampler: Sized, batch_size: int, accum: int) -> "AccumulationPlan":
-        num_real = getattr(sampler, "num_real", len(sampler))
-        positions = batch_sizes(len(sampler), batch_size)
+        length = getattr(sampler, "epoch_length", len(sampler))  # the whole epoch, also when resumed mid-way
+        num_real = getattr(sampler, "num_real", length)
+        positions = batch_sizes(length, batch_size)
         real = [max(0, min(size, num_real - i * batch_size)) for i, size in enumerate(positions)]
         windows = [max(1, w) for w in accumulation_windows(real, accum)]
         return cls(batch_size, accum, num_real, tuple(positions), tuple(windows))

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from common import faults
 from common.rundir import (SPLIT_METRICS, SPLITS, Best, EpochRecord, History, Integrity, Phase, Progress,
-                           RunFileCorrupt, RunPaths, RunStatus, SplitMetrics, StepRecord, metric_name, sanitize,
+                           ResumePoint, RunFileCorrupt, RunPaths, RunStatus, SplitMetrics, StepRecord, metric_name, sanitize,
                            tb_tag)
 
 from .metrics import Interval, Totals
@@ -52,11 +52,13 @@ class ScalarWriter(Protocol):
 
 class Recorder:
     def __init__(self, files: RunWriter, tb: ScalarWriter, *, history: History, epochs: int, steps_per_epoch: int,
-                 batches: int, val_batches: int, integrity: Integrity | None = None):
+                 batches: int, val_batches: int, integrity: Integrity | None = None,
+                 resumed_from: ResumePoint | None = None):
         self.files, self.tb, self.history = files, tb, history
         self.epochs, self.total_steps = epochs, epochs * steps_per_epoch
         self.batches, self.val_batches = batches, val_batches  # per epoch, of the train and val loaders
         self.integrity = integrity  # the latest live verdict (kept from the attempt resumed)
+        self.resumed_from = resumed_from  # in every progress write of a resumed attempt
 
     # ---- events -------------------------------------------------------------------------------
     def on_interval(self, *, epoch: int, batch: int, step: int, interval: Interval, lr: float) -> None:
@@ -127,7 +129,7 @@ class Recorder:
             status=status, phase=phase, epoch=epoch, epochs=self.epochs, batch=batch, batches=self.batches, step=step,
             total_steps=self.total_steps, percent=round(100.0 * done_fraction, 2), throughput=throughput,
             eta_s=remaining_images / throughput if throughput > 0 else None, latest=latest,
-            integrity=self.integrity, best=best).to_json())
+            integrity=self.integrity, best=best, resumed_from=self.resumed_from).to_json())
 
 
 def split_metrics(t: Totals, flags: dict[str, str], split: str, throughput: float | None = None) -> SplitMetrics:

@@ -170,3 +170,100 @@ def test_default_run_dirs_never_collide(tmp_path, monkeypatch):
     dirs = [cli.default_run_dir("demo") for _ in range(4)]
     assert [d.name for d in dirs] == ["demo", "demo-20250102-030405", "demo-20250102-030405-2", "demo-20250102-030405-3"]
     assert all(d.is_dir() and d.parent == tmp_path for d in dirs)
+
+
+# ------------------------------------------------------------------------ step (mid-epoch) files
+def _save_step(ckpts: CheckpointManager, epoch: int, step: int, batch: int) -> str:
+    return ckpts.save_step({**_state(epoch), "position": {"batch": batch}}, epoch=epoch, step=step, batch=batch)
+
+
+def test_a_step_file_replaces_the_previous_one_and_is_the_resume_point(tmp_path):
+    ck = tmp_path / "checkpoints"
+    ckpts = _manager(ck)
+    _save(ckpts, 1, 10.0)  # step 4
+    assert _save_step(ckpts, 1, 5, 1) == "step_00000005.pt"
+    _save_step(ckpts, 1, 6, 2)
+    manifest = assert_manifest_verifies(ck)
+    steps = [e for e in manifest["checkpoints"] if e["name"].startswith("step_")]
+    assert [(e["name"], e["epoch"], e["step"], e["batch"]) for e in steps] == [("step_00000006.pt", 1, 6, 2)]
+    state, entry = _manager(ck).load_latest()
+    assert entry.name == "step_00000006.pt" and state["position"] == {"batch": 2}
+    # last.pt and best.pt stay epoch checkpoints
+    assert _epoch_of(ck / "last.pt") == 1 and manifest["best"]["epoch"] == 1
+
+
+def test_a_step_file_at_an_epoch_files_step_wins(tmp_path):
+    """A stop inside the first accumulation window after an epoch: no optimizer step since, so
+    the step file has the epoch file's step; it is newer (it holds the batches done)."""
+    ck = tmp_path / "checkpoints"
+    ckpts = _manager(ck)
+    _save(ckpts, 1, 10.0)  # step 4
+    _save_step(ckpts, 1, 4, 1)
+    _, entry = _manager(ck).load_latest()
+    assert entry.name == "step_00000004.pt"
+    from common.rundir import Manifest
+    assert Manifest.read(ck / "manifest.json").resume_point().name == "step_00000004.pt"
+
+
+def test_the_next_epoch_checkpoint_removes_step_files(tmp_path):
+    ck = tmp_path / "checkpoints"
+    ckpts = _manager(ck)
+    _save(ckpts, 1, 10.0)
+    _save_step(ckpts, 1, 6, 2)
+    _save(ckpts, 2, 20.0)  # step 8
+    manifest = assert_manifest_verifies(ck)
+    assert not list(ck.glob("step_*.pt"))
+    assert _manager(ck).load_latest()[1].name == "last.pt"
+    assert {e["name"] for e in manifest["checkpoints"]} == {"epoch_0001.pt", "epoch_0002.pt", "last.pt", "best.pt"}
+
+
+def test_a_corrupt_step_file_falls_back_to_the_epoch_checkpoint(tmp_path, caplog):
+    ck = tmp_path / "checkpoints"
+    ckpts = _manager(ck)
+    _save(ckpts, 1, 10.0)
+    name = _save_step(ckpts, 1, 6, 2)
+    data = (ck / name).read_bytes()
+    (ck / name).write_bytes(data[: len(data) // 2])
+    _, entry = _manager(ck).load_latest()
+    assert entry.name == "last.pt" and entry.epoch == 1
+    assert "sha256 mismatch" in caplog.text
+
+
+def test_unlisted_step_files_are_removed_at_start(tmp_path):
+    """A step file on disk that the manifest does not list (its save was killed before the
+    commit, or after an epoch save's commit but before it removed the file) is never used."""
+    ck = tmp_path / "checkpoints"
+    ckpts = _manager(ck)
+    _save_step(ckpts, 0, 2, 2)  # inside epoch 1: no epoch file yet
+    shutil.copy(ck / "step_00000002.pt", ck / "step_00000003.pt")  # never committed
+    assert _manager(ck).complete_interrupted_save() == ["step_00000003.pt"]
+    _save(ckpts, 1, 10.0)
+    shutil.copy(ck / "epoch_0001.pt", ck / "step_00000005.pt")
+    assert "step_00000005.pt" in _manager(ck).complete_interrupted_save()
+    assert_manifest_verifies(ck)
+
+
+def test_step_checkpoints_are_due_by_steps_or_minutes_and_skipped_when_the_grace_is_too_short(tmp_path):
+    from common.config import CheckpointConfig
+    from worker.training.engine import StepCheckpoints, StopFlag
+
+    now = [1000.0]
+    clock = lambda: now[0]  # noqa: E731
+    steps = StepCheckpoints(_manager(tmp_path), CheckpointConfig(1, 2, "val.top1", every_minutes=1.0, every_steps=5),
+                            grace_s=10.0, clock=clock)
+    assert [s for s in range(1, 12) if steps.due(s)] == [5, 10]
+    now[0] += 61
+    assert steps.due(3)  # a minute since the last checkpoint
+    steps.wrote(4.0)  # a write took 4 s; the period restarts
+    assert not steps.due(3)
+    stop = StopFlag()
+    assert steps.fits(stop)  # no signal time: try
+    stop.at = now[0]
+    now[0] += 3.0  # 7 s of grace left: 4 s + margin fits
+    assert steps.fits(stop)
+    now[0] += 2.5  # 4.5 s left: does not
+    assert not steps.fits(stop)
+    off = StepCheckpoints(_manager(tmp_path), CheckpointConfig(1, 2, "val.top1", every_minutes=0.0, every_steps=0),
+                          grace_s=10.0, clock=clock)
+    now[0] += 10_000
+    assert not any(off.due(s) for s in range(1, 100))
