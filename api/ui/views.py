@@ -17,6 +17,7 @@ from flask import (Blueprint, Response, abort, current_app, g, jsonify, make_res
                    request, url_for)
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from markupsafe import Markup
+from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 
 from api import analysis as analysis_api
@@ -34,7 +35,7 @@ from common.auth import AuthError
 from common.config import CONFIGS_DIR, ConfigError, parse_yaml
 from common.rundir import JobPaths
 from common.runfiles import tail_events
-from common.store import Job, JobStatus, transaction
+from common.store import Job, JobStatus, WorkerBeat, transaction, utcnow
 from common.store.jobs import list_jobs, request_cancel
 
 log = logging.getLogger(__name__)
@@ -337,6 +338,34 @@ def compare() -> Any:
                            differences=present.config_differences([r["job"].get("config") or {} for r in runs]),
                            series={"runs": [{"id": r["job"]["id"], "name": r["job"]["name"], "epochs": r["epochs"]}
                                             for r in runs]})
+
+
+# ------------------------------------------------------------------ admin
+@blp.route("/admin/workers", endpoint="workers")
+def workers() -> Any:
+    """Admins: each worker's last beat (alive as /health counts it), its queues and the job it
+    runs; jobs waiting per queue, counted in the store (the truth; Redis holds only ids)."""
+    if not g.user.is_admin:
+        abort(404)  # as for a job that is not yours: nothing to see here
+    svc = services()
+    now = utcnow()
+    with svc.sessions() as s:
+        beats = list(s.scalars(select(WorkerBeat).order_by(WorkerBeat.name)))
+        running = {row.worker: row for row in s.scalars(
+            select(Job).where(Job.status == JobStatus.running.value, Job.deleted_at.is_(None)))}
+        depths = dict(s.execute(select(Job.queue, func.count()).where(
+            Job.status.in_([JobStatus.queued.value, JobStatus.interrupted.value]), Job.deleted_at.is_(None))
+            .group_by(Job.queue)).all())
+        rows = []
+        for beat in beats:
+            age = (now - beat.seen_at).total_seconds()
+            job = running.get(beat.name)
+            rows.append({"name": beat.name, "queues": beat.queues, "seen_s": age,
+                         "alive": WorkerBeat.is_alive(age, svc.settings.worker_beat_s),
+                         "job": {"id": job.id, "name": job.name} if job else None})
+    queues = [(q, depths.get(q, 0)) for q in svc.settings.queues] + \
+             [(q, n) for q, n in depths.items() if q not in svc.settings.queues]
+    return render_template("ui/workers.html", workers=rows, queues=queues)
 
 
 # ------------------------------------------------------------------ submit

@@ -253,11 +253,18 @@ def test_compare_two_jobs(stack, tokens, browser, shots, state):
 def test_markup_in_config_values_and_the_editor_is_shown_escaped(stack, tokens, browser, shots, state):
     job_id = xss_job(stack, tokens["alice"])
     state["parked"] = job_id
+    log = stack.settings.jobs_root / job_id / "child.log"  # the log tail the page shows
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"a log line {XSS}\n")
     browser.get(stack.api_url + f"/ui/jobs/{job_id}")
     wait_until(lambda: browser.execute_script("return window.teacherJob.updates") >= 1, 15, "the first poll")
     assert XSS in by_id(browser, "config").text  # shown as text
+    assert f"a log line {XSS}" in by_id(browser, "log").text
+    with log.open("a") as fh:  # a line arriving live goes in through the poll, as text too
+        fh.write(f"live {XSS}\n")
+    wait_until(lambda: f"live {XSS}" in by_id(browser, "log").text, 15, "the live log line")
     assert browser.execute_script("return typeof window.__xss") == "undefined"  # and never run
-    assert not browser.find_elements("css selector", "#config img, #config script")
+    assert not browser.find_elements("css selector", "#config img, #config script, #log img, #log script")
 
     browser.get(stack.api_url + "/ui/submit")
     yaml_text = f"name: '</textarea>{XSS}'\nmodel: {{arch: resnet18}}\n"
@@ -308,6 +315,17 @@ def test_another_users_job_and_its_files_are_404(stack, tokens, browser, shots, 
     shoot(browser, shots, "not-found")
     browser.get(stack.api_url + "/ui/jobs")
     assert job_id not in browser.page_source
+
+
+def test_admin_sees_the_workers_and_queue_depths(stack, browser, shots):
+    sign_out(browser)
+    sign_in(browser, stack, stack.token("root", admin=True)["Authorization"].split(" ", 1)[1])
+    browser.find_element("link text", "Workers").click()
+    rows = wait_until(lambda: by_id(browser, "workers").find_elements("css selector", "tbody tr[data-worker]"), 15,
+                      "the worker rows")
+    assert len(rows) == 1 and "alive" in rows[0].text and "default" in rows[0].text
+    assert PARKED in by_id(browser, "queues").text
+    shoot(browser, shots, "workers")
 
 
 def test_sign_out_and_be_refused(stack, browser, state):

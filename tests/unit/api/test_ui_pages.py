@@ -158,7 +158,7 @@ def xss_job(**changes: Any) -> dict[str, Any]:
             **changes}
 
 
-def test_config_values_and_the_edited_yaml_are_escaped(client, alice):
+def test_config_values_log_lines_and_the_edited_yaml_are_escaped(client, alice, settings):
     r = client.post("/api/v1/jobs", json=xss_job(), headers=alice)
     assert r.status_code == 202, r.text
     job_id = r.json["id"]
@@ -166,6 +166,12 @@ def test_config_values_and_the_edited_yaml_are_escaped(client, alice):
     html = client.get(f"/ui/jobs/{job_id}").text
     assert "<script>window.__xss" not in html and "<img src=x" not in html
     assert "&lt;script&gt;window.__xss" in html
+    log = settings.jobs_root / job_id / "child.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"step 1 {XSS}\n")
+    html = client.get(f"/ui/jobs/{job_id}").text
+    assert f"step 1 &lt;script&gt;" in html and "<img src=x" not in html
+    assert client.get(f"/ui/jobs/{job_id}/live.json").json["log"] == [f"step 1 {XSS}"]  # JSON: written as text by job.js
     page = client.get("/ui/submit")
     r = client.post("/ui/submit", data={"yaml": "name: '</textarea>" + XSS + "'\n", "csrf_token": csrf_of(page.text)})
     assert r.status_code == 400 and "</textarea><script>" not in r.text and "&lt;/textarea&gt;&lt;script&gt;" in r.text
@@ -281,3 +287,18 @@ def test_compare_shows_differing_config_keys_and_refuses_other_users_jobs(app, c
     assert client.get(f"/ui/compare?job={a}&job={other}").status_code == 404
     assert client.get(f"/ui/compare?job={a}").status_code == 400
     assert client.get("/ui/compare?" + "&".join(f"job={x}" for x in [a, b] * 4)).status_code == 200  # duplicates count once
+
+
+def test_workers_page_is_for_admins_only(app, client, alice):
+    from common.store import WorkerBeat, transaction, utcnow
+
+    with transaction(app.extensions["teacher"].sessions) as s:
+        s.add(WorkerBeat(name="host:123", queues="default", seen_at=utcnow()))
+    submit_api(client, alice)
+    signed_in(client, alice)
+    assert client.get("/ui/admin/workers").status_code == 404
+    assert "Workers</a>" not in client.get("/ui/jobs").text
+    signed_in(client, mint(app, "root", admin=True))
+    html = client.get("/ui/admin/workers").text
+    assert "host:123" in html and "alive" in html
+    assert re.search(r"<td>default</td><td>1</td>", html)  # alice's queued job
