@@ -168,3 +168,40 @@ def test_unknown_format_exits_2_naming_the_formats_tried(tmp_path: Path) -> None
 def test_weak_pass_is_said(tmp_path: Path) -> None:
     rep = report(source({"val.top1": [50.0]}))
     assert rep.verdict == "pass" and rep.strength["weak"] and "weak:" in rep.summary()
+
+
+# --- readers for the formats without a redistributable corpus file (writers' layouts) -------------
+
+
+def test_ultralytics_results_csv_with_padded_columns(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    path.write_text("                  epoch,             train/loss,  metrics/accuracy_top1,  metrics/accuracy_top5,"
+                    "               val/loss,                 lr/pg0\n"
+                    "                      1,                 1.2345,                  0.612,                  0.954,"
+                    "                 1.1003,              0.0005\n"
+                    "                      2,                 0.9876,                  0.701,                  0.972,"
+                    "                 0.9502,              0.0004\n")
+    source = load_inputs([path]).sources[0]
+    assert source.format == "ultralytics_csv"
+    assert source.series["val.top1"].values.tolist() == pytest.approx([61.2, 70.1])
+    assert source.series["train.loss"].epochs.tolist() == [1, 2] and "val.loss" in source.series
+
+
+def test_fastai_history_csv_metrics_are_validation_metrics(tmp_path: Path) -> None:
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,train_loss,valid_loss,accuracy,time\n0,1.20,0.98,0.61,00:03\n1,0.90,0.80,0.70,00:03\n")
+    source = load_inputs([path]).sources[0]
+    assert source.format == "fastai_csv" and "train.top1" not in source.series
+    assert source.series["val.top1"].values.tolist() == pytest.approx([61.0, 70.0])
+    assert source.series["val.loss"].epochs.tolist() == [1, 2]
+
+
+def test_lightning_version_dirs_are_sessions_never_cross_checked(tmp_path: Path) -> None:
+    for version, loss in (("version_0", 0.9), ("version_1", 0.5)):
+        folder = tmp_path / "lightning_logs" / version
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text(f"epoch,step,val_loss\n0,9,{loss}\n1,19,{loss - 0.1}\n")
+    run = load_inputs([tmp_path])
+    assert [s.name for s in run.sources] == ["version_0/metrics.csv", "version_1/metrics.csv"]
+    assert {s.session for s in run.sources} == {"version_0", "version_1"}
+    assert run_checks(run).by_id("cross_source")[0].status != "fail"
