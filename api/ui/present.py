@@ -73,6 +73,16 @@ def val_top1(job: dict[str, Any]) -> Any:
     return latest.get("val.top1")
 
 
+def resume_point(point: Any) -> str:
+    """'epoch 2 done, step 40, 3 batches in, from step_00000040.pt'; '–' for a start from scratch."""
+    if not isinstance(point, dict):
+        return "–"
+    parts = [f"epoch {point.get('epoch')} done", f"step {point.get('step')}"]
+    if point.get("batch"):
+        parts.append(f"{point['batch']} batches in")
+    return ", ".join(parts) + (f", from {point['checkpoint']}" if point.get("checkpoint") else "")
+
+
 def as_yaml(config: dict[str, Any]) -> str:
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
@@ -136,5 +146,5 @@ def config_differences(configs: list[dict[str, Any]]) -> list[tuple[str, list[st
     return rows
 
 
-__all__ = ["STATUSES", "BADGES", "num", "pct", "duration", "size", "val_top1", "as_yaml", "errors_with_lines",
+__all__ = ["STATUSES", "BADGES", "num", "pct", "duration", "size", "val_top1", "as_yaml", "errors_with_lines", "resume_point",
            "best_epoch", "config_differences"]

@@ -228,7 +228,7 @@ def job(job_id: str) -> Any:
     return render_template("ui/job.html", job=dump, report=report, log_lines=_log_lines(row, paths),
                            checkpoints=_checkpoints(row, paths), epochs=_epochs(paths),
                            config_yaml=present.as_yaml(dump.get("config") or {}),
-                           cancel_form=CancelForm(), finished=row.job_status.finished,
+                           cancel_form=CancelForm(), finished=row.job_status.finished, log_tail=LOG_TAIL,
                            plots=[n for n in analysis_api.PLOT_NAMES if n in ("loss", "accuracy", "lr", "throughput")])
 
 

@@ -182,6 +182,8 @@ def test_sign_in_submit_the_demo_config_and_watch_it_succeed_live(stack, tokens,
     wait_until(lambda: by_id(browser, "job-status").text == "succeeded", 300, "the page to show succeeded")
     wait_until(lambda: browser.execute_script("return window.teacherJob.finished"), 30, "the final update")
     assert browser.execute_script("return window.__sameDocument") == "yes"  # updated in place, never reloaded
+    attempts = by_id(browser, "attempt-rows").find_elements("tag name", "tr")
+    assert len(attempts) == 1 and "succeeded" in attempts[0].text  # the timeline, from the job's JSON
 
     epochs = api(stack, tokens["alice"], "get", f"/api/v1/jobs/{job_id}/metrics").json()["epochs"]
     assert len(epochs) == 6  # configs/demo.yaml trains 6 epochs

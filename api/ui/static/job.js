@@ -68,16 +68,67 @@
     return wrap;
   }
 
-  function valTop1(job) {
+  function valTop1(job, epochs) {
     var f = ((job.result || {}).final || {}).val || {};
     if (typeof f.top1 === "number") return f.top1;
-    return (((job.progress || {}).latest) || {})["val.top1"];
+    var live = (((job.progress || {}).latest) || {})["val.top1"];
+    if (typeof live === "number") return live;
+    return epochs.length ? value(epochs[epochs.length - 1], "val.top1") : null;  // history is ahead of the row
   }
 
-  function summary(job, finished) {
+  function timeCell(iso) {
+    if (!iso) return "–";
+    var t = el("time", null, iso);
+    t.setAttribute("datetime", iso);
+    return t;
+  }
+
+  function resumePoint(p) {
+    if (!p || typeof p !== "object") return "–";
+    var parts = ["epoch " + p.epoch + " done", "step " + p.step];
+    if (p.batch) parts.push(p.batch + " batches in");
+    return parts.join(", ") + (p.checkpoint ? ", from " + p.checkpoint : "");
+  }
+
+  function timeline(job) {
+    if (!changed("timeline", [job.timeline, job.status, job.finished_at])) return;
+    var body = document.getElementById("attempt-rows");
+    if (!body) return;
+    body.textContent = "";
+    var attempts = job.timeline || [];
+    if (!attempts.length) {
+      var tr0 = el("tr"), td0 = el("td", "muted", "Not started yet.");
+      td0.colSpan = 8; tr0.appendChild(td0); body.appendChild(tr0);
+    }
+    attempts.forEach(function (a) {
+      var tr = el("tr");
+      var ended = (a.cause || "running") + (a.stop ? " (" + a.stop + ")" : "") + (a.exit_code != null ? " exit " + a.exit_code : "");
+      [["Attempt", a.number], ["Started", timeCell(a.started_at)], ["Ended", timeCell(a.ended_at)], ["How it ended", ended],
+       ["Resumed from", resumePoint(a.resumed_from)], ["Work lost", U.duration(a.lost_s)], ["Worker", a.worker || "–"],
+       ["Reason", a.reason || "–"]].forEach(function (c) {
+        var td = el("td");
+        td.setAttribute("data-label", c[0]);
+        if (c[1] instanceof Node) td.appendChild(c[1]); else td.textContent = String(c[1]);
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+    var events = document.getElementById("timeline-events");
+    if (events && job.finished_at && events.children.length < 2) {
+      var li = el("li");
+      li.appendChild(timeCell(job.finished_at));
+      li.appendChild(document.createTextNode(" " + job.status + (job.failure_reason ? ": " + job.failure_reason : "")));
+      events.appendChild(li);
+    }
+    U.localizeTimes(document.getElementById("h-timeline").parentNode);
+  }
+
+  function summary(job, finished, epochs) {
     replace("job-status", badge("st", job.status));
     replace("job-progress", progress(job));
-    document.getElementById("job-top1").textContent = U.pct(valTop1(job));
+    document.getElementById("job-top1").textContent = U.pct(valTop1(job, epochs));
+    var fails = document.getElementById("job-failures");
+    if (fails) fails.textContent = (job.failures == null ? "–" : job.failures) + " / " + (job.interruptions == null ? "–" : job.interruptions);
     var i = job.integrity;
     replace("job-integrity", i && i.verdict ? badge("iv", i.verdict, (i.failed || []).concat(i.warnings || []).join(", "))
                                            : el("span", "muted", "–"));
@@ -168,7 +219,8 @@
 
   state.poll = U.poller(page.getAttribute("data-live-url"), function (r) {
     return r.json().then(function (body) {
-      summary(body.job, body.finished);
+      summary(body.job, body.finished, body.epochs);
+      timeline(body.job);
       drawCharts(body.epochs);
       epochRows(body.epochs);
       logTail(body.log);

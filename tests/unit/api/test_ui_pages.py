@@ -164,6 +164,7 @@ def test_config_values_log_lines_and_the_edited_yaml_are_escaped(client, alice, 
     job_id = r.json["id"]
     signed_in(client, alice)
     html = client.get(f"/ui/jobs/{job_id}").text
+    assert 'id="attempt-rows"' in html and "Not started yet." in html  # the timeline, empty for now
     assert "<script>window.__xss" not in html and "<img src=x" not in html
     assert "&lt;script&gt;window.__xss" in html
     log = settings.jobs_root / job_id / "child.log"
