@@ -48,6 +48,7 @@ PAGE_SIZE = 25
 NAME_SCAN_LIMIT = 2000  # rows a name filter reads at most per page (list_jobs has no name filter yet)
 LOG_TAIL = 200
 OPEN_ENDPOINTS = frozenset({"ui.signin", "ui.static"})
+POLLED_ENDPOINTS = frozenset({"ui.job_rows", "ui.job_live"})  # fetched by the pages' scripts
 # No inline script or style anywhere: the pages load their code from /ui/static only.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -70,7 +71,7 @@ def _guard() -> Any:
         if user is not None:
             s.expunge(user)
     if user is None:
-        if request.accept_mimetypes.best == "application/json" or request.path.endswith(".json"):
+        if request.endpoint in POLLED_ENDPOINTS:  # a script's poll: never the sign-in page in its place
             return jsonify({"code": 401, "message": "signed out", "errors": {}}), 401
         return redirect(url_for("ui.signin", next=request.full_path.rstrip("?") if request.method == "GET" else None))
     g.user = user

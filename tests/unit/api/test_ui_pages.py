@@ -47,7 +47,8 @@ def submit_api(client, headers: dict[str, str], **changes: Any) -> str:  # type:
 def test_pages_need_a_session_and_the_api_is_unchanged(client, alice):
     r = client.get("/ui/jobs")
     assert r.status_code == 302 and "/ui/signin" in r.headers["Location"]
-    assert client.get("/ui/jobs/rows", headers={"Accept": "application/json"}).status_code == 401
+    assert client.get("/ui/jobs/rows", headers={"Accept": "text/html"}).status_code == 401  # a poll: no redirect
+    assert client.get("/ui/jobs/" + "a" * 32 + "/live.json").status_code == 401
     assert client.get("/api/v1/jobs").status_code == 401  # the API still wants a bearer token
     assert client.get("/api/v1/jobs", headers=alice).status_code == 200
 
