@@ -126,7 +126,8 @@ DEFAULT_PATTERNS: tuple[LogPattern, ...] = (
                fmt="key_value_lines"),
 )
 FORMAT_NAMES = ("teacher_log", "timm_console", "swin_console", "pt_examples_console", "mmcls_text", "tqdm",
-                "keras_console", "jigen_console", "fastai_table", "markdown_table", "epoch_lines", "key_value_lines")
+                "keras_console", "jigen_console", "fastai_table", "markdown_table", "epoch_lines", "key_value_lines",
+                "names_then_values")
 # Keys that name a cross-entropy explicitly win over a plain "loss" for the same metric (TF logs
 # both; "loss" there includes weight decay).
 _EXPLICIT_CE = {"cross_entropy", "ce", "xent", "nll", "ce_loss"}
@@ -222,6 +223,7 @@ def parse_console_text(text: str, name: str, path: str, patterns: list[LogPatter
     got = _Collected()
     epoch: int | None = None
     table: _Table | None = None
+    names: list[str] | None = None  # a "train_loss,train_acc,..." line whose values follow on the next line
     for line in clean_text(text):
         bare = strip_prefixes(line)
         if table is not None:
@@ -230,6 +232,20 @@ def parse_console_text(text: str, name: str, path: str, patterns: list[LogPatter
                 store_row(got, table, row)
                 continue
             table = None if bare.strip() else table
+        if names is not None:
+            values = _value_row(bare, len(names))
+            if values is not None and epoch is not None:
+                for name, value in zip(names, values):
+                    canonical = canonical_for_line(name, None)
+                    if canonical is not None:
+                        store(got, epoch, canonical, name, value, False)
+                        got.formats.add("names_then_values")
+                names = None
+                continue
+            names = None if bare.strip() else names
+        names = names or _names_line(bare)
+        if names is not None:
+            continue
         header = _Table.header(bare)
         if header is not None:
             table = header
@@ -351,6 +367,25 @@ def store(got: _Collected, epoch: int, canonical: str, key: str, value: str, pct
     got.values[(epoch, canonical)] = (_number(value), decimals_resolution(value), key, priority)
     if pct:
         got.percent.add(canonical)
+
+
+_NAMES_LINE = re.compile(r"^[\W_]*?([A-Za-z][\w@\-]*(?:\s*,\s*[A-Za-z][\w@\-]*)+)[\W_]*$")
+
+
+def _names_line(line: str) -> list[str] | None:
+    """``*****train_loss,train_acc,valid_loss,valid_acc*****``: metric names, values on the next line."""
+    match = _NAMES_LINE.match(line.strip())
+    if not match:
+        return None
+    names = [n.strip() for n in match.group(1).split(",")]
+    return names if sum(1 for n in names if map_metric_name(n) is not None) >= 2 else None
+
+
+def _value_row(line: str, count: int) -> list[str] | None:
+    cells = [c for c in re.split(r"[\s,]+", line.strip()) if c]
+    if len(cells) != count or not all(re.fullmatch(rf"(?:{_NUM})", c, re.IGNORECASE) for c in cells):
+        return None
+    return cells
 
 
 # --- tables printed in a console (fastai's progress table, markdown epoch tables) --------------

@@ -205,3 +205,12 @@ def test_lightning_version_dirs_are_sessions_never_cross_checked(tmp_path: Path)
     assert [s.name for s in run.sources] == ["version_0/metrics.csv", "version_1/metrics.csv"]
     assert {s.session for s in run.sources} == {"version_0", "version_1"}
     assert run_checks(run).by_id("cross_source")[0].status != "fail"
+
+
+def test_values_under_a_names_line_are_read(tmp_path: Path) -> None:
+    log = tmp_path / "console.txt"
+    log.write_text("Epoch: 01 | Epoch Time: 0m 57s\n*****train_loss,train_acc,valid_loss*****\n5.2\t2.79\t4.97\n"
+                   "Epoch: 02 | Epoch Time: 0m 57s\n*****train_loss,train_acc,valid_loss*****\n5.08\t2.28\t4.95\n")
+    source = load_inputs([log]).sources[0]
+    assert source.series["val.loss"].values.tolist() == [4.97, 4.95]
+    assert source.series["train.loss"].epochs.tolist() == [1, 2]
