@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -275,8 +276,12 @@ def test_malicious_pickle_checkpoint_is_refused_on_resume_and_as_init_from(stack
     # that the manifest vouches for. The resumed attempt's safe loader refuses it and, as for a
     # truncated file, falls back with a warning to the epoch file of the same step.
     child = db_job(stack, source).child_pid
+    # The host dies, child included: stopped first, as its parent-death SIGTERM would otherwise
+    # let it write a step checkpoint at the stop, which the resume would take instead of last.pt.
+    os.kill(child, signal.SIGSTOP)
     stack.kill_worker(worker)
-    wait_until(lambda: process_gone(child), 60, "the training child to stop (PDEATHSIG)")
+    os.kill(child, signal.SIGKILL)
+    wait_until(lambda: process_gone(child), 60, "the training child to stop")
     planted = plant_evil_checkpoint(paths, "last.pt", marker)
     fallback = f"epoch_{planted['epoch']:04d}.pt"
     assert fallback in {e["name"] for e in manifest(paths)["checkpoints"]}
@@ -296,7 +301,10 @@ def test_malicious_pickle_checkpoint_is_refused_on_resume_and_as_init_from(stack
     target = submit(stack, {**small_config(service_config, epochs=1), "init_from": {"job": source, "checkpoint": "best"}})
     job = stack.wait_status(target, FINISHED | {"interrupted"}, timeout=240)
     reason = job["failure_reason"] or ""
-    assert job["status"] == "failed" and job["exit_code"] == 1 and job["attempts"] == 1, job
+    # exit 1, a failure of the training: retried (from scratch) up to TEACHER_MAX_ATTEMPTS (3 here),
+    # refused each time, then failed with the trainer's own error
+    assert job["status"] == "failed" and job["exit_code"] == 1, job
+    assert (job["attempts"], job["failures"]) == (3, 3), job
     assert f"init_from {source}/run/checkpoints/best.pt: best.pt: cannot be loaded safely: refused by weights-only loading" \
         in reason, reason
     assert "weights_only` set to `False`" not in reason  # torch's advice to load it unsafely is not passed on
