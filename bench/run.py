@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 # Modules that are not present (yet) are skipped with a note.
-BENCHES: tuple[str, ...] = ("bench.plot_stream", "bench.metrics_sync")
+BENCHES: tuple[str, ...] = ("bench.plot_stream", "bench.metrics_sync", "bench.polls")
 ROOT = Path(__file__).resolve().parent.parent
 
 
