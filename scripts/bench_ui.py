@@ -15,7 +15,7 @@ from common.settings import Settings
 from common.store import transaction
 from common.store.jobs import create_job
 from tests.support.api import mint, CFG
-from tests.unit.api.test_ui_pages import csrf_of
+from tests.support.ui import csrf_of
 from worker.training.synthetic import SyntheticSpec, make_dataset
 d = pathlib.Path(tempfile.mkdtemp())
 make_dataset(d/'data'/'synthetic', SyntheticSpec(num_classes=4, train_per_class=1, val_per_class=1))

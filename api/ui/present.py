@@ -83,6 +83,16 @@ def resume_point(point: Any) -> str:
     return ", ".join(parts) + (f", from {point['checkpoint']}" if point.get("checkpoint") else "")
 
 
+def flagged_points(report: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The checks that failed or warned about a metric at given epochs: the points the job
+    page marks on its curves ({"id", "status", "metric", "epochs"})."""
+    out = []
+    for check in (report or {}).get("checks") or []:
+        if check.get("status") in ("fail", "warn") and check.get("metric") and check.get("epochs"):
+            out.append({k: check[k] for k in ("id", "status", "metric", "epochs")})
+    return out
+
+
 def as_yaml(config: dict[str, Any]) -> str:
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
@@ -146,5 +156,5 @@ def config_differences(configs: list[dict[str, Any]]) -> list[tuple[str, list[st
     return rows
 
 
-__all__ = ["STATUSES", "BADGES", "num", "pct", "duration", "size", "val_top1", "as_yaml", "errors_with_lines", "resume_point",
+__all__ = ["STATUSES", "BADGES", "num", "pct", "duration", "size", "val_top1", "as_yaml", "errors_with_lines", "resume_point", "flagged_points",
            "best_epoch", "config_differences"]

@@ -226,7 +226,7 @@ def job(job_id: str) -> Any:
     dump = JobSchema().dump(row)
     paths = _paths(row)
     report = _report(row, paths)
-    return render_template("ui/job.html", job=dump, report=report, log_lines=_log_lines(row, paths),
+    return render_template("ui/job.html", job=dump, report=report, flags=present.flagged_points(report), log_lines=_log_lines(row, paths),
                            checkpoints=_checkpoints(row, paths), epochs=_epochs(paths),
                            config_yaml=present.as_yaml(dump.get("config") or {}),
                            cancel_form=CancelForm(), finished=row.job_status.finished, log_tail=LOG_TAIL,

@@ -22,6 +22,7 @@ import requests
 
 from tests.support.procs import wait_until
 from tests.support.stack import Stack, make_stack
+from tests.support.ui import XSS, incident_history
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,6 @@ if not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"):
     pytest.skip("the browser tests need Debian's chromium and chromium-driver (apt-get install chromium "
                 "chromium-driver); .ci/run installs them, and under CI=true they must run", allow_module_level=True)
 
-XSS = '<script>window.__xss=1</script>"><img src=x onerror="window.__xss=2">'
 PARKED = "parked"  # a queue no worker of this stack listens to: its jobs stay queued
 WIDTHS = (1280, 390)
 
@@ -277,6 +277,18 @@ def test_markup_in_config_values_and_the_editor_is_shown_escaped(stack, tokens, 
     assert by_id(browser, "yaml").get_property("value").strip() == yaml_text.strip()  # kept as typed, as text
     assert browser.execute_script("return typeof window.__xss") == "undefined"
     shoot(browser, shots, "submit-errors")
+
+
+def test_failing_checks_are_marked_on_the_curves(stack, browser, shots, state):
+    incident_history(stack.settings.jobs_root / state["parked"] / "run")
+    browser.get(stack.api_url + f"/ui/jobs/{state['parked']}")
+    wait_until(lambda: browser.execute_script("return window.teacherJob.updates") >= 1, 15, "the first poll")
+    marked = browser.execute_script(
+        "var c = window.teacherJob.charts.loss.chart, out = {};"
+        "c.series.forEach(function (s, i) { out[s.label] = c.data[i]; }); return out")
+    assert marked["dead_metric (fail)"] == [0.0, 0.0, 0.0, 0.0]  # train loss 0.0 at every epoch, marked
+    assert marked["constant_series (warn)"] == pytest.approx([9.5393] * 4)  # val loss stuck, marked
+    shoot(browser, shots, "job-flagged")
 
 
 def test_inline_scripts_are_blocked_by_the_csp_and_the_cookie_is_hardened(stack, browser):

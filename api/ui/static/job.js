@@ -10,20 +10,36 @@
 
   function chartWidth(box) { return Math.max(280, Math.min(box.clientWidth || 600, 900)); }
 
+  // Checks that failed or warned at given epochs of a metric (the integrity report's evidence).
+  var flags = JSON.parse((document.getElementById("job-flags") || {}).textContent || "[]");
+
+  function flaggedFor(series) {
+    var keys = series.map(function (s) { return s.key; });
+    return flags.filter(function (f) { return keys.indexOf(f.metric) >= 0; });
+  }
+
   function makeChart(id, series, yLabel) {
     var box = document.getElementById(id);
+    var marked = flaggedFor(series);
+    series = series.concat(marked.map(function (f) {  // one series of dots per flagged check
+      return { label: f.id + " (" + f.status + ")", flags: [f], color: f.status === "fail" ? "#c62828" : "#b7791f" };
+    }));
     var opts = {
       width: chartWidth(box), height: 260,
       scales: { x: { time: false } },
       axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100] }, { label: yLabel, size: 56 }],
       series: [{ label: "epoch" }].concat(series.map(function (s) {
+        if (s.flags) {  // points only: a red dot on each flagged epoch's value
+          return { label: s.label, stroke: s.color, fill: s.color, width: 0, paths: function () { return null; },
+                   points: { show: true, size: 12, fill: s.color, stroke: s.color } };
+        }
         return { label: s.label, stroke: s.color, width: 2, points: { show: true, size: 6 }, dash: s.dash };
       })),
       legend: { live: false },
     };
     var chart = new window.uPlot(opts, [[]].concat(series.map(function () { return []; })), box);
     window.addEventListener("resize", function () { chart.setSize({ width: chartWidth(box), height: 260 }); });
-    return { chart: chart, series: series, box: box };
+    return { chart: chart, series: series, box: box, flagged: marked.length };
   }
 
   function value(epoch, path) {
@@ -37,7 +53,13 @@
       var c = state.charts[name];
       if (!c) return;
       var data = [epochs.map(function (e) { return e.epoch; })];
-      c.series.forEach(function (s) { data.push(epochs.map(function (e) { return value(e, s.key); })); });
+      c.series.forEach(function (s) {
+        data.push(epochs.map(function (e) {
+          if (!s.flags) return value(e, s.key);
+          var hit = s.flags.filter(function (f) { return f.epochs.indexOf(e.epoch) >= 0; })[0];
+          return hit ? value(e, hit.metric) : null;
+        }));
+      });
       c.chart.setData(data);
       c.box.setAttribute("data-points", String(epochs.length));
     });

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.api import CFG, mint
-
-XSS = '<script>window.__xss=1</script>"><img src=x onerror="window.__xss=2">'
+from tests.support.ui import XSS, csrf_of, incident_history
 
 
 @pytest.fixture
@@ -22,12 +21,6 @@ def app(settings, broker):  # type: ignore[no-untyped-def]
                       "SECRET_KEY": "test-secret"})
     yield app
     app.extensions["teacher"].engine.dispose()
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
-    assert match, html[:500]
-    return match.group(1)
 
 
 def signed_in(client, headers: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -304,3 +297,16 @@ def test_workers_page_is_for_admins_only(app, client, alice):
     html = client.get("/ui/admin/workers").text
     assert "host:123" in html and "alive" in html
     assert re.search(r"<td>default</td><td>1</td>", html)  # alice's queued job
+
+
+def test_failing_checks_are_marked_on_the_curves(client, alice, settings):
+    import json
+
+    job_id = submit_api(client, alice)
+    incident_history(settings.jobs_root / job_id / "run")
+    signed_in(client, alice)
+    html = client.get(f"/ui/jobs/{job_id}").text
+    flags = json.loads(re.search(r'<script type="application/json" id="job-flags">(.*?)</script>', html).group(1))
+    assert {"id": "dead_metric", "status": "fail", "metric": "train.loss", "epochs": [1, 2, 3, 4]} in flags
+    assert 'id="flag-note"' in html and "dead_metric" in html
+    assert len(re.findall(r"<tr>", html.split('id="epoch-rows"', 1)[1].split("</tbody>", 1)[0])) == 4
