@@ -215,7 +215,7 @@ ANALYSIS_REQUEST = {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"},
                       "description": "history JSON, CSV, step-stream JSONL, TensorBoard event files, console logs"},
             "num_classes": {"type": "integer", "minimum": 2, "description": "C, for the chance loss ln(C)"},
-            "label_smoothing": {"type": "number", "minimum": 0, "exclusiveMaximum": 1,
+            "label_smoothing": {"type": "number", "minimum": 0, "maximum": 1, "exclusiveMaximum": True,
                                 "description": "hint: label smoothing used in training"},
             "mixup": {"type": "boolean", "description": "hint: mixup/CutMix used in training"},
             "ema": {"type": "boolean", "description": "hint: validation runs on EMA weights"},

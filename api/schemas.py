@@ -434,6 +434,10 @@ class ReportSchema(ma.Schema):
     chance_loss = fields.Float(allow_none=True)
     dataset_sizes = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
     last_epoch = fields.Integer(allow_none=True)
+    strength = fields.Dict(metadata={"description": "ran: check ids that looked at data; skipped: id -> why; weak: a "
+                                                    "pass with more checks skipped than run"})
+    hints = fields.Dict(metadata={"description": "used: the hints applied (num_classes, label_smoothing, mixup, ema, "
+                                                 "pretrained, accuracy_unit); from: where each came from; notes"})
     checks = fields.List(fields.Nested(CheckResultSchema), required=True)
     sources = fields.List(fields.Dict(), required=True)
 

@@ -8,6 +8,7 @@ The scoreboard: ``.venv/bin/python -m pytest -q -s tests/system/test_analysis_co
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import subprocess
@@ -141,3 +142,20 @@ def test_post_analyses_gives_the_cli_verdict_for_every_entry(stack_factory, out_
             continue
         assert r.status_code == 201, (entry, r.text[:500])
         assert r.json()["report"]["verdict"] == verdict, entry
+
+
+def test_post_analyses_reports_strength_and_hints(client, alice) -> None:  # type: ignore[no-untyped-def]
+    entry = "pvt-imagenet-deit-jsonl"
+    src = source_json(entry)
+    path = CORPUS / entry / src["file"]
+    with path.open("rb") as fh:
+        r = client.post("/api/v1/analyses", data={"files": [(fh, path.name)], **hints_of(src)}, headers=alice,
+                        content_type="multipart/form-data")
+    assert r.status_code == 201, r.json
+    report = r.json["report"]
+    assert report["hints"]["used"] == {"num_classes": 1000, "label_smoothing": 0.1, "mixup": True}
+    assert report["hints"]["from"]["mixup"] == "form field"
+    assert "train_val_divergence" in report["strength"]["ran"] and report["strength"]["weak"] is False
+    bad = client.post("/api/v1/analyses", data={"files": [(io.BytesIO(b"epoch 1 loss 1.0\n"), "a.log")],
+                                                 "mixup_alpha": "0.2"}, headers=alice, content_type="multipart/form-data")
+    assert bad.status_code == 400 and "mixup_alpha" in bad.json["errors"] and "mixup_alpha" in bad.json["message"]
