@@ -259,10 +259,33 @@ def _epochs(paths: JobPaths) -> list[dict[str, Any]]:
     return [e for e in epochs or [] if isinstance(e, dict)]
 
 
+STEP_TAIL = 2000  # steps.jsonl lines read for the current epoch's step stream
+
+
+def _current_steps(paths: JobPaths) -> list[dict[str, Any]]:
+    """The newest epoch's training steps as running means (the trainer's exact sums divided by
+    the samples so far): {"epoch", "batch", "step", "loss", "top1", "lr", "throughput"}."""
+    events, _ = tail_events(paths.files.steps, STEP_TAIL)
+    records = []
+    for _, line in events:
+        try:
+            records.append(rundir.StepRecord.from_json(json.loads(line)))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line being written, or damaged: the stream is a live view, not the record
+    train = [r for r in records if r.split == "train" and r.samples > 0]
+    if not train:
+        return []
+    epoch = max(r.epoch for r in train)
+    return [{"epoch": r.epoch, "batch": r.batch, "step": r.step,
+             "loss": r.loss_sum / r.samples if r.loss_sum is not None else None,
+             "top1": 100.0 * r.correct1 / r.samples, "lr": r.lr, "throughput": r.throughput}
+            for r in train if r.epoch == epoch]
+
+
 def _files_stamp(paths: JobPaths) -> str:
     """Size and mtime of the files the live view reads: it changes when any of them does."""
     parts = []
-    for path in (paths.files.history, paths.log, paths.manifest):
+    for path in (paths.files.history, paths.log, paths.manifest, paths.files.steps):
         try:
             st = path.stat()
             parts.append(f"{st.st_size}:{st.st_mtime_ns}")
@@ -284,7 +307,7 @@ def job_live(job_id: str) -> Any:
         resp.set_etag(etag)
         resp.headers["Cache-Control"] = "no-cache"
         return resp
-    body = {"job": dump, "epochs": _epochs(paths), "log": _log_lines(row, paths),
+    body = {"job": dump, "epochs": _epochs(paths), "log": _log_lines(row, paths), "steps": _current_steps(paths),
             "checkpoints": _checkpoints(row, paths), "finished": row.job_status.finished}
     resp = jsonify(body)
     resp.set_etag(etag)

@@ -193,6 +193,9 @@ def test_sign_in_submit_the_demo_config_and_watch_it_succeed_live(stack, tokens,
     assert drawn[1] == pytest.approx([e["val"]["loss"] for e in epochs])
     assert drawn[2] == pytest.approx([e["val"]["top1"] for e in epochs])
     assert by_id(browser, "chart-loss").get_attribute("data-points") == "6"
+    steps, lr = browser.execute_script("var c = window.teacherJob.charts; return [c.steps.chart.data, c.lr.chart.data]")
+    assert len(steps[0]) >= 1 and all(v is not None for v in steps[1])  # the last epoch's step stream
+    assert lr[1] == pytest.approx([e["lr"] for e in epochs])  # lr per epoch
     assert len(by_id(browser, "epoch-rows").find_elements("tag name", "tr")) == 6
     assert by_id(browser, "cancel-box").get_attribute("hidden") is not None  # a finished job has no cancel
     assert by_id(browser, "log").text.strip()  # the log tail followed along

@@ -18,6 +18,42 @@
     return flags.filter(function (f) { return keys.indexOf(f.metric) >= 0; });
   }
 
+  // Two y axes: the first series on the left ("y"), the others on the right ("y2").
+  function makeDualChart(id, xLabel, left, right) {
+    var box = document.getElementById(id);
+    var opts = {
+      width: chartWidth(box), height: 260,
+      scales: { x: { time: false }, y: {}, y2: {} },
+      axes: [{ label: xLabel }, { label: left.label, scale: "y", size: 64 },
+             { label: right.label, scale: "y2", side: 1, size: 56, grid: { show: false } }],
+      series: [{ label: xLabel },
+               { label: left.label, stroke: left.color, width: 2, scale: "y", points: { show: true, size: 4 } },
+               { label: right.label, stroke: right.color, width: 2, scale: "y2", points: { show: true, size: 4 } }],
+      legend: { live: false },
+    };
+    var chart = new window.uPlot(opts, [[], [], []], box);
+    window.addEventListener("resize", function () { chart.setSize({ width: chartWidth(box), height: 260 }); });
+    return { chart: chart, box: box };
+  }
+
+  function drawSteps(steps) {
+    var c = state.charts.steps;
+    if (!c || !changed("steps", steps)) return;
+    c.chart.setData([steps.map(function (s) { return s.batch; }), steps.map(function (s) { return s.loss; }),
+                     steps.map(function (s) { return s.top1; })]);
+    state.steps = steps.length;
+    var cap = document.getElementById("steps-caption");
+    if (cap) cap.textContent = steps.length ? "Epoch " + steps[0].epoch + ", training steps (running mean loss, top-1 %)"
+                                             : "Current epoch, training steps (none logged yet)";
+  }
+
+  function drawLr(epochs) {
+    var c = state.charts.lr;
+    if (!c) return;
+    c.chart.setData([epochs.map(function (e) { return e.epoch; }), epochs.map(function (e) { return value(e, "lr"); }),
+                     epochs.map(function (e) { return value(e, "train.throughput"); })]);
+  }
+
   function makeChart(id, series, yLabel) {
     var box = document.getElementById(id);
     var marked = flaggedFor(series);
@@ -174,7 +210,8 @@
     epochs.forEach(function (e) {
       var tr = el("tr");
       [e.epoch, U.num(value(e, "train.loss"), 4), U.num(value(e, "val.loss"), 4), U.pct(value(e, "train.top1")),
-       U.pct(value(e, "val.top1")), U.pct(value(e, "val.top5")), U.num(value(e, "lr"), 3), U.duration(e.epoch_time_s)]
+       U.pct(value(e, "val.top1")), U.pct(value(e, "val.top5")), U.num(value(e, "lr"), 3),
+       U.num(value(e, "train.throughput"), 3), U.duration(e.epoch_time_s)]
         .forEach(function (v) { tr.appendChild(el("td", null, v)); });
       body.appendChild(tr);
     });
@@ -236,6 +273,12 @@
       { label: "val top-1", key: "val.top1", color: "#d62728" },
       { label: "val top-5", key: "val.top5", color: "#2ca02c", dash: [6, 4] }], "%");
   }
+  if (window.uPlot) {
+    state.charts.steps = makeDualChart("chart-steps", "batch", { label: "loss", color: "#1f77b4" },
+                                       { label: "top-1 %", color: "#2ca02c" });
+    state.charts.lr = makeDualChart("chart-lr", "epoch", { label: "lr", color: "#9467bd" },
+                                    { label: "img/s", color: "#ff7f0e" });
+  }
   var log = document.getElementById("log");
   log.scrollTop = log.scrollHeight;
 
@@ -244,6 +287,8 @@
       summary(body.job, body.finished, body.epochs);
       timeline(body.job);
       drawCharts(body.epochs);
+      drawSteps(body.steps || []);
+      drawLr(body.epochs);
       epochRows(body.epochs);
       logTail(body.log);
       checkpoints(body.checkpoints);

@@ -310,3 +310,20 @@ def test_failing_checks_are_marked_on_the_curves(client, alice, settings):
     assert {"id": "dead_metric", "status": "fail", "metric": "train.loss", "epochs": [1, 2, 3, 4]} in flags
     assert 'id="flag-note"' in html and "dead_metric" in html
     assert len(re.findall(r"<tr>", html.split('id="epoch-rows"', 1)[1].split("</tbody>", 1)[0])) == 4
+
+
+def test_live_view_carries_the_current_epochs_step_stream(client, alice, settings):
+    import json
+
+    job_id = submit_api(client, alice)
+    steps = settings.jobs_root / job_id / "run" / "steps.jsonl"
+    steps.parent.mkdir(parents=True, exist_ok=True)
+    base = {"split": "train", "step": 0, "correct5": 0, "lr": 0.1, "throughput": 50.0, "time": 1.0, "final": False}
+    lines = [dict(base, epoch=1, batch=4, loss_sum=8.0, correct1=1, samples=4),
+             dict(base, epoch=2, batch=2, loss_sum=3.0, correct1=1, samples=2),
+             dict(base, epoch=2, batch=4, loss_sum=4.0, correct1=3, samples=4),
+             dict(base, split="val", epoch=2, batch=1, loss_sum=1.0, correct1=1, samples=1)]
+    steps.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"split": "tr')  # the last line still being written
+    signed_in(client, alice)
+    live = client.get(f"/ui/jobs/{job_id}/live.json").json["steps"]
+    assert [(s["epoch"], s["batch"], s["loss"], s["top1"]) for s in live] == [(2, 2, 1.5, 50.0), (2, 4, 1.0, 75.0)]
