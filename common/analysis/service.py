@@ -53,6 +53,7 @@ def write_analysis(paths: Sequence[Path], out: Path, *, num_classes: int | None 
     run = load_inputs(list(paths), num_classes=num_classes, patterns=patterns, hints=hints)
     if display_names:
         rename_sources(run, display_names)
+        rename_in_hints(run, display_names)
     report = run_checks(run)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / REPORT, report.to_json() + "\n")
@@ -62,6 +63,17 @@ def write_analysis(paths: Sequence[Path], out: Path, *, num_classes: int | None 
 
         written = write_plots(run, report, out)
     return report, written
+
+
+def rename_in_hints(run: RunData, shown: Mapping[str, str]) -> None:
+    """Sidecar notes and origins name the uploaded file as the client called it."""
+    def show(text: str) -> str:
+        for stored, name in shown.items():
+            text = text.replace(stored, name)
+        return text
+
+    run.hints.notes = [show(n) for n in run.hints.notes]
+    run.hints.origin = {k: show(v) for k, v in run.hints.origin.items()}
 
 
 def rename_sources(run: RunData, shown: Mapping[str, str]) -> None:

@@ -159,3 +159,16 @@ def test_post_analyses_reports_strength_and_hints(client, alice) -> None:  # typ
     bad = client.post("/api/v1/analyses", data={"files": [(io.BytesIO(b"epoch 1 loss 1.0\n"), "a.log")],
                                                  "mixup_alpha": "0.2"}, headers=alice, content_type="multipart/form-data")
     assert bad.status_code == 400 and "mixup_alpha" in bad.json["errors"] and "mixup_alpha" in bad.json["message"]
+
+
+def test_an_uploaded_sidecar_gives_hints_and_a_pickled_one_is_a_note(client, alice) -> None:  # type: ignore[no-untyped-def]
+    csv_text = b"epoch,step,train_loss,val_loss,val_acc\n0,9,0.9,0.8,0.7\n1,19,0.5,0.6,0.8\n"
+    files = [(io.BytesIO(csv_text), "metrics.csv"), (io.BytesIO(b"num_classes: 7\nsmoothing: 0.1\n"), "args.yaml"),
+             (io.BytesIO(b"w: !!python/object/apply:torch._utils._rebuild_tensor_v2\n- x\n"), "hparams.yaml")]
+    r = client.post("/api/v1/analyses", data={"files": files}, headers=alice, content_type="multipart/form-data")
+    assert r.status_code == 201, r.json
+    assert [f["kind"] for f in r.json["files"]] == ["csv", "hints", "hints"]
+    hints = r.json["report"]["hints"]
+    assert hints["used"] == {"num_classes": 7, "label_smoothing": 0.1}
+    assert any("pickle" in note and note.startswith("hparams.yaml") for note in hints["notes"]), hints
+    assert hints["from"]["num_classes"] == "args.yaml: num_classes"
