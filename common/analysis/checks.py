@@ -776,6 +776,8 @@ def generalisation_gap(run: RunData) -> list[CheckResult]:
     if loss is not None and epoch in loss.by_epoch():
         implied = 100.0 * (1 - loss.by_epoch()[epoch] / LOSS_FLOOR)
     measured = train_acc.by_epoch().get(epoch) if train_acc is not None else None
+    if measured is not None and not 0 <= measured <= 100:
+        measured = None  # out of range: accuracy_range's finding, not a gap
     floor = max(x for x in (implied, measured, -1.0) if x is not None)
     if floor - v < 15.0:
         return []

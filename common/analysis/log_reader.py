@@ -110,7 +110,8 @@ DEFAULT_PATTERNS: tuple[LogPattern, ...] = (
         r"^\s*Epoch\s+(?P<epoch>\d+)\s*:\s*\d+%\s+[1-9]\d*/\d+\s*\[[^\]]*?,(?P<rest>[^\]]*)\]"),
                approximate=True, zero_based=True, fmt="tqdm"),
     # Keras: "30/30 [======] - 1s 3ms/step - loss: 0.52 - accuracy: 0.83 - val_loss: ..."
-    LogPattern("keras", re.compile(r"^\s*\d+/\d+\s*\[[=>.]*\].*?\s-\s(?P<rest>[A-Za-z_]+:.*)$"),
+    # Keras 3 draws its bar with box characters: "104/104 ━━━━━━━━━━━━ 73s 709ms/step - loss: 8.70 - ..."
+    LogPattern("keras", re.compile(r"^\s*\d+/\d+\s*(?:\[[=>.]*\]|[━╸╺─]+).*?\s-\s(?P<rest>[A-Za-z_]+:.*)$"),
                approximate=True, fmt="keras_console"),
     # plain prints: "epoch 3 train_loss 0.52 val_loss 0.61 val_acc 0.83", "Epoch 3/10" (Keras header)
     LogPattern("plain", re.compile(
@@ -479,8 +480,15 @@ def build_source(got: _Collected, name: str, path: str) -> Source:
         source.notes.append("no epoch numbers: each key=value record is one point (a repeated key starts the next)")
     if got.approximate:
         source.notes.append("running averages from progress lines: not used to accuse other sources")
-    declared = {n: "percent" for n in got.percent}
+    declared: dict[str, str] = {n: "percent" for n in got.percent}
+    keras = "keras_console" in got.formats and not got.percent
+    if keras:  # Keras metrics are fractions: an accuracy of 4.96 there is out of range, not percent
+        declared = {n: "fraction" for n in source.series}
     normalise_accuracy_units(source, declared)
+    if keras:
+        source.accuracy_unit = "fraction"
+        source.detected_unit_metrics = [n for n in source.series if n.endswith(("top1", "top5"))]
+        source.notes.append("Keras prints accuracies as fractions (override with --accuracy-unit)")
     if got.zero_based:
         for series in source.series.values():
             series.epochs = series.epochs + 1
