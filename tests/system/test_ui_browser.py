@@ -77,6 +77,8 @@ def browser(downloads: Path) -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    previous = os.environ.get("SE_OFFLINE")
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a browser or driver
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM or "/usr/bin/chromium"
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000",
@@ -91,6 +93,10 @@ def browser(downloads: Path) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+        if previous is None:
+            os.environ.pop("SE_OFFLINE", None)
+        else:
+            os.environ["SE_OFFLINE"] = previous
 
 
 @pytest.fixture(scope="module")
