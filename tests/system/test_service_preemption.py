@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -22,8 +23,6 @@ from tests.support.stack import Stack, db_job, deployed_worker_argv
 pytestmark = pytest.mark.slow
 
 FINISHED = {"succeeded", "failed", "cancelled"}
-# Until the trainer writes step checkpoints (issue 15, the trainer's side), a-c cannot pass.
-needs_step_checkpoints = pytest.mark.skip(reason="needs the trainer's step checkpoints (issue 15)")
 
 
 def preemptible_config(service_config: dict[str, Any], epochs: int = 2, **checkpoint: Any) -> dict[str, Any]:
@@ -87,7 +86,6 @@ def history_epochs(paths: JobPaths) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- a. SIGTERM mid-epoch
-@needs_step_checkpoints
 def test_a_worker_sigterm_mid_epoch_resumes_on_another_worker_from_the_step_checkpoint(stack_factory, service_config):
     stack = stack_factory()
     stack.start_api()
@@ -119,15 +117,23 @@ def test_a_worker_sigterm_mid_epoch_resumes_on_another_worker_from_the_step_chec
     assert resumed["checkpoint"] == point.name and resumed["step"] == point.step
     assert job["resumed_from"] == resumed  # the latest attempt's, at the top level
     assert job["timeline"][1]["cause"] == "succeeded" and job["timeline"][1]["worker"] != stopped["worker"]
+    # `teacher status JOB` shows the same timeline as a table
+    token = stack.headers["Authorization"].removeprefix("Bearer ")
+    out = subprocess.run([sys.executable, "-m", "common.apps.cli", "status", job_id], capture_output=True, text=True,
+                         env={**stack.env, "TEACHER_URL": stack.api_url, "TEACHER_TOKEN": token}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    table = out.stdout[out.stdout.index("timeline:"):].splitlines()
+    assert "preempted (worker_shutdown)" in table[2] and "start" in table[2], out.stdout
+    assert "succeeded" in table[3] and f"epoch {resumed['epoch']} step {resumed['step']}" in table[3], out.stdout
 
     # The step stream shows where attempt 2 continued: attempt 1's records up to the resume
     # point are kept as written (not replayed from the epoch's start), and the next record is
     # the step after it.
     records = step_records(paths)
     kept = [json.loads(line) for line in before]
-    upto = [r for r in kept if r["split"] == "train" and r["step"] <= resumed["step"]]
-    assert upto and records[:len(upto)] == upto, "attempt 2 rewrote the epoch's first steps"
-    after = [r for r in records[len(upto):] if r["split"] == "train"]
+    end = max(i for i, r in enumerate(kept) if r["split"] == "train" and r["step"] <= resumed["step"]) + 1
+    assert records[:end] == kept[:end], "attempt 2 rewrote steps it resumed after"
+    after = [r for r in records[end:] if r["split"] == "train"]
     assert after[0]["step"] == resumed["step"] + 1 and after[0]["epoch"] == resumed["epoch"] + 1, after[0]
     train_steps = [r["step"] for r in records if r["split"] == "train" and not r["final"]]
     assert train_steps == sorted(set(train_steps)), "a step was trained twice"
@@ -135,7 +141,6 @@ def test_a_worker_sigterm_mid_epoch_resumes_on_another_worker_from_the_step_chec
 
 
 # ----------------------------------------------------------------------------- b. SIGKILL mid-epoch
-@needs_step_checkpoints
 def test_a_sigkilled_worker_mid_epoch_resumes_from_the_last_periodic_step_checkpoint(stack_factory, service_config):
     every = 4
     stack = stack_factory()
@@ -176,7 +181,6 @@ def test_a_sigkilled_worker_mid_epoch_resumes_from_the_last_periodic_step_checkp
 
 
 # ----------------------------------------------------------------------------- c. six preemptions
-@needs_step_checkpoints
 def test_a_job_preempted_six_times_in_a_row_still_succeeds(stack_factory, service_config):
     stack = stack_factory()
     stack.start_api()
