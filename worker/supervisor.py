@@ -203,6 +203,7 @@ class Supervisor:
         waiting or live job, so duplicate deliveries are harmless; also None when the job ends
         at the claim instead (its run on disk already finished, a cap reached: no new attempt)."""
         finished = self._run_finished_on_disk(job_id)  # outside the lock: it hashes checkpoints
+        run = RunView.read(self.settings.jobs_root, job_id)  # for the attempt rows (files: outside the lock too)
         with transaction(self.sessions) as s:
             job = lock_job(s, job_id)
             if job is None:
@@ -211,11 +212,10 @@ class Supervisor:
             if not self._may_take(job):
                 return None
             if job.job_status == JobStatus.running:  # its worker is gone (no reconciler pass yet)
-                lifecycle.worker_lost(job, "worker lost (stale heartbeat); will resume from the last checkpoint",
-                                      RunView.read(self.settings.jobs_root, job_id))
+                lifecycle.worker_lost(job, "worker lost (stale heartbeat); will resume from the last checkpoint", run)
             ending = self._ending_at_claim(job, finished)
             if ending is None:
-                return lifecycle.claim(job, worker_id(), self._run_at_claim(job))
+                return lifecycle.claim(job, worker_id(), self._resumes(job_id, run))
             sends = ending.apply(s, job)
         self._send(sends)
         return None
@@ -258,11 +258,10 @@ class Supervisor:
                 return Ending(Outcome.failed, f"init_from checkpoint not found: {ckpt.name} of job {job.init_from['job']}")
         return None
 
-    def _run_at_claim(self, job: Job) -> RunView | None:
-        """Where the attempt about to start will resume from. _prepare starts afresh (removing
-        what is there) when the run never wrote its config: then nothing is resumed."""
-        paths = JobPaths.of(self.settings.jobs_root, job.id)
-        return RunView.read(self.settings.jobs_root, job.id) if paths.files.config.is_file() else None
+    def _resumes(self, job_id: str, run: RunView | None) -> RunView | None:
+        """What the attempt about to start resumes from. _prepare starts afresh (removing what
+        is there) when the run never wrote its config: then nothing is resumed."""
+        return run if JobPaths.of(self.settings.jobs_root, job_id).files.config.is_file() else None
 
     def _run_finished_on_disk(self, job_id: str) -> bool:
         with self.sessions() as s:

@@ -348,5 +348,6 @@ def mark_enqueued(session: Session, job_id: str) -> None:
 __all__ = [
     "JobConflict", "IllegalTransition", "Event", "Outcome", "TRANSITIONS", "FINISHED", "Send", "Claim",
     "submit_status", "claim", "locked_attempt", "heartbeat", "interrupt", "worker_lost", "finish",
-    "request_cancel", "release_dependents", "RunView", "INTERRUPTION_CAUSES", "FAILURE_CAUSES", "attempt_started_training", "lost_attempts", "send", "mark_enqueued", "Publish",
+    "request_cancel", "release_dependents", "RunView", "INTERRUPTION_CAUSES", "FAILURE_CAUSES",
+    "attempt_started_training", "lost_attempts", "send", "mark_enqueued", "Publish",
 ]
