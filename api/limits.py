@@ -15,7 +15,7 @@ short timeout per back-off period and never a 5xx.
 
 The queued cap counts a user's jobs that are not running yet (queued, waiting, interrupted) in
 the transaction that inserts the new job; on PostgreSQL a per-user advisory lock serialises
-concurrent submissions, on SQLite every transaction is already exclusive (BEGIN IMMEDIATE).
+concurrent submissions, on SQLite every write transaction is already exclusive (``transaction()``: BEGIN IMMEDIATE).
 
 Why this and not Flask-Limiter (compared, and kept on purpose): docs/architecture.md, "Rate limiting".
 """
@@ -32,8 +32,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from common.settings import RateLimit, Settings
-from common.auth import hash_token
-from common.store import Job, JobStatus, Token, User
+from common.store import Job, JobStatus, User
 
 log = logging.getLogger(__name__)
 
@@ -139,23 +138,14 @@ def limiter_redis_client(settings: Settings) -> Any:
     )
 
 
-def token_id(session: Session, authorization: str) -> int | None:
-    """The database id of the (already authenticated) bearer token."""
-    _, _, token = authorization.partition(" ")
-    return session.scalar(select(Token.id).where(Token.token_hash == hash_token(token.strip())))
-
-
-def enforce_rate_limits(limiter: RateLimiter, settings: Settings, session: Session, authorization: str,
-                        *, submit: bool) -> None:
-    """Count this request against its token's limits; raise RateLimited when over one."""
+def enforce_rate_limits(limiter: RateLimiter, settings: Settings, ident: int, *, submit: bool) -> None:
+    """Count this request against its token's limits (``ident``: the authenticated token's
+    database id, as common.auth.authenticate_token found it); raise RateLimited when over one."""
     scopes = [("api", settings.rate_limit, "requests")]
     if submit:
         scopes.append(("submit", settings.submit_rate_limit, "job submissions"))
     scopes = [s for s in scopes if s[1] is not None]
     if not scopes or limiter.backing_off:
-        return
-    ident = token_id(session, authorization)
-    if ident is None:
         return
     for scope, limit, what in scopes:
         assert limit is not None
@@ -187,6 +177,6 @@ def check_queued_cap(session: Session, user: User, cap: int) -> None:
 
 __all__ = [
     "TooManyRequests", "RateLimited", "QueuedJobsCapReached", "RateLimiter", "Hit", "retry_after_s",
-    "limiter_redis_client", "enforce_rate_limits", "check_queued_cap", "token_id", "PENDING_STATUSES",
+    "limiter_redis_client", "enforce_rate_limits", "check_queued_cap", "PENDING_STATUSES",
     "QUEUED_CAP_RETRY_AFTER_S", "BACKOFF_S",
 ]

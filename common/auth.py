@@ -54,23 +54,34 @@ def create_token(session: Session, user_name: str, *, admin: bool = False) -> st
 
 def authenticate(session: Session, authorization: str | None) -> User:
     """The user behind an ``Authorization: Bearer <token>`` header, or :class:`AuthError`."""
+    return authenticate_token(session, authorization).user
+
+
+def authenticate_token(session: Session, authorization: str | None) -> Token:
+    """The live token (its user loaded with it) of an ``Authorization: Bearer <token>``
+    header, or :class:`AuthError`: what the rate limiter keys on, without a second query."""
     if not authorization:
         raise AuthError("missing bearer token")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > 512:
         raise AuthError("expected 'Authorization: Bearer <token>'")
-    return user_for_token_hash(session, hash_token(token))
+    return token_for_hash(session, hash_token(token))
 
 
 def user_for_token_hash(session: Session, token_hash: str) -> User:
     """The user of the live token with this hash, or :class:`AuthError`. The web dashboard's
     sessions (api/ui) keep only the hash and are checked here on every request, so revoking a
     token ends them as it ends the token's API use."""
+    return token_for_hash(session, token_hash).user
+
+
+def token_for_hash(session: Session, token_hash: str) -> Token:
+    """The live token with this hash (one query, its user joined), or :class:`AuthError`."""
     row = session.scalar(_LIVE_TOKEN, {"token_hash": token_hash})
     if row is None or not hmac.compare_digest(row.token_hash, token_hash):
         raise AuthError("invalid or revoked token")
-    return row.user
+    return row
 
 
 class TokenNotFound(LookupError):
