@@ -137,11 +137,9 @@ def submit() -> Any:
 def index(args: dict[str, Any]) -> Any:
     before = _decode_cursor(args["cursor"]) if args.get("cursor") else None
     limit = args["limit"]
-    with services().sessions() as s:
+    with services().reads() as s:  # the request's read session: no write lock, the caller already in it
         jobs = list_jobs(s, current_user(), statuses=args["status"], before_pk=before, limit=limit + 1)
         page = jobs[:limit]
-        for job in page:
-            job.user  # noqa: B018  (load the owners while the session is open)
     next_cursor = _encode_cursor(jobs[limit - 1].pk) if len(jobs) > limit else None
     return {"jobs": page, "next_cursor": next_cursor}
 
