@@ -25,7 +25,7 @@ from api.lookup import AMBIGUOUS, load_job
 from api.schemas import AnalysisSchema, PlotListSchema, ReportSchema
 from api.smorest import Blueprint
 from common.analysis.service import PLOT_NAMES, NoMetrics, RunAnalysis, plot_path, run_analysis, strip_base
-from common.analysis.uploads import OUT, IncomingFile, for_form, is_complete, load_analysis
+from common.analysis.uploads import OUT, IncomingFile, StoredAnalysis, for_form, is_complete, load_analysis
 from common.analysis.uploads import create_analysis as store_analysis
 from common.store import Job
 from common.rundir import JobPaths
@@ -145,11 +145,18 @@ class AnalysisFormSchema(Schema):
 
 
 def _form() -> dict[str, Any]:
-    """The form fields, validated by :class:`AnalysisFormSchema`; 400 naming each bad field."""
-    unknown_files = sorted(k for k in request.files if k != FILE_FIELD)
+    """The request's form fields, validated by :class:`AnalysisFormSchema`; 400 naming each bad field."""
+    return form_fields({key: request.form.getlist(key) for key in request.form},
+                       sorted(k for k in request.files if k != FILE_FIELD))
+
+
+def form_fields(values_by_key: dict[str, list[str]], unknown_files: list[str] | None = None) -> dict[str, Any]:
+    """Form values (each key's list, as multipart sends them) validated by
+    :class:`AnalysisFormSchema`, patterns compiled; 400 naming each bad field. Blank values are
+    absent; a repeated field other than ``pattern`` takes its last value."""
+    unknown_files = unknown_files or []
     raw: dict[str, Any] = {}
-    for key in request.form:
-        values = request.form.getlist(key)
+    for key, values in values_by_key.items():
         if key == "pattern":
             raw[key] = [v for v in values if v.strip()]
         elif any(v.strip() for v in values):
@@ -253,6 +260,15 @@ def create_analysis() -> Any:
         raise ApiError(415, "send the files as multipart/form-data")
     form = _form()
     incoming = [IncomingFile(field, fs.filename, fs.stream) for field, fs in request.files.items(multi=True)]
+    analysis = analyse_uploads(incoming, form)
+    return analysis, 201, {"Location": url_for("analysis.analysis", analysis_id=analysis.record.id)}
+
+
+def analyse_uploads(incoming: list[IncomingFile], form: dict[str, Any]) -> StoredAnalysis:
+    """Store and analyse the caller's uploads as a new analysis. ``form`` is :func:`form_fields`'s
+    result. The one path for ``POST /analyses`` and the dashboard's upload form. Raises ApiError
+    (400) when there are no files, and UploadRejected (400, naming the field) when one cannot be
+    read."""
     if not incoming:
         raise ApiError(400, "files: no files uploaded; upload at least one file (multipart field 'files')",
                        {"files": ["upload at least one file"]})
@@ -263,17 +279,22 @@ def create_analysis() -> Any:
                        accuracy_unit=form.get("accuracy_unit"), origin="form field")
     user = current_user()
     analysis_id = uuid.uuid4().hex
-    analysis = store_analysis(settings.analyses_dir / str(user.id) / analysis_id, incoming,  # UploadRejected: 400
-                              analysis_id=analysis_id, user=user.name, user_id=user.id,
-                              num_classes=form.get("num_classes"), patterns=form["pattern"], hints=hints)
-    return analysis, 201, {"Location": url_for("analysis.analysis", analysis_id=analysis_id)}
+    return store_analysis(services().settings.analyses_dir / str(user.id) / analysis_id, incoming,
+                          analysis_id=analysis_id, user=user.name, user_id=user.id,
+                          num_classes=form.get("num_classes"), patterns=tuple(form.get("pattern") or ()),
+                          hints=hints)
+
+
+def find_analysis(analysis_id: str) -> StoredAnalysis:
+    """The caller's analysis (any user's for an admin), as GET /analyses/{id} answers; else 404."""
+    return load_analysis(_analysis_dir(analysis_id))
 
 
 @blp.route("/analyses/<string:analysis_id>", methods=["GET"], endpoint="analysis")
 @blp.response(200, AnalysisSchema)
 @blp.alt_response(404, description="no such analysis (or not yours)")
 def get_analysis(analysis_id: str) -> Any:
-    return load_analysis(_analysis_dir(analysis_id))
+    return find_analysis(analysis_id)
 
 
 @blp.route("/analyses/<string:analysis_id>/plots/<string:name>.png", methods=["GET"], endpoint="analysis_plot")

@@ -25,3 +25,9 @@ class SubmitForm(FlaskForm):
     config = SelectField("Start from", validate_choice=False)
     yaml = TextAreaField("Job config (YAML)", validators=[DataRequired(), Length(max=256 * 1024)])
     submit = SubmitField("Submit job")
+
+
+class AnalysisForm(FlaskForm):
+    # Only the CSRF token: the upload's fields are read as POST /api/v1/analyses reads them
+    # (api.analysis.form_fields), so the two cannot drift apart.
+    submit = SubmitField("Analyse")

@@ -28,7 +28,7 @@ from api.extensions import services
 from api.lookup import load_job, resolve_job
 from api.schemas import JobSchema
 from api.ui import present
-from api.ui.forms import CancelForm, SignInForm, SignOutForm, SubmitForm
+from api.ui.forms import AnalysisForm, CancelForm, SignInForm, SignOutForm, SubmitForm
 from api.ui.session import session_user, sign_in, sign_out
 from common import rundir
 from common.auth import AuthError
@@ -62,6 +62,8 @@ def _guard() -> Any:
     if disabled and request.endpoint != "ui.static":
         return render_template("ui/error.html", status=503, message=disabled), 503
     if request.method == "POST":
+        if request.endpoint == "ui.analysis_new":  # the upload form: the API's upload limit, not the app's
+            request.max_content_length = services().settings.max_upload_length
         csrf.protect()
     if request.endpoint in OPEN_ENDPOINTS:
         return None
@@ -390,6 +392,65 @@ def workers() -> Any:
     queues = [(q, depths.get(q, 0)) for q in svc.settings.queues] + \
              [(q, n) for q, n in depths.items() if q not in svc.settings.queues]
     return render_template("ui/workers.html", workers=rows, queues=queues)
+
+
+# ------------------------------------------------------------------ analyses
+ANALYSIS_FIELDS = tuple(analysis_api.AnalysisFormSchema().fields)  # what POST /api/v1/analyses takes
+HINT_CHOICES = ("mixup", "ema", "pretrained")  # yes / no / not said (then detected from the files)
+ANALYSIS_LIST_MAX = 100
+
+
+@blp.route("/analyses", endpoint="analyses")
+def analyses() -> Any:
+    """The caller's own uploads, newest first (read from their folder's records: no store rows)."""
+    from common.analysis.uploads import AnalysisRecord, is_complete
+
+    folder = services().settings.analyses_dir / str(g.user.id)
+    records = []
+    for path in folder.iterdir() if folder.is_dir() else []:
+        if analysis_api.ANALYSIS_ID.match(path.name) and is_complete(path):
+            try:
+                records.append(AnalysisRecord.read(path))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("analysis %s: unreadable record: %s", path.name, exc)
+    records.sort(key=lambda r: r.created_at, reverse=True)
+    return render_template("ui/analyses.html", records=records[:ANALYSIS_LIST_MAX], more=len(records) > ANALYSIS_LIST_MAX)
+
+
+@blp.route("/analyses/new", methods=["GET", "POST"], endpoint="analysis_new")
+def analysis_new() -> Any:
+    """Upload files for an analysis: the same checks and code as POST /api/v1/analyses
+    (api.analysis.form_fields, then analyse_uploads); its 400s are shown on the form."""
+    form = AnalysisForm()
+    if request.method == "GET":
+        return render_template("ui/analysis_new.html", form=form, values={}, message=None, errors={})
+    values = {key: request.form.getlist(key) for key in ANALYSIS_FIELDS if key in request.form}
+    if "pattern" in values:  # one regex per line of the textarea, as repeated fields
+        values["pattern"] = [line for text in values["pattern"] for line in text.splitlines()]
+    from common.analysis.uploads import IncomingFile, UploadRejected
+
+    incoming = [IncomingFile("files", fs.filename, fs.stream) for fs in request.files.getlist("files")
+                if fs.filename or fs.content_length]  # a file input left empty sends one nameless, empty part
+    try:
+        stored = analysis_api.analyse_uploads(incoming, analysis_api.form_fields(values))
+    except (api_errors.ApiError, UploadRejected) as exc:
+        status, message, errors = api_answer(exc)
+        shown = {k: v[-1] for k, v in values.items() if k != "pattern"} | {"pattern": "\n".join(values.get("pattern", []))}
+        return render_template("ui/analysis_new.html", form=form, values=shown, message=message,
+                               errors=errors), status
+    return redirect(url_for("ui.analysis", analysis_id=stored.record.id))
+
+
+@blp.route("/analyses/<string:analysis_id>", endpoint="analysis")
+def analysis(analysis_id: str) -> Any:
+    stored = analysis_api.find_analysis(analysis_id)  # 404 for another user's, as GET /api/v1/analyses/{id}
+    return render_template("ui/analysis.html", a=stored, report=stored.report,
+                           flags=present.flagged_points(stored.report))
+
+
+@blp.route("/analyses/<string:analysis_id>/plots/<string:name>.png", endpoint="analysis_plot")
+def analysis_plot(analysis_id: str, name: str) -> Any:
+    return analysis_api.analysis_plot(analysis_id, name)  # the API's view: same lookup, same 404s
 
 
 # ------------------------------------------------------------------ submit

@@ -327,3 +327,81 @@ def test_live_view_carries_the_current_epochs_step_stream(client, alice, setting
     signed_in(client, alice)
     live = client.get(f"/ui/jobs/{job_id}/live.json").json["steps"]
     assert [(s["epoch"], s["batch"], s["loss"], s["top1"]) for s in live] == [(2, 2, 1.5, 50.0), (2, 4, 1.0, 75.0)]
+
+
+# ------------------------------------------------------------------ analyses
+def _incident_file(tmp_path) -> bytes:  # type: ignore[no-untyped-def]
+    incident_history(tmp_path / "run")
+    return (tmp_path / "run" / "history.json").read_bytes()
+
+
+def _upload(client, data: dict[str, Any], with_csrf: bool = True):  # type: ignore[no-untyped-def]
+    page = client.get("/ui/analyses/new")
+    assert page.status_code == 200 and 'enctype="multipart/form-data"' in page.text
+    if with_csrf:
+        data = {**data, "csrf_token": csrf_of(page.text)}
+    return client.post("/ui/analyses/new", data=data, content_type="multipart/form-data")
+
+
+def test_analysis_upload_form_creates_it_as_the_api_does_and_shows_the_report(client, alice, tmp_path):
+    import io
+
+    signed_in(client, alice)
+    assert 'href="/ui/analyses"' in client.get("/ui/jobs").text  # the nav link
+    r = _upload(client, {"files": (io.BytesIO(_incident_file(tmp_path)), "history.json"), "num_classes": "12",
+                         "mixup": "false", "ema": "", "pretrained": "", "accuracy_unit": "", "label_smoothing": "",
+                         "pattern": ""})
+    assert r.status_code == 302, r.text
+    analysis_id = r.headers["Location"].rsplit("/", 1)[1]
+    api = client.get(f"/api/v1/analyses/{analysis_id}", headers=alice)  # stored by the API's own code
+    assert api.status_code == 200 and api.json["report"]["verdict"] == "fail" and api.json["num_classes"] == 12
+    assert api.json["report"]["hints"]["used"].get("mixup") is False
+    html = client.get(r.headers["Location"]).text
+    assert re.search(r'id="analysis-verdict"><span class="badge iv-fail"[^>]*>fail</span>', html)
+    assert "<code>dead_metric</code>" in html and "history.json" in html
+    assert re.search(r"<code>num_classes</code> = 12", html)
+    plots = re.findall(rf'src="(/ui/analyses/{analysis_id}/plots/\w+\.png)"', html)
+    assert plots and [p.rsplit("/", 1)[1][:-4] for p in plots] == [p["name"] for p in api.json["plots"]]
+    png = client.get(plots[0])
+    assert png.status_code == 200 and png.data.startswith(b"\x89PNG")
+    listing = client.get("/ui/analyses").text
+    assert f'href="/ui/analyses/{analysis_id}"' in listing
+
+
+def test_analysis_upload_errors_are_the_apis_shown_on_the_form(client, alice, tmp_path):
+    import io
+
+    signed_in(client, alice)
+    assert _upload(client, {"files": (io.BytesIO(b"x"), "a.json")}, with_csrf=False).status_code == 400
+    r = _upload(client, {"num_classes": "12"})
+    assert r.status_code == 400 and 'id="analysis-error"' in r.text and "no files uploaded" in r.text
+    assert 'value="12"' in r.text  # what was typed stays
+    api = client.post("/api/v1/analyses", headers=alice, content_type="multipart/form-data",
+                      data={"files": (io.BytesIO(b"\x00\x01 not a metrics file\n"), "odd.bin")})
+    r = _upload(client, {"files": (io.BytesIO(b"\x00\x01 not a metrics file\n"), "odd.bin")})
+    assert api.status_code == r.status_code == 400
+    from markupsafe import escape
+
+    assert str(escape(api.json["message"])) in r.text and 'id="err-files"' in r.text
+    r = _upload(client, {"files": (io.BytesIO(_incident_file(tmp_path)), "history.json"), "num_classes": "1",
+                         "accuracy_unit": "percent"})
+    assert r.status_code == 400 and 'id="err-num_classes"' in r.text
+    r = _upload(client, {"files": (io.BytesIO(_incident_file(tmp_path)), "history.json"), "pattern": "(unclosed"})
+    assert r.status_code == 400 and 'id="err-pattern"' in r.text and "(unclosed" in r.text
+    assert "<code>" not in client.get("/ui/analyses").text.split("<tbody>", 1)[1]  # nothing was stored
+
+
+def test_another_users_analysis_and_its_plots_are_404(app, client, alice, bob, tmp_path):
+    import io
+
+    r = client.post("/api/v1/analyses", headers=alice, content_type="multipart/form-data",
+                    data={"files": (io.BytesIO(_incident_file(tmp_path)), "history.json")})
+    assert r.status_code == 201
+    analysis_id, plot = r.json["id"], r.json["plots"][0]["name"]
+    signed_in(client, bob)
+    assert client.get(f"/ui/analyses/{analysis_id}").status_code == 404
+    assert client.get(f"/ui/analyses/{analysis_id}/plots/{plot}.png").status_code == 404
+    assert client.get("/ui/analyses/not-an-id").status_code == 404
+    assert analysis_id not in client.get("/ui/analyses").text
+    signed_in(client, alice)
+    assert client.get(f"/ui/analyses/{analysis_id}").status_code == 200
