@@ -686,7 +686,7 @@ def check_frozen_accuracy(run: RunData) -> list[CheckResult]:
             if not all_zero(s) and not np.all(s.finite().values >= 100 - 1e-6 - s.resolution)]
     loss = trusted(run, "train.loss")
     if not accs or loss is None or len(loss) < 5:
-        return skipped("frozen_accuracy", "needs 5 epochs of training loss and an accuracy")
+        return frozen_val_within_epoch(run) or skipped("frozen_accuracy", "needs 5 epochs of training loss and an accuracy")
     frozen = [s for _, s in accs if len(s.finite()) >= 5 and np.ptp(s.finite().values) <= 2 * s.resolution + 1e-9]
     swing = float(np.ptp(loss.values)) / max(abs(float(np.mean(loss.values))), 1e-12)
     if len(frozen) == len(accs) and swing >= 0.2:
@@ -698,7 +698,78 @@ def check_frozen_accuracy(run: RunData) -> list[CheckResult]:
             f"{float(np.max(loss.values)):.4g}): the model collapsed to one prediction, or the accuracy is not "
             "computed from it",
             first.name, first.source, first.epochs.tolist(), first.values.tolist())]
-    return passed("frozen_accuracy", "accuracies move with the loss")
+    return (frozen_val_across_epochs(run) + frozen_val_within_epoch(run)
+            or passed("frozen_accuracy", "accuracies move with the loss"))
+
+
+# How many identical evaluations make a frozen validation accuracy worth naming.
+_FROZEN_EVALS = 5
+_FROZEN_EXPLANATION = (
+    "the evaluated predictions never change: the model collapsed to one class (often the majority class, "
+    "a real failure of training), or the evaluation reads a stale copy of the model or a stale variable; "
+    "a warning, not a failure, because a collapsed model does produce these numbers")
+
+
+def is_frozen(values: np.ndarray, resolution: float) -> bool:
+    finite = values[np.isfinite(values)]
+    return finite.size >= _FROZEN_EVALS and float(np.ptp(finite)) <= 2 * resolution + 1e-12 * max(1.0, float(np.max(np.abs(finite))))
+
+
+def frozen_val_across_epochs(run: RunData) -> list[CheckResult]:
+    """A validation accuracy identical at >= 5 epochs while the same source's validation loss
+    moves (the accuracy is counted from predictions whose loss changes)."""
+    out = []
+    for source in ordered_sources(run):
+        loss = source.series.get("val.loss")
+        if loss is None or len(loss.finite()) < _FROZEN_EVALS or is_frozen(loss.finite().values, loss.resolution):
+            continue
+        for name in ("val.top1", "val.top5"):
+            acc = source.series.get(name)
+            if acc is None or all_zero(acc) or not is_frozen(acc.values, acc.resolution):
+                continue
+            value = float(acc.finite().values[0])
+            if value >= 100 - 1e-6 - acc.resolution:
+                continue  # saturated (top-5 with few classes), not frozen
+            printed = " as printed" if acc.resolution > 1e-6 else " to every printed digit"
+            out.append(CheckResult(
+                "frozen_accuracy", "warn",
+                f"{name} is {value:.10g}%{printed} at all {len(acc.finite())} epochs while the validation loss moves "
+                f"({float(np.min(loss.values)):.4g} to {float(np.max(loss.values)):.4g}): {_FROZEN_EXPLANATION}",
+                name, source.name, acc.epochs.tolist(), acc.values.tolist()))
+    return out
+
+
+def frozen_val_within_epoch(run: RunData) -> list[CheckResult]:
+    """Evaluations every N steps: the validation accuracy printed >= 5 times inside one epoch,
+    always the same, while the training loss printed beside it moves by >= 10 %."""
+    out = []
+    for source in ordered_sources(run):
+        train = source.within_epoch.get("train.loss", {})
+        acc_series = source.series.get("val.top1")
+        for epoch, values in sorted(source.within_epoch.get("val.top1", {}).items()):
+            acc = np.asarray(values, dtype=np.float64)
+            loss = np.asarray(train.get(epoch, []), dtype=np.float64)
+            loss = loss[np.isfinite(loss)]
+            if acc_series is None or not is_frozen(acc, acc_series.resolution / max(_unit_scale(source), 1.0)) \
+                    or loss.size < 2 or float(acc[0]) == 0:
+                continue
+            swing = float(np.ptp(loss)) / max(abs(float(np.mean(loss))), 1e-12)
+            if swing < 0.1 or float(acc[0]) * _unit_scale(source) >= 100 - 1e-6:
+                continue
+            out.append(CheckResult(
+                "frozen_accuracy", "warn",
+                f"val.top1 is {float(acc[0]) * _unit_scale(source):.4g}% at every one of its {acc.size} evaluations "
+                f"inside epoch {epoch} while the training loss printed beside it moves "
+                f"({float(np.min(loss)):.4g} to {float(np.max(loss)):.4g}): {_FROZEN_EXPLANATION}",
+                "val.top1", source.name, [epoch] * acc.size, (acc * _unit_scale(source)).tolist(),
+                details={"epoch": epoch, "evaluations": acc.size}))
+            break  # one epoch is the evidence; the next ones would repeat it
+    return out
+
+
+def _unit_scale(source: Source) -> float:
+    """within_epoch keeps values as printed; a fraction source's accuracies were x100 since."""
+    return 100.0 if source.accuracy_unit == "fraction" else 1.0
 
 
 # --- innocent look-alikes: warn at most, naming the likely explanation ------------------------

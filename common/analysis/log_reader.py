@@ -173,6 +173,8 @@ class _Collected:
     record_keys: set[str] = field(default_factory=set)
     used_records: bool = False
     unprefixed_split: str | None = None
+    # (epoch, name) -> every value stored there, in write order (Source.within_epoch)
+    repeats: dict[tuple[int, str], list[float]] = field(default_factory=dict)
 
 
 def read_console_log(path: Path, patterns: list[str] | tuple[str, ...] | None = None,
@@ -366,6 +368,9 @@ def store(got: _Collected, epoch: int, canonical: str, key: str, value: str, pct
     if held is not None and held[3] > priority:
         return
     got.values[(epoch, canonical)] = (_number(value), decimals_resolution(value), key, priority)
+    if held is not None and held[3] < priority:
+        got.repeats.pop((epoch, canonical), None)  # a better line replaces the lesser ones
+    got.repeats.setdefault((epoch, canonical), []).append(_number(value))
     if pct:
         got.percent.add(canonical)
 
@@ -473,6 +478,7 @@ def build_source(got: _Collected, name: str, path: str) -> Source:
         source.add(series_from_pairs(canonical, pairs, name, raw[canonical], resolution[canonical]))
     if got.steps:
         add_step_losses(source, got.steps)
+    first = {n: int(s.epochs.min()) for n, s in source.series.items() if len(s)}
     source.format = "+".join(sorted(f for f in got.formats if f)) or "console"
     if got.patterns_used:
         source.notes.append("log patterns matched: " + ", ".join(sorted(got.patterns_used)))
@@ -498,7 +504,18 @@ def build_source(got: _Collected, name: str, path: str) -> Source:
         source.notes.append("the logging tool counts epochs from 0; shifted by +1 to count from 1")
     else:
         shift_zero_based_epochs(source)
+    keep_within_epoch(source, got, first)
     return source
+
+
+def keep_within_epoch(source: Source, got: _Collected, first: dict[str, int]) -> None:
+    """Metrics printed more than once inside an epoch, under the epoch numbers the series ended
+    with (after any shift from 0-based counting)."""
+    for (epoch, canonical), values in sorted(got.repeats.items()):
+        series = source.series.get(canonical)
+        if len(values) > 1 and epoch >= 0 and series is not None and len(series):
+            shifted = epoch + int(series.epochs.min()) - first[canonical]
+            source.within_epoch.setdefault(canonical, {})[shifted] = values
 
 
 def add_step_losses(source: Source, steps: list[tuple[int, int, float, str]]) -> None:

@@ -511,8 +511,15 @@ def read_csv(path: Path) -> Source:
     if len(table) < 2 or not table[0]:
         raise AnalysisInputError(f"{path}: empty CSV")
     header = [h.strip() for h in table[0]]  # ultralytics pads its column names
-    rows = [dict(zip(header, (c.strip() for c in r))) for r in table[1:] if any(c.strip() for c in r)]
+    body = [r for r in table[1:] if any(c.strip() for c in r)]
+    # Keras CSVLogger(append=True) before keras PR #4426 wrote the header again for every fit()
+    # appended to the file: a session boundary, not data.
+    repeated = [r for r in body if [c.strip() for c in r] == header]
+    rows = [dict(zip(header, (c.strip() for c in r))) for r in body if [c.strip() for c in r] != header]
     source = Source(name=path.name, kind="csv", path=str(path), format=csv_format(header))
+    if repeated:
+        source.notes.append(f"the header is repeated {len(repeated)} time(s) inside the file (sessions appended "
+                            "to one log): those lines are skipped")
     epoch_col = next((h for h in header if h.lower() == "epoch"), None)
     step_col = next((h for h in header if h.lower() in ("step", "global_step")), None)
     if epoch_col is not None:

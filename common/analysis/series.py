@@ -106,6 +106,10 @@ class Source:
     exact_zero_steps: list[int] = field(default_factory=list)  # steps whose loss was printed as an exact 0 (0.0000e+00)
     restarts: list[dict] = field(default_factory=list)  # where an epoch counter restarted (appended sessions)
     session: str = ""  # sources of different sessions (Lightning version_N) are not cross-checked
+    # A metric printed several times inside one epoch (evaluation every N steps): canonical name ->
+    # epoch -> every value in write order, as printed (before unit conversion). The epoch series
+    # keeps one value per epoch; checks that need the evaluations in between read these.
+    within_epoch: dict[str, dict[int, list[float]]] = field(default_factory=dict)
 
     def add(self, series: EpochSeries) -> None:
         self.series[series.name] = series
@@ -234,12 +238,21 @@ def map_metric_name(raw: str) -> tuple[str, bool] | None:
             rest.append(token)
     if len(rest) > 1:
         rest = [t for t in rest if t not in _EPOCH_TOKENS] or rest
-    word = _METRIC_WORDS.get("_".join(rest))
+    word = _METRIC_WORDS.get("_".join(rest)) or truncated_accuracy(rest, split)
     if word is None:
         return None
     if word in ("samples", "throughput") and split is None:
         return None if word == "samples" else ("train.throughput", False)
     return (f"{split or 'train'}.{word}", split is not None)
+
+
+def truncated_accuracy(rest: list[str], split: str | None) -> str | None:
+    """A cut-off accuracy name with an explicit split (``valid_ac``, ``val_accur``: a header
+    printed with its last characters lost) is that split's top-1. Only with a split: a bare
+    ``ac`` means nothing."""
+    if split is None or len(rest) != 1 or len(rest[0]) < 2:
+        return None
+    return "top1" if "accuracy".startswith(rest[0]) else None
 
 
 # --- accuracy unit --------------------------------------------------------------------------
