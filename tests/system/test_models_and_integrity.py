@@ -83,7 +83,7 @@ def test_malicious_pickle_checkpoint_is_rejected(dataset_root, runs_root, teache
     cfg = apply_overrides(TINY_CONFIG, {"init_from": "evil/best.pt"})
     proc = run_teacher(["train", "--config", str(write_config(tmp_path / "c.yaml", cfg)),
                         "--run-dir", str(runs_root / "x")], teacher_env)
-    assert proc.returncode == 1 and "cannot be loaded safely" in proc.stderr
+    assert proc.returncode == 2 and "cannot be loaded safely" in proc.stderr  # bad input: not retried
     assert not marker.exists()
 
 

@@ -503,18 +503,27 @@ def fit(st: TrainState, recorder: Recorder, ckpts: CheckpointManager, run_dir: P
 # ---------------------------------------------------------------------------------------------
 # Set-up and the main entry point
 # ---------------------------------------------------------------------------------------------
+class InitFromError(ConfigError):
+    """The ``init_from`` checkpoint cannot be used (missing, failing its sha256, refused by
+    weights-only loading, not a teacher checkpoint): bad input, exit 2. A retry reads the same
+    file, so the service does not retry it."""
+
+    def __init__(self, message: str):
+        super().__init__({"init_from": [message]})
+
+
 def init_from_checkpoint(model: nn.Module, rel_path: str, runs_root: Path) -> None:
     """Initialise from another run's checkpoint (confined to the runs root, sha256-verified
     against that run's manifest when it has one, loaded with weights_only)."""
     path = confine(runs_root, rel_path, what="init_from")
     if not path.is_file():
-        raise TrainingError(f"init_from: checkpoint '{rel_path}' not found under {runs_root.resolve()}")
+        raise InitFromError(f"checkpoint '{rel_path}' not found under {runs_root.resolve()}")
     try:
         state = load_checkpoint_file(path, expected_sha256=manifest_sha256(path))
     except CheckpointError as exc:  # no fallback: the config names this one file
-        raise CheckpointError(f"init_from {rel_path}: {exc}") from exc
+        raise InitFromError(f"init_from {rel_path}: {exc}") from exc
     if "model" not in state:
-        raise CheckpointError(f"init_from {rel_path}: not a teacher checkpoint (no 'model' entry)")
+        raise InitFromError(f"init_from {rel_path}: not a teacher checkpoint (no 'model' entry)")
     load_matching(model, state["model"], source=rel_path)
 
 
