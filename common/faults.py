@@ -21,6 +21,7 @@ from typing import Callable
 KNOWN: dict[str, bool] = {
     "kill_at_step": True,            # SIGKILL the trainer right after step N (and its log line, if any)
     "sigterm_at_step": True,         # SIGTERM the trainer after step N (a preemption)
+    "raise_at_step": True,           # raise a RuntimeError after step N (a training failure, exit 1)
     "sigterm_at_batch": True,        # SIGTERM after the run's N-th micro-batch (counted across epochs)
     "kill_after_epoch": True,        # SIGKILL after epoch N's checkpoint is complete
     "kill_in_checkpoint": True,      # write half of epoch N's file to its temp name, then SIGKILL
@@ -76,6 +77,8 @@ class Faults:
             os.kill(os.getpid(), signal.SIGKILL)  # a crash in the middle of an epoch
         if self.fires("sigterm_at_step", step):
             os.kill(os.getpid(), signal.SIGTERM)  # a preemption at a known step
+        if self.fires("raise_at_step", step):
+            raise RuntimeError(f"test fault raise_at_step:{step}")  # the training itself fails
 
     def after_batch(self, batch: int) -> None:
         if self.fires("sigterm_at_batch", batch):

@@ -23,3 +23,10 @@ def test_hold_stop_waits_for_the_second_signal_or_the_deadline():
     seen = iter([1, 1, 2])
     Faults.parse("hold_stop").hold_stop(lambda: next(seen), deadline_s=5)  # returns at the third poll
     Faults.parse("").hold_stop(lambda: pytest.fail("inert without the fault"))
+
+
+def test_raise_at_step_raises_only_at_its_step():
+    f = Faults.parse("raise_at_step:5")
+    f.after_step(4)
+    with pytest.raises(RuntimeError, match="raise_at_step:5"):
+        f.after_step(5)
