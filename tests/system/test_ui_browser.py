@@ -300,6 +300,34 @@ def test_failing_checks_are_marked_on_the_curves(stack, browser, shots, state):
     shoot(browser, shots, "job-flagged")
 
 
+HEALTHY_LOG = Path(__file__).resolve().parents[1] / "data/analysis_corpus/imagenet18-pt-examples-style-healthy/console.txt"
+
+
+def test_upload_a_log_for_analysis_and_read_its_report(stack, browser, shots):
+    """The upload form creates the analysis through the API's code (api.analysis.analyse_uploads)
+    and lands on its report: a healthy pytorch/examples console log passes."""
+    browser.find_element("link text", "Analyses").click()
+    browser.find_element("id", "new-analysis").click()
+    wait_until(lambda: browser.current_url.endswith("/ui/analyses/new"), 15, "the upload form")
+    shoot(browser, shots, "analysis-new")
+    by_id(browser, "files").send_keys(str(HEALTHY_LOG))
+    by_id(browser, "num_classes").send_keys("1000")
+    by_id(browser, "analyse").click()
+    wait_until(lambda: "/ui/analyses/new" not in browser.current_url, 30, "the report page")
+    analysis_id = browser.current_url.rsplit("/", 1)[1]
+    assert by_id(browser, "analysis-verdict").text == "pass"
+    assert "console.txt" in by_id(browser, "analysis-files").text
+    assert "num_classes = 1000" in by_id(browser, "analysis-hints").text
+    plots = wait_until(lambda: browser.execute_script(
+        "var imgs = document.querySelectorAll('#analysis-plots img');"
+        "return imgs.length && Array.prototype.every.call(imgs, function (i) { return i.complete && i.naturalWidth > 0; })"
+        " ? imgs.length : 0"), 15, "the plots loaded")
+    assert plots >= 1
+    shoot(browser, shots, "analysis")
+    browser.find_element("link text", "All your analyses").click()
+    assert analysis_id[:8] in by_id(browser, "analyses").text
+
+
 def test_inline_scripts_are_blocked_by_the_csp_and_the_cookie_is_hardened(stack, browser):
     browser.get(stack.api_url + "/ui/jobs")
     ran = browser.execute_script(
