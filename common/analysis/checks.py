@@ -529,8 +529,8 @@ def check_cross_source(run: RunData) -> list[CheckResult]:
     out = []
     compared = 0
     for a, b in combinations(exact, 2):
-        if a.session != b.session:
-            continue  # Lightning version_N folders are separate fit() sessions
+        if a.session != b.session or same_writer(a, b):
+            continue  # Lightning version_N folders, two files of one logger: separate sessions/runs
         for name in sorted(set(a.series) & set(b.series) - {"epoch_time"}):
             sa, sb = a.series[name], b.series[name]
             va, vb = sa.by_epoch(), sb.by_epoch()
@@ -551,6 +551,14 @@ def check_cross_source(run: RunData) -> list[CheckResult]:
     if not compared:
         return skipped("cross_source", "no metric appears in two sources for the same epoch")
     return passed("cross_source", f"{compared} metric pair(s) agree across sources")
+
+
+def same_writer(a: Source, b: Source) -> bool:
+    """Two files of one foreign format (two metrics.csv, two results.csv) are two runs or two
+    sessions of the same logger, not two records of one run: a logger writes each run once.
+    Cross-checking is for different writers of one run (our history, log, steps, TensorBoard),
+    and for uploads, which lose the version_N folder that would say so."""
+    return a.kind == b.kind and a.kind in ("csv", "log") and bool(a.format) and a.format == b.format
 
 
 def disagree(x: float, y: float, resolution: float) -> bool:

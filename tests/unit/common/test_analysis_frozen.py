@@ -87,3 +87,19 @@ def test_a_header_repeated_by_an_appended_session_is_skipped(tmp_path: Path) -> 
     src = read_csv(csv)
     assert src.series["train.loss"].values.tolist() == [1.0, 0.9, 0.8]
     assert any("header is repeated 1 time" in n for n in src.notes)
+
+
+def test_two_metrics_csv_of_one_logger_are_two_runs_not_a_disagreement(tmp_path: Path) -> None:
+    """Uploads lose the version_N folders: two Lightning metrics.csv that differ are two runs."""
+    from common.analysis.readers import load_inputs
+
+    paths = []
+    for n, scale in ((0, 1.0), (1, 0.8)):
+        path = tmp_path / f"v{n}" / "metrics.csv"
+        path.parent.mkdir()
+        path.write_text("epoch,step,train_loss,val_loss,val_acc\n" + "".join(
+            f"{e},{e * 10 + 9},{scale * (1.0 - e / 10):.4f},{scale * (1.1 - e / 10):.4f},{0.5 + e / 20:.4f}\n"
+            for e in range(5)))
+        paths.append(path)
+    rep = run_checks(load_inputs(paths))
+    assert not [c for c in rep.checks if c.id == "cross_source" and c.status == "fail"]
