@@ -382,6 +382,7 @@ def test_analysis_upload_errors_are_the_apis_shown_on_the_form(client, alice, tm
     assert api.status_code == r.status_code == 400
     from markupsafe import escape
 
+    assert "unknown file type" in api.json["message"] and "TensorBoard" in api.json["message"]  # the formats known
     assert str(escape(api.json["message"])) in r.text and 'id="err-files"' in r.text
     r = _upload(client, {"files": (io.BytesIO(_incident_file(tmp_path)), "history.json"), "num_classes": "1",
                          "accuracy_unit": "percent"})
