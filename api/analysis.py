@@ -2,7 +2,8 @@
 any training run (``POST /api/v1/analyses``). The work is the analysis package's
 (common/analysis/service.py: the cached report of a run; common/analysis/uploads.py: storing
 and analysing uploads); these views parse the request, check who may see what, and translate
-its errors.
+its errors. ``form_fields``, ``analyse_uploads`` and ``find_analysis`` are also the dashboard's
+upload form and report page (api/ui/views.py): one path to uploads for both.
 
 Nothing from the request becomes a path: plot names come from an allowlist, analysis ids must
 be 32 hex digits, uploaded files are stored under names of the server's own. Uploads live under

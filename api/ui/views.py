@@ -2,8 +2,8 @@
 
 Every view reads through the API's own code: ``api.lookup`` (a job the caller may see, else
 404), ``common.store.jobs.list_jobs`` (GET /jobs's query), ``api.submission.submit`` (POST
-/jobs), ``common.store.jobs.request_cancel``, and the API's checkpoint and plot views for the
-files. Errors are translated by the API's handlers (api/errors.py) and shown as a page.
+/jobs), ``common.store.jobs.request_cancel``, ``api.analysis`` (form_fields, analyse_uploads,
+find_analysis: POST and GET /analyses), and the API's checkpoint and plot views for the files. Errors are translated by the API's handlers (api/errors.py) and shown as a page.
 """
 from __future__ import annotations
 
