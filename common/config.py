@@ -249,6 +249,9 @@ class RuntimeSchema(_Strict):
     channels_last = OnOffString(load_default="auto", validate=validate.OneOf(["auto", "on", "off"]))
     num_workers = StrictInteger(load_default=4, validate=validate.Range(min=0, max=64))
     log_interval = StrictInteger(load_default=50, validate=validate.Range(min=1, max=1_000_000))
+    stall_timeout_s = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1, max=604_800),
+                                    metadata={"description": "the job is killed and retried from its checkpoint when "
+                                              "training makes no progress this long (default: TEACHER_STALL_TIMEOUT_S)"})
 
 
 class CheckpointSchema(_Strict):
@@ -344,6 +347,7 @@ class RuntimeConfig:
     channels_last: str
     num_workers: int
     log_interval: int
+    stall_timeout_s: int | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Callable
 KNOWN: dict[str, bool] = {
     "kill_at_step": True,            # SIGKILL the trainer right after step N (and its log line, if any)
     "sigterm_at_step": True,         # SIGTERM the trainer after step N (a preemption)
+    "hang_at_step": True,            # hang (a deadlock) after step N, once per working directory
     "raise_at_step": True,           # raise a RuntimeError after step N (a training failure, exit 1)
     "sigterm_at_batch": True,        # SIGTERM after the run's N-th micro-batch (counted across epochs)
     "kill_after_epoch": True,        # SIGKILL after epoch N's checkpoint is complete
@@ -77,6 +78,11 @@ class Faults:
             os.kill(os.getpid(), signal.SIGKILL)  # a crash in the middle of an epoch
         if self.fires("sigterm_at_step", step):
             os.kill(os.getpid(), signal.SIGTERM)  # a preemption at a known step
+        if self.fires("hang_at_step", step) and not os.path.exists(f".fault-hang-{step}"):
+            open(f".fault-hang-{step}", "w").close()  # the retry gets past it
+            while True:  # a deadlocked DataLoader or collective: alive, no progress, deaf to SIGTERM
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+                time.sleep(3600)
         if self.fires("raise_at_step", step):
             raise RuntimeError(f"test fault raise_at_step:{step}")  # the training itself fails
 

@@ -61,6 +61,9 @@ EXPORT_MODEL = "model.pt"
 EXPORT_META = "model.json"
 RESERVE = ".space-reserve"
 LOCK = ".lock"
+# Touched by the trainer at least every second while it makes progress (batches, validation):
+# the supervisor's stall watchdog reads its mtime.
+ALIVE = ".alive"
 # JOBS_ROOT/<id>/: the job's own files beside its run directory.
 JOB_CONFIG = "config.yaml"
 JOB_LOG = "child.log"
@@ -168,6 +171,10 @@ class RunPaths:
     @property
     def lock(self) -> Path:
         return self.dir / LOCK
+
+    @property
+    def alive(self) -> Path:
+        return self.dir / ALIVE
 
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints / name
@@ -959,7 +966,7 @@ def write_progress(path: Path, progress: Progress | Mapping[str, Any], *, now: f
 
 __all__ = [
     "CONFIG", "HISTORY", "STEPS", "PROGRESS", "LOG", "TENSORBOARD", "CHECKPOINTS", "MANIFEST", "LAST", "BEST",
-    "ALIASES", "EXPORT", "EXPORT_MODEL", "EXPORT_META", "RESERVE", "LOCK", "JOB_CONFIG", "JOB_LOG", "JOB_RUN",
+    "ALIASES", "EXPORT", "EXPORT_MODEL", "EXPORT_META", "RESERVE", "LOCK", "ALIVE", "JOB_CONFIG", "JOB_LOG", "JOB_RUN",
     "HISTORY_FORMAT", "MANIFEST_FORMAT", "JsonObject", "epoch_file", "epoch_of_file", "is_epoch_file",
     "step_file", "step_of_file", "is_step_file", "ResumePoint",
     "is_job_id", "RunPaths", "JobPaths", "InvalidJobId", "SPLITS", "SPLIT_METRICS", "Metric", "metric_name",

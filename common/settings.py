@@ -216,6 +216,7 @@ class Settings:
     heartbeat_s: float = 5.0
     stale_after_s: float = 60.0       # a running job whose heartbeat is older is presumed lost
     cancel_grace_s: float = 120.0     # SIGTERM -> SIGKILL escalation for a training child
+    stall_timeout_s: float = 1800.0   # no training progress this long: the child is killed, the job retried
     max_job_seconds: int = 7 * 24 * 3600
     # 0: derived from max_job_seconds (the safe choice). Set only to test redelivery.
     visibility_timeout_s: int = 0
@@ -275,6 +276,7 @@ class Settings:
             heartbeat_s=read("number", "TEACHER_HEARTBEAT_S", cls.heartbeat_s),
             stale_after_s=read("number", "TEACHER_STALE_AFTER_S", cls.stale_after_s),
             cancel_grace_s=read("number", "TEACHER_CANCEL_GRACE_S", cls.cancel_grace_s),
+            stall_timeout_s=read("number", "TEACHER_STALL_TIMEOUT_S", cls.stall_timeout_s),
             max_job_seconds=read("integer", "TEACHER_MAX_JOB_SECONDS", cls.max_job_seconds),
             visibility_timeout_s=read("integer", "TEACHER_VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s),
             reconcile_interval_s=read("number", "TEACHER_RECONCILE_INTERVAL_S", cls.reconcile_interval_s),

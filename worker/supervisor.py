@@ -164,6 +164,37 @@ class Ending:
                                 cause=self.cause, stop=self.stop, run=self.run)
 
 
+def stall_timeout_s(claim: Claim, settings: Settings) -> float:
+    """The job's ``runtime.stall_timeout_s``, else the service's TEACHER_STALL_TIMEOUT_S."""
+    own = (claim.config.get("runtime") or {}).get("stall_timeout_s")
+    return float(own) if own else settings.stall_timeout_s
+
+
+class StallWatchdog:
+    """Fires when the trainer's liveness file (touched at least once a second while batches are
+    trained or evaluated; ``RunPaths.alive``) has not changed for ``timeout_s``. Until the
+    trainer first touches it, the time counts from the attempt's start: a child stuck before
+    training (reading a dead mount) is a stall too."""
+
+    def __init__(self, alive: Path, timeout_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.alive, self.timeout_s, self.clock = alive, timeout_s, clock
+        self.started = clock()
+
+    def check(self, progress_path: Path) -> str | None:
+        """The reason to kill (``stalled at epoch E step S for T s``), or None."""
+        try:
+            last = max(self.started, self.alive.stat().st_mtime)
+        except OSError:
+            last = self.started
+        idle = self.clock() - last
+        if idle < self.timeout_s:
+            return None
+        progress = _read_progress(progress_path)
+        where = (f"at epoch {progress.epoch} step {progress.step}" if progress is not None and progress.epoch
+                 else "before its first step")
+        return f"stalled {where} for {idle:.0f} s (no training progress; stall timeout {self.timeout_s:.0f} s)"
+
+
 def _publisher(settings: Settings) -> Publish:
     from worker.celery_app import publish
 
@@ -178,6 +209,7 @@ class Supervisor:
         self.enqueue_fn = enqueue or _publisher(settings)
         self._stop_flag = threading.Event()
         self._stop_signal: str | None = None  # the signal the worker got while a child ran
+        self._stalled: str | None = None  # the watchdog's reason, when it killed the child
         self._shutdown_requested = shutdown_requested or celery_stopping
 
     def run(self, job_id: str) -> Outcome:
@@ -337,6 +369,8 @@ class Supervisor:
         term_sent: float | None = None
         started = time.monotonic()
         next_beat = 0.0
+        self._stalled = None
+        watchdog = StallWatchdog(paths.files.alive, stall_timeout_s(claim, self.settings))
         while True:
             try:
                 rc = proc.wait(timeout=0.2)
@@ -352,6 +386,13 @@ class Supervisor:
                 stopped_for = Outcome.interrupted
             if stopped_for is None and run_seconds > self.settings.max_job_seconds:
                 stopped_for = Outcome.time_limit
+            if stopped_for is None and term_sent is None and (stall := watchdog.check(paths.progress)):
+                # Hung (a deadlocked DataLoader, a collective waiting for a dead rank): it would
+                # not act on SIGTERM, and has nothing new to checkpoint. Kill the group now.
+                log.warning("job %s: %s; killing the training process group", claim.job_id, stall)
+                self._stalled, stopped_for = stall, Outcome.interrupted
+                _kill_group(proc.pid, signal.SIGKILL)
+                term_sent = float("inf")
             if stopped_for is not None and term_sent is None:
                 log.info("job %s: stopping child (%s)", claim.job_id, stopped_for.value)
                 _kill_group(proc.pid, signal.SIGTERM)
@@ -399,7 +440,8 @@ class Supervisor:
             elif end.outcome == Outcome.failed:
                 end = dataclasses.replace(end, cause=AttemptCause.training_failed
                                           if self._training_failure(job, progress) else AttemptCause.failed)
-            return dataclasses.replace(end, stop=_STOP_CAUSE.get(stopped_for) if stopped_for else None, run=run)
+            stop = end.stop or (_STOP_CAUSE.get(stopped_for) if stopped_for else None)
+            return dataclasses.replace(end, stop=stop, run=run)
 
         outcome = self._end(claim, ending)
         log.info("job %s: attempt %d ended with exit %d -> %s", claim.job_id, claim.attempt, rc, outcome.value)
@@ -421,6 +463,9 @@ class Supervisor:
 
     def _ending_of(self, outcome: Outcome, rc: int, stopped_for: Outcome | None, paths: JobPaths,
                    progress: Progress | None, run_seconds: float, attempt_started: float) -> Ending:
+        if outcome == Outcome.interrupted and self._stalled:
+            return Ending(outcome, f"interrupted: {self._stalled}; will resume from the last checkpoint", rc,
+                          cause=AttemptCause.stalled, stop=StopCause.stalled)
         if outcome == Outcome.interrupted:
             # A graceful stop (exit 3, a worker shutdown) is not the job's fault; a training
             # process killed by a signal we did not send (the OOM killer) counts against max_attempts.

@@ -176,7 +176,7 @@ class AttemptCause(str, enum.Enum):
     preempted = "preempted"              # stopped on request (worker SIGTERM/shutdown, exit 3): an interruption
     killed = "killed"                    # its training process died by a signal nobody sent (OOM kill): a failure
     worker_lost = "worker_lost"          # its worker vanished (the reconciler or a later claim found it)
-    stalled = "stalled"                  # reserved: the stall watchdog (issue 11)
+    stalled = "stalled"                  # killed by the stall watchdog (no progress): an interruption
 
 
 class StopCause(str, enum.Enum):
@@ -186,6 +186,7 @@ class StopCause(str, enum.Enum):
     cancel = "cancel"                    # a cancel request
     time_limit = "time_limit"            # TEACHER_MAX_JOB_SECONDS
     superseded = "superseded"            # another worker claimed the job
+    stalled = "stalled"                  # the stall watchdog: no training progress for the stall timeout
 
 
 class JobAttempt(Base):

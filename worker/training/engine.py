@@ -96,6 +96,7 @@ def run_dir_lock(run_dir: Path, wait_s: float = RUN_LOCK_WAIT_S) -> Iterator[Non
     import fcntl
 
     fd = os.open(RunPaths(run_dir).lock, os.O_RDWR | os.O_CREAT, 0o644)
+    alive = Liveness(RunPaths(run_dir).alive)  # waiting for an orphan is not a stall
     try:
         deadline = time.monotonic() + wait_s
         said = False
@@ -106,6 +107,7 @@ def run_dir_lock(run_dir: Path, wait_s: float = RUN_LOCK_WAIT_S) -> Iterator[Non
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise RunDirBusy(f"another trainer still holds {run_dir} after {wait_s:.0f}s") from None
+                alive()
                 if not said:  # stderr: the run's log file belongs to the holder for now
                     print(f"waiting for another trainer to release {run_dir}", file=sys.stderr, flush=True)
                     said = True
@@ -253,6 +255,27 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimiz
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
+class Liveness:
+    """Touches ``RunPaths.alive`` at most once a second while the run makes progress (a batch
+    trained or evaluated): the supervisor's stall watchdog kills a child whose file stops
+    changing (a deadlocked DataLoader, a hung collective). One stat-free utime per second."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self._next = path, 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self.path is None or now < self._next:
+            return
+        self._next = now + 1.0
+        try:
+            os.utime(self.path)
+        except FileNotFoundError:
+            self.path.touch()
+        except OSError:
+            pass  # a full disk is reported by the writes that matter, not by this
+
+
 @dataclass(kw_only=True)
 class TrainState:
     """What the loop's functions share. The model, its optimisation state and the position
@@ -270,6 +293,7 @@ class TrainState:
     epoch: int = 0  # completed epochs
     step: int = 0  # optimizer steps taken
     position: "EpochPosition | None" = None  # the epoch in progress (set while training one)
+    alive: Liveness = dataclasses.field(default_factory=lambda: Liveness(None))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -349,6 +373,7 @@ def train_one_epoch(st: TrainState, epoch: int, recorder: Recorder, stop: StopFl
         st.scaler.scale(plan.loss(per_sample, i, weight)).backward()
         pos.sums.update(per_sample, logits, targets, weight)
         pos.batch = i + 1
+        st.alive()
         if plan.ends_window(i):
             pos.lr = optimizer_step(st)
             # log_interval counts optimizer steps, so every record sits on a step boundary.
@@ -385,11 +410,14 @@ def optimizer_step(st: TrainState) -> float:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, run: Runtime, label_smoothing: float) -> Totals:
+def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, run: Runtime, label_smoothing: float,
+             alive: Liveness | None = None) -> Totals:
     """Exact metrics over the loader's samples (unpadded: each sample counted once)."""
     model.eval()
     sums = MetricSums(run.device)
     for images, targets in loader:
+        if alive is not None:
+            alive()
         images, targets = _move(images, targets, run)
         with run.autocast():
             logits = model(images)
@@ -490,7 +518,7 @@ def fit(st: TrainState, recorder: Recorder, ckpts: CheckpointManager, run_dir: P
         t0 = time.perf_counter()
         trained = train_one_epoch(st, epoch, recorder, stop, steps)
         recorder.on_validate(epoch=epoch, step=st.step, throughput=trained.throughput)
-        val = evaluate(st.model, st.val_loader, st.run, st.cfg.optim.label_smoothing)
+        val = evaluate(st.model, st.val_loader, st.run, st.cfg.optim.label_smoothing, st.alive)
         st.epoch = epoch
         rec = recorder.on_epoch(epoch=epoch, step=st.step, lr=trained.lr, train=trained.totals, val=val,
                                 train_s=trained.seconds, epoch_s=time.perf_counter() - t0)
@@ -695,6 +723,8 @@ def _train(cfg: TrainConfig, files: RunFiles, *, resume: bool, data_root: Path, 
     ckpts.complete_interrupted_save()
     st = build_state(cfg, files.dir, data_root=data_root, runs_root=runs_root)
     integrity = previous_integrity(files.dir) if resume else None
+    st.alive = Liveness(paths.alive)
+    st.alive()  # set up: the watchdog's clock starts from here, not from the child's start
     history, resumed_from = restore(st, ckpts, files) if resume else (None, None)
     history = history or History(len(st.data.class_names), st.data.class_names, st.data.sizes)
     files.write_config(cfg.to_dict())
