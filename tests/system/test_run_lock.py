@@ -36,15 +36,17 @@ def test_resume_waits_for_the_trainer_that_still_holds_the_run(tmp_path, tiny_co
 
     fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # stands for a previous attempt's trainer that is still running
-    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    def snapshot() -> dict:  # .alive is touched while waiting: waiting is not a stall (the watchdog)
+        return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".alive"}
+
+    before = snapshot()
     proc = subprocess.Popen([sys.executable, "-m", "common.apps.cli", "train", "--resume", str(run)], env=teacher_env,
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()  # blocks until it says it waits (or exits)
         assert "waiting for another trainer to release" in line, line
         assert proc.poll() is None
-        after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
-        assert after == before  # nothing written while the other trainer holds the run
+        assert snapshot() == before  # nothing written while the other trainer holds the run
     finally:
         os.close(fd)  # the holder ends
     out, err = proc.communicate(timeout=600)
