@@ -191,7 +191,7 @@ def check_epochs(run: RunData) -> list[CheckResult]:
             out.append(CheckResult(
                 "epochs_missing", "warn",
                 f"the epoch counter restarts {len(source.restarts)} time(s) (first at row {first['row']}: epoch "
-                f"{first['epoch']} after a higher one): likely appended sessions (Keras CSVLogger(append=True) over "
+                f"{first['epoch']} after a higher one): likely appended sessions (Keras or fastai CSVLogger(append=True) over "
                 "several fit() calls); later sessions are numbered on",
                 None, source.name, [r["continues_as"] for r in source.restarts], [r["epoch"] for r in source.restarts],
                 details={"restarts": source.restarts}))

@@ -175,6 +175,7 @@ class _Collected:
     unprefixed_split: str | None = None
     # (epoch, name) -> every value stored there, in write order (Source.within_epoch)
     repeats: dict[tuple[int, str], list[float]] = field(default_factory=dict)
+    restarts: list[dict] = field(default_factory=list)  # epoch counters that restarted in a table
 
 
 def read_console_log(path: Path, patterns: list[str] | tuple[str, ...] | None = None,
@@ -406,6 +407,9 @@ class _Table:
     default_split: str | None
     epoch_col: int | None
     index: int = 0
+    # Appended sessions: a restarted epoch counter is numbered on from the last epoch seen.
+    offset: int = 0
+    last_epoch: int | None = None
 
     @staticmethod
     def cells(line: str, markdown: bool) -> list[str]:
@@ -436,6 +440,10 @@ class _Table:
         if self.markdown and re.fullmatch(r"\|[\s:|\-]+\|", text):
             return []  # the separator row
         cells = self.cells(text, self.markdown)
+        if not self.markdown and len(cells) == len(self.columns) + 1 and cells[0].isdigit():
+            cells = cells[1:]  # a pandas-printed table (print(pd.read_csv(...))): its row index first
+        if [c.lower() for c in cells] == self.columns:
+            return []  # the header again: a session appended to the same file (fastai/Keras append mode)
         if len(cells) != len(self.columns):
             return None
         if self.epoch_col is not None and not re.fullmatch(r"\d+(?:\.\d+)?", cells[self.epoch_col]):
@@ -450,6 +458,12 @@ def store_row(got: _Collected, table: _Table, cells: list[str]) -> None:
     raw_epoch = cells[table.epoch_col] if table.epoch_col is not None else str(table.index)
     # Fractional epochs (evaluation every N steps, as model cards print them): one row is one point.
     epoch = int(raw_epoch) if raw_epoch.isdigit() else table.index
+    if table.last_epoch is not None and epoch + table.offset <= table.last_epoch:
+        # The counter restarted (an appended fit()): number this session on, as for appended CSVs.
+        table.offset = table.last_epoch + 1 - epoch
+        got.restarts.append({"row": table.index, "epoch": epoch, "continues_as": epoch + table.offset})
+    epoch += table.offset
+    table.last_epoch = epoch
     for column, cell in zip(table.columns, cells):
         if column == "epoch" or not re.fullmatch(rf"(?:{_NUM})%?", cell, re.IGNORECASE):
             continue
@@ -479,6 +493,7 @@ def build_source(got: _Collected, name: str, path: str) -> Source:
     if got.steps:
         add_step_losses(source, got.steps)
     first = {n: int(s.epochs.min()) for n, s in source.series.items() if len(s)}
+    source.restarts = list(got.restarts)
     source.format = "+".join(sorted(f for f in got.formats if f)) or "console"
     if got.patterns_used:
         source.notes.append("log patterns matched: " + ", ".join(sorted(got.patterns_used)))

@@ -103,3 +103,18 @@ def test_two_metrics_csv_of_one_logger_are_two_runs_not_a_disagreement(tmp_path:
         paths.append(path)
     rep = run_checks(load_inputs(paths))
     assert not [c for c in rep.checks if c.id == "cross_source" and c.status == "fail"]
+
+
+def test_a_pandas_printed_fastai_history_with_an_appended_session(tmp_path: Path) -> None:
+    """fastai CSVLogger(append=True) read back with pandas: a row index first, the header again
+    as a row, and the epoch counter restarting: the second session is numbered on."""
+    log = tmp_path / "history.txt"
+    log.write_text("\tepoch\ttrain_loss\tvalid_loss\terror_rate\ttime\n"
+                   "0\t0\t0.421814\t0.215576\t0.081452\t00:18\n1\t1\t0.339672\t0.184925\t0.076546\t00:17\n"
+                   "2\tepoch\ttrain_loss\tvalid_loss\terror_rate\ttime\n3\t0\t0.429223\t0.249327\t0.099607\t00:17\n")
+    src = read_console_log(log)
+    assert src.series["train.loss"].epochs.tolist() == [1, 2, 3]
+    assert src.series["val.loss"].values.tolist() == [0.215576, 0.184925, 0.249327]
+    assert src.restarts == [{"row": 3, "epoch": 0, "continues_as": 2}]
+    rep = run_checks(RunData(sources=[src]))
+    assert rep.verdict == "warn" and any(c.id == "epochs_missing" and "restarts" in c.message for c in rep.checks)
