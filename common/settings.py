@@ -211,8 +211,8 @@ class Settings:
     max_upload_length: int = 64 << 20          # POST /api/v1/analyses (uploaded training artifacts)
     analyses_root: Path | None = None          # None: <jobs_root>/analyses
     queues: tuple[str, ...] = ("default",)
-    max_attempts: int = 3             # failures (training raised; worker/child died while training): then failed
-    max_interruptions: int = 20       # graceful stops and attempts lost before training: then failed
+    max_attempts: int = 3             # failures (training raised; the child killed, e.g. OOM): then failed
+    max_interruptions: int = 20       # graceful stops, lost workers, stalls: then failed
     heartbeat_s: float = 5.0
     stale_after_s: float = 60.0       # a running job whose heartbeat is older is presumed lost
     cancel_grace_s: float = 120.0     # SIGTERM -> SIGKILL escalation for a training child

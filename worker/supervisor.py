@@ -19,12 +19,11 @@ the training (exit 1) is retried from its last checkpoint until the job has max_
 failures, then failed with the training's error.
 
 Attempts are capped twice. ``jobs.interruptions`` counts the attempts that ended without the job
-being at fault: stopped gracefully (exit 3: a worker shutdown, a preemption's SIGTERM) or lost
-before training started (see common.store.lifecycle.attempt_started_training); at
+being at fault: stopped gracefully (exit 3: a worker shutdown, a preemption's SIGTERM), killed
+by the stall watchdog, or its worker lost (a host gone without notice); at
 TEACHER_MAX_INTERRUPTIONS (default 20) the job fails. ``jobs.failures`` counts the others: the
-training failed (exit 1), or the worker or training process died while training (a signal we
-did not send: OOM kill, crash, SIGKILL); at the job's ``max_attempts`` (TEACHER_MAX_ATTEMPTS) it
-fails. Before either cap, a claim checks whether the run on disk already finished
+training failed (exit 1), or the training process died by a signal nobody sent while its worker
+lived (the OOM killer, a crash); at the job's ``max_attempts`` (TEACHER_MAX_ATTEMPTS) it fails. Before either cap, a claim checks whether the run on disk already finished
 (:func:`run_finished`: its worker died after "done" but before recording it) and records
 success without training again. Each attempt's row (common.store.attempts) records its cause,
 what the supervisor stopped it for (``StopCause``), where it resumed from and the work it lost.
@@ -113,15 +112,14 @@ def no_space_reason(detail: str | None = None) -> str:
 
 
 def worker_lost_reason(lost: int) -> str:
-    return (f"worker lost: gave up after {lost} attempt{'' if lost == 1 else 's'} whose worker or training "
-            "process died while training or whose training failed, the last one's died (killed, crashed or out of "
-            "memory; TEACHER_MAX_ATTEMPTS)")
+    return (f"failed: gave up after {lost} failure{'' if lost == 1 else 's'} (the training failed, or its process "
+            "was killed by a signal nobody sent, e.g. out of memory; TEACHER_MAX_ATTEMPTS)")
 
 
 def interruptions_reason(interruptions: int) -> str:
     return (f"interrupted too often: gave up after {interruptions} interruption{'' if interruptions == 1 else 's'} "
             "(stopped gracefully, e.g. "
-            "by a worker shutdown or preemption, or its worker lost before training started; "
+            "by a worker shutdown or preemption, stalled, or its worker lost; "
             "TEACHER_MAX_INTERRUPTIONS)")
 
 

@@ -72,7 +72,7 @@ class Outcome(str, enum.Enum):
     no_space = "no_space"        # failed, not retried: a full disk is not fixed by retrying
     bad_input = "bad_input"      # failed: invalid config or input (exit 2)
     failed = "failed"            # failed: the training failed (max_attempts times), or the supervisor did
-    worker_lost = "worker_lost"  # failed: max_attempts failures, the last a worker that died while training
+    worker_lost = "worker_lost"  # failed: max_attempts failures (training failed, or its process was killed)
     interrupted_too_often = "interrupted_too_often"  # failed: TEACHER_MAX_INTERRUPTIONS
     interrupted = "interrupted"  # requeued; resumes from the last checkpoint
     retried = "retried"          # the training failed; requeued (a failure), resumes from the last checkpoint
@@ -219,10 +219,13 @@ def interrupt(job: Job, reason: str, *, cause: AttemptCause, stop: StopCause | N
 
 
 def worker_lost(job: Job, reason: str, run: RunView | None = None) -> list[Send]:
-    """The running job's worker is gone: interrupted, to be re-sent and resumed. An attempt lost
-    before it trained counts as an interruption, one lost while training as a failure."""
+    """The running job's worker is gone (its host lost power or was reclaimed without notice, the
+    container was killed): interrupted, to be re-sent and resumed, an interruption, as a
+    preemption is (issue 15: interruptions are not failures; TEACHER_MAX_INTERRUPTIONS caps a job
+    that keeps losing its worker). A training process that dies while its worker lives (the OOM
+    killer) is the supervisor's ``killed``: a failure."""
     _move(job, Event.worker_lost)
-    _count(job, attempt_started_training(job))
+    _count(job, False)
     attempt_rows.close_attempt(job, AttemptCause.worker_lost, reason, run=run, resumes=True)
     _end_attempt(job, reason)
     return [Send.of(job)]
@@ -316,7 +319,7 @@ def attempt_started_training(job: Job) -> bool:
 
 def lost_attempts(job: Job) -> int:
     """Ended attempts that count against ``max_attempts`` (``jobs.failures``): their training
-    failed, or their worker or training process died while training."""
+    failed, or their training process was killed by a signal nobody sent (the OOM killer)."""
     return job.failures or 0
 
 

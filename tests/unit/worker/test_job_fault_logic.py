@@ -352,18 +352,20 @@ def test_lost_attempts_that_never_trained_and_graceful_stops_are_interruptions(t
     assert "(its worker or training process died)" not in row.failure_reason
 
 
-def test_attempts_lost_while_training_count_against_max_attempts(tmp_path):
+def test_workers_lost_while_training_are_interruptions_not_failures(tmp_path):
+    """Issue 15: a worker lost mid-training (its host gone without notice) is an interruption,
+    capped by TEACHER_MAX_INTERRUPTIONS, not a failure of the job counted by max_attempts."""
     import datetime as dt_
     import time as time_
 
-    settings, sessions, job_id = _store(tmp_path, max_interruptions=1)
+    settings, sessions, job_id = _store(tmp_path, max_interruptions=5)
     supervisor = sup.Supervisor(settings, enqueue=lambda *a: None)
-    for attempt in (1, 2, 3):
+    assert _row(sessions, job_id).max_attempts == 3  # so claims 4 and 5 show the losses are not failures
+    for attempt in (1, 2, 3, 4, 5):
         assert supervisor.claim(job_id).attempt == attempt
         _set(sessions, job_id, heartbeat_at=sup.utcnow() - dt_.timedelta(hours=1),
              progress={"status": "running", "updated_at": time_.time() + 1})  # it trained, then died
     assert supervisor.claim(job_id) is None
     row = _row(sessions, job_id)
-    assert row.status == "failed" and row.attempts == 3 and row.interruptions == 0
-    assert row.failure_reason.startswith("worker lost: gave up after 3 attempts whose")
-
+    assert row.status == "failed" and row.attempts == 5 and (row.interruptions, row.failures) == (5, 0)
+    assert row.failure_reason.startswith("interrupted too often: gave up after 5 interruptions")
