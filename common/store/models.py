@@ -158,6 +158,14 @@ class Job(Base):
     # query for a page of jobs), as the API dumps it after the session ended.
     attempt_rows: Mapped[list["JobAttempt"]] = relationship(
         back_populates="job", lazy="selectin", order_by="JobAttempt.number")
+    # The job's tags, in the order submitted (the rows' insertion order: id). Loaded with the
+    # job, as attempt_rows is: a page of jobs costs one query more, not one per job.
+    tag_rows: Mapped[list["JobTag"]] = relationship(
+        lazy="selectin", order_by="JobTag.position", cascade="all, delete-orphan")
+
+    @property
+    def tags(self) -> list[str]:
+        return [row.tag for row in self.tag_rows]
 
     @property
     def job_status(self) -> JobStatus:
@@ -217,6 +225,17 @@ class JobAttempt(Base):
     @property
     def is_open(self) -> bool:
         return self.ended_at is None
+
+
+class JobTag(Base):
+    """One tag of a job (a label the list filters by: ``GET /jobs?tag=``)."""
+
+    __tablename__ = "job_tags"
+    __table_args__ = (Index("ix_job_tags_tag", "tag"),)
+
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)  # keeps the submitted order
 
 
 class IdempotencyKey(Base):

@@ -69,7 +69,7 @@ def insert_job(conn) -> None:
 
 
 def test_the_revisions_are_the_old_versions_in_order():
-    assert REVISIONS == ["0001", "0002", "0003", "0004", "0005"] and LATEST_VERSION == 5
+    assert REVISIONS == ["0001", "0002", "0003", "0004", "0005", "0006"] and LATEST_VERSION == 6
 
 
 def test_an_empty_store_upgrades_to_head_and_matches_the_models(engine):
@@ -81,7 +81,7 @@ def test_an_empty_store_upgrades_to_head_and_matches_the_models(engine):
     assert schema_diff(engine) == []
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])  # the old scheme's versions (0005 came after it)
+@pytest.mark.parametrize("version", [1, 2, 3, 4])  # the old scheme's versions (0005 on came after it)
 def test_a_store_of_the_old_numbered_scheme_is_adopted_and_upgraded(engine, version, caplog):
     legacy_store(engine, version)
     with engine.connect() as conn:
@@ -96,8 +96,9 @@ def test_a_store_of_the_old_numbered_scheme_is_adopted_and_upgraded(engine, vers
         row = conn.exec_driver_sql(f"SELECT run_seconds, deleted_at, interruptions, claimed_at, failures FROM jobs "
                                    f"WHERE id = '{JOB_ID}'").one()
         timeline = conn.exec_driver_sql("SELECT count(*) FROM attempts").scalar()
+        tags = conn.exec_driver_sql("SELECT count(*) FROM job_tags").scalar()
     assert tuple(row) == (0, None, 0, None, 0)  # the job survives; the new columns take their defaults
-    assert timeline == 0
+    assert timeline == 0 and tags == 0
     assert schema_diff(engine) == []
 
 
@@ -200,3 +201,16 @@ def test_0005_downgrades(engine):
     assert "attempts" not in tables(engine)
     with engine.connect() as conn:
         assert "failures" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
+
+
+def test_0006_adds_job_tags_to_a_store_at_0005_keeping_its_jobs(engine):
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0005")
+        insert_job(conn)
+    assert upgrade(engine) == LATEST_VERSION
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"INSERT INTO job_tags (job_id, tag, position) VALUES ('{JOB_ID}', 'exp:1', 0)")
+        assert conn.exec_driver_sql("SELECT job_id, tag FROM job_tags").all() == [(JOB_ID, "exp:1")]
+        indexes = {ix["name"] for ix in inspect(conn).get_indexes("job_tags")}
+    assert "ix_job_tags_tag" in indexes
+    assert schema_diff(engine) == []
