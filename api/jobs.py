@@ -138,7 +138,8 @@ def index(args: dict[str, Any]) -> Any:
     before = _decode_cursor(args["cursor"]) if args.get("cursor") else None
     limit = args["limit"]
     with services().reads() as s:  # the request's read session: no write lock, the caller already in it
-        jobs = list_jobs(s, current_user(), statuses=args["status"], before_pk=before, limit=limit + 1)
+        jobs = list_jobs(s, current_user(), statuses=args["status"], before_pk=before, limit=limit + 1,
+                         name=args["name"], tags=args["tag"])
         page = jobs[:limit]
     next_cursor = _encode_cursor(jobs[limit - 1].pk) if len(jobs) > limit else None
     return {"jobs": page, "next_cursor": next_cursor}

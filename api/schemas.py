@@ -30,6 +30,8 @@ JOB_REF = validate.Regexp(r"^[0-9a-f]{6,32}$", error="a job id, or a unique pref
 CHECKPOINT_REF = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", error="not a checkpoint name")
 CONFIG_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", error="not a config name")
 STATUSES = [s.value for s in JobStatus]
+TAG = validate.Regexp(r"^[A-Za-z0-9._:=-]{1,64}$", error="1-64 letters, digits, '.', '_', '-', ':' or '='")
+MAX_TAGS = 16
 
 
 class _Strict(ma.Schema):
@@ -57,6 +59,7 @@ class JobSpec:
     priority: int = 5
     after: str | None = None
     init_from: InitFrom | None = None
+    tags: tuple[str, ...] = ()
 
 
 class InitFromSchema(_Strict):
@@ -95,6 +98,10 @@ class _JobOptions(_Strict):
                           metadata={"description": "start only when this job has succeeded"})
     init_from = CheckpointRefField(load_default=None, allow_none=True,
                                    metadata={"description": "initialise from another job's checkpoint"})
+    tags = fields.List(fields.String(validate=TAG), load_default=list, validate=validate.Length(max=MAX_TAGS),
+                       metadata={"description": f"labels the jobs list filters by (?tag=): at most {MAX_TAGS}, "
+                                                "each 1-64 letters, digits, '.', '_', '-', ':' or '='; "
+                                                "duplicates dropped, order kept"})
     overrides = fields.Dict(keys=fields.String(), load_default=dict, metadata={
         "description": "dotted-key overrides of the config, applied before it is validated, e.g. "
                        "{\"optim.lr\": 0.1} or {\"optim\": {\"lr\": 0.1}}"})
@@ -148,7 +155,7 @@ class JobSpecSchema(_JobOptions, TrainConfigSchema):
         config = {k: v for k, v in data.items() if k not in OPTION_FIELDS}
         config[SERVICE_OWNED] = None  # the path of init_from's checkpoint, set once it is resolved
         return JobSpec(config=config, queue=data["queue"], priority=data["priority"], after=data["after"],
-                       init_from=data["init_from"])
+                       init_from=data["init_from"], tags=tuple(dict.fromkeys(data["tags"])))
 
 
 class NamedConfigSpecSchema(_JobOptions):
@@ -329,6 +336,7 @@ class JobSchema(ma.Schema):
 
     id = fields.String(required=True)
     name = fields.String(required=True)
+    tags = fields.List(fields.String(), required=True, metadata={"description": "the job's tags, as submitted"})
     user = fields.String(required=True, attribute="user.name")
     status = fields.String(required=True, validate=validate.OneOf(STATUSES))
     queue = fields.String(required=True)
@@ -376,6 +384,10 @@ class JobListQuerySchema(_Strict):
     status = fields.List(fields.String(validate=validate.OneOf(STATUSES)), load_default=list)
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
     cursor = fields.String(load_default=None, validate=validate.Length(max=64))
+    tag = fields.List(fields.String(validate=TAG), load_default=list, validate=validate.Length(max=MAX_TAGS),
+                      metadata={"description": "only jobs having this tag (repeat: every one of them)"})
+    name = fields.String(load_default=None, validate=validate.Length(min=1, max=129), metadata={
+        "description": "only jobs of this name, or whose name starts with it when it ends with '*'"})
 
 
 class LogsQuerySchema(_Strict):

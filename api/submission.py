@@ -165,7 +165,7 @@ def _submit_once(svc: Services, user: User, spec: JobSpec, idempotency: tuple[st
             s, user=user, config=config, name=config["name"], queue=spec.queue or settings.default_queue,
             priority=spec.priority, max_attempts=settings.max_attempts, after_id=after_id,
             init_from={"job": init_from.job, "checkpoint": init_from.checkpoint} if init_from else None,
-            idempotency=idempotency,
+            idempotency=idempotency, tags=spec.tags,
         )
         job.user  # noqa: B018
         return Submission(job, created=True)

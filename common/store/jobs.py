@@ -11,7 +11,7 @@ import datetime as dt
 import uuid
 from typing import Any, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -19,7 +19,7 @@ from common import rundir
 from common.rundir import JobPaths  # noqa: F401 (re-exported: the job directory's layout is common.rundir's)
 from common.store.lifecycle import (JobConflict, attempt_started_training, lost_attempts, mark_enqueued,
                                     request_cancel, submit_status)
-from common.store.models import FINISHED, IdempotencyKey, Job, User, utcnow
+from common.store.models import FINISHED, IdempotencyKey, Job, JobTag, User, utcnow
 
 
 class JobNotFound(LookupError):
@@ -71,6 +71,7 @@ def create_job(
     after_id: str | None = None,
     init_from: dict[str, Any] | None = None,
     idempotency: tuple[str, str] | None = None,
+    tags: Sequence[str] = (),
 ) -> Job:
     """Insert a job (queued, or waiting when it depends on an unfinished job).
 
@@ -88,6 +89,7 @@ def create_job(
         id=new_job_id(), user_id=user.id, name=name, queue=queue, priority=priority, status=status.value,
         config=config, after_id=after_id, init_from=init_from, max_attempts=max_attempts,
         attempt_rows=[],  # no attempt yet (and loaded: the API dumps the timeline after the session)
+        tag_rows=[JobTag(tag=tag, position=i) for i, tag in enumerate(dict.fromkeys(tags))],
     )
     session.add(job)
     session.flush()
@@ -99,8 +101,12 @@ def create_job(
 
 
 def list_jobs(
-    session: Session, user: User, *, statuses: Sequence[str] = (), before_pk: int | None = None, limit: int = 50
+    session: Session, user: User, *, statuses: Sequence[str] = (), before_pk: int | None = None, limit: int = 50,
+    name: str | None = None, tags: Sequence[str] = (),
 ) -> list[Job]:
+    """The caller's jobs (everyone's for an admin), newest first. ``name``: the exact name, or a
+    prefix when it ends with ``*``; ``tags``: jobs having every one of them. Filtered in SQL,
+    so that a page holds ``limit`` matching jobs."""
     # The user is loaded with the rows: the API dumps them (owner included) after the session ends.
     stmt = (select(Job).options(selectinload(Job.user)).where(Job.deleted_at.is_(None))
             .order_by(Job.pk.desc()).limit(limit))
@@ -110,7 +116,20 @@ def list_jobs(
         stmt = stmt.where(Job.status.in_(list(statuses)))
     if before_pk is not None:
         stmt = stmt.where(Job.pk < before_pk)
+    if name:
+        stmt = stmt.where(_name_matches(name))
+    for tag in dict.fromkeys(tags):
+        stmt = stmt.where(Job.id.in_(select(JobTag.job_id).where(JobTag.tag == tag)))
     return list(session.scalars(stmt))
+
+
+def _name_matches(pattern: str) -> Any:
+    if not pattern.endswith("*"):
+        return Job.name == pattern
+    # A literal, case-sensitive prefix on every backend (SQLite's LIKE ignores case, and % or _
+    # in a name would be wildcards).
+    prefix = pattern[:-1]
+    return func.substr(Job.name, 1, len(prefix)) == prefix
 
 
 def age_s(when: dt.datetime | None, now: dt.datetime | None = None) -> float | None:
