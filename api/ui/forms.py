@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, SelectField, SubmitField, TextAreaField
+from wtforms import PasswordField, SelectField, StringField, SubmitField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 
@@ -24,6 +24,8 @@ class SubmitForm(FlaskForm):
     # edited is what is submitted.
     config = SelectField("Start from", validate_choice=False)
     yaml = TextAreaField("Job config (YAML)", validators=[DataRequired(), Length(max=256 * 1024)])
+    # The job's tags, apart from the training config; checked by the API's schema (JobSpecSchema).
+    tags = StringField("Tags (comma-separated)", validators=[Length(max=2048)])
     submit = SubmitField("Submit job")
 
 

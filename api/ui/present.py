@@ -3,14 +3,25 @@ and where in the submitted YAML a field error points. Pure functions of their ar
 from __future__ import annotations
 
 import math
+import re
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import yaml
 
-from api.schemas import STATUSES
+from api.schemas import STATUSES, TAG
 
 BADGES = {"pass": "pass", "warn": "warn", "fail": "fail"}
+
+
+def split_tags(text: str, separators: str = r"[,\s]+") -> list[str]:
+    """Tags as typed in a form field (by default separated by commas or spaces), duplicates
+    dropped, order kept."""
+    return list(dict.fromkeys(t.strip() for t in re.split(separators, text) if t.strip()))
+
+
+def valid_tag(tag: str) -> bool:
+    return TAG.regex.match(tag) is not None  # the API's rule (api.schemas.TAG)
 
 
 def num(value: Any, digits: int = 3) -> str:

@@ -45,7 +45,6 @@ blp = Blueprint("ui", __name__, template_folder="templates", static_folder="stat
 csrf = CSRFProtect()
 
 PAGE_SIZE = 25
-NAME_SCAN_LIMIT = 2000  # rows a name filter reads at most per page (list_jobs has no name filter yet)
 LOG_TAIL = 200
 OPEN_ENDPOINTS = frozenset({"ui.signin", "ui.static"})
 POLLED_ENDPOINTS = frozenset({"ui.job_rows", "ui.job_live"})  # fetched by the pages' scripts
@@ -154,50 +153,37 @@ def home() -> Any:
 
 
 # ------------------------------------------------------------------ jobs list
-def _list_args() -> tuple[list[str], str, int | None]:
+def _list_args() -> tuple[list[str], str, list[str], int | None]:
     statuses = [s for s in request.args.getlist("status") if s in present.STATUSES]
     name = request.args.get("name", "").strip()[:128]
+    tags = present.split_tags(" ".join(request.args.getlist("tag")))
     cursor = request.args.get("before", "")
-    return statuses, name, int(cursor) if cursor.isdigit() else None
+    return statuses, name, tags, int(cursor) if cursor.isdigit() else None
 
 
 def _page() -> tuple[list[dict[str, Any]], int | None]:
-    """One page of the caller's jobs (GET /jobs's query and ownership: list_jobs), newest
-    first, as JobSchema dumps, and the cursor of the next page (None: the last page). A name
-    filter reads further batches until the page is full or NAME_SCAN_LIMIT rows were read."""
-    statuses, name, cursor = _list_args()
-    needle, limit = name.lower(), (200 if name else PAGE_SIZE + 1)
-    picked: list[Job] = []
-    next_before: int | None = None
+    """One page of the caller's jobs (GET /jobs's query and ownership: list_jobs, which
+    filters in SQL), newest first, as JobSchema dumps, and the cursor of the next page (None:
+    the last page). The name field is a prefix (the API's ``name*``); a tag the API would
+    refuse matches no job."""
+    statuses, name, tags, cursor = _list_args()
+    if any(not present.valid_tag(t) for t in tags):
+        return [], None
     with services().sessions() as s:
-        scanned = 0
-        while len(picked) <= PAGE_SIZE:
-            batch = list_jobs(s, g.user, statuses=statuses, before_pk=cursor, limit=limit)
-            scanned += len(batch)
-            for row in batch:
-                if needle in row.name.lower():
-                    picked.append(row)
-                    if len(picked) > PAGE_SIZE:
-                        break
-            if len(batch) < limit:
-                break  # no older rows
-            cursor = batch[-1].pk
-            if scanned >= NAME_SCAN_LIMIT and len(picked) <= PAGE_SIZE:
-                next_before = cursor  # the next page goes on reading from here
-                break
-        page = picked[:PAGE_SIZE]
-        if len(picked) > PAGE_SIZE:
-            next_before = page[-1].pk
+        rows = list_jobs(s, g.user, statuses=statuses, before_pk=cursor, limit=PAGE_SIZE + 1,
+                         name=f"{name.rstrip('*')}*" if name else None, tags=tags)
+        page = rows[:PAGE_SIZE]
+        next_before = page[-1].pk if len(rows) > PAGE_SIZE else None
         return JobSchema(many=True).dump(page), next_before
 
 
 @blp.route("/jobs", endpoint="jobs")
 def jobs() -> Any:
     rows, next_before = _page()
-    statuses, name, _ = _list_args()
+    statuses, name, tags, _ = _list_args()
     rows_html = render_template("ui/_job_rows.html", rows=rows, admin=g.user.is_admin)
     return render_template("ui/jobs.html", rows_html=Markup(rows_html), rows_etag=_etag(rows_html),
-                           next_before=next_before, statuses=statuses, name=name,
+                           next_before=next_before, statuses=statuses, name=name, tags=" ".join(tags),
                            all_statuses=present.STATUSES, admin=g.user.is_admin)
 
 
@@ -478,6 +464,10 @@ def submit() -> Any:
     text = form.yaml.data or ""
     try:
         body = parse_yaml(text, source="the config")
+        # comma-separated only: "a b" is one (bad) tag, reported as typed, not two good ones
+        tags = present.split_tags(form.tags.data or "", separators=",")
+        if tags and isinstance(body, dict):
+            body = {**body, "tags": tags}  # the form's field, validated as the API validates a body's tags
         result = submission_service.submit(services(), g.user, body)
     except Exception as exc:  # noqa: BLE001 - answered as the API answers it, field by field
         if not isinstance(exc, (ConfigError, LookupError)) and not hasattr(exc, "errors") \

@@ -406,3 +406,37 @@ def test_another_users_analysis_and_its_plots_are_404(app, client, alice, bob, t
     assert analysis_id not in client.get("/ui/analyses").text
     signed_in(client, alice)
     assert client.get(f"/ui/analyses/{analysis_id}").status_code == 200
+
+
+def test_jobs_list_shows_tag_chips_and_filters_by_tag_and_name_in_sql(client, alice, bob):
+    a = submit_api(client, alice, name="sweep-a", tags=["exp:lr", "base"])
+    b = submit_api(client, alice, name="sweep-b", tags=["exp:lr"])
+    c = submit_api(client, alice, name="other", tags=["base"])
+    theirs = submit_api(client, bob, name="sweep-x", tags=["exp:lr"])
+    signed_in(client, alice)
+    html = client.get("/ui/jobs").text
+    assert 'class="tag" href="/ui/jobs?tag=exp:lr">exp:lr</a>' in html and 'id="tag-filter"' in html
+    chip = client.get("/ui/jobs?tag=exp:lr").text  # where a chip links
+    assert a in chip and b in chip and c not in chip and theirs not in chip
+    both = client.get("/ui/jobs?tag=exp:lr,+base").text  # the field: every tag given
+    assert a in both and b not in both and c not in both and 'value="exp:lr base"' in both
+    named = client.get("/ui/jobs?name=sweep&tag=base").text
+    assert a in named and b not in named and c not in named
+    assert theirs not in client.get("/ui/jobs?name=sweep").text
+    bad = client.get("/ui/jobs?tag=no/such").text  # a tag the API refuses matches nothing
+    assert "match these filters" in bad and a not in bad
+
+
+def test_submit_form_takes_tags_checked_by_the_api_schema(client, alice):
+    import yaml
+
+    signed_in(client, alice)
+    page = client.get("/ui/submit")
+    assert 'id="tags"' in page.text
+    text = yaml.safe_dump(CFG)
+    r = client.post("/ui/submit", data={"yaml": text, "tags": "bad tag/, ok", "csrf_token": csrf_of(page.text)})
+    assert r.status_code == 400 and 'data-field="tags.0"' in r.text and "tags.1" not in r.text, r.text
+    r = client.post("/ui/submit", data={"yaml": text, "tags": "exp:1, base ,exp:1", "csrf_token": csrf_of(page.text)})
+    assert r.status_code == 302, r.text
+    job_id = r.headers["Location"].rsplit("/", 1)[1]
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).json["tags"] == ["exp:1", "base"]
