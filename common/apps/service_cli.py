@@ -218,11 +218,13 @@ def _wait(api: ApiClient, job_id: str, interval: float = 1.0) -> dict[str, Any]:
 @click.option("--priority", type=click.IntRange(0, 9), help="0..9, higher first.")
 @click.option("--after", "after", help="Start only after this job succeeded.")
 @click.option("--init-from", "init_from", metavar="JOB[:CHECKPOINT]", help="Initialise from another job's checkpoint (default best).")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Tag the job (repeatable); `teacher status --tag` lists by tag.")
 @click.option("--idempotency-key", help="Resubmitting with the same key returns the same job.")
 @click.option("--wait", is_flag=True, help="Show live progress until the job ends; exit 1 unless it succeeded.")
 @client_options
 def submit(api: ApiClient, config: str, sets: tuple[str, ...], name: str | None, queue: str | None,
-           priority: int | None, after: str | None, init_from: str | None, idempotency_key: str | None, wait: bool) -> None:
+           priority: int | None, after: str | None, init_from: str | None, tags: tuple[str, ...],
+           idempotency_key: str | None, wait: bool) -> None:
     """Submit CONFIG (a YAML file, or the name of a file under configs/) as a training job."""
     body = _job_body(config, sets)
     if name:
@@ -233,6 +235,8 @@ def submit(api: ApiClient, config: str, sets: tuple[str, ...], name: str | None,
     if init_from:
         job, _, ckpt = init_from.partition(":")
         body["init_from"] = {"job": job, "checkpoint": ckpt or "best"}
+    if tags:
+        body["tags"] = list(tags)  # checked by the API (400 naming tags)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     job = api.request("POST", "/jobs", json=body, headers=headers).json()
     click.echo(job["id"])
@@ -266,8 +270,11 @@ def _job_body(config: str, sets: tuple[str, ...]) -> dict[str, Any]:
 @click.argument("job_id", required=False, callback=_job_ref)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 @click.option("--limit", type=click.IntRange(1, 200), default=20, show_default=True)
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="List only jobs with this tag (repeatable: all of them).")
+@click.option("--name", help="List only jobs of this name (a prefix when it ends with '*').")
 @client_options
-def status(api: ApiClient, job_id: str | None, as_json: bool, limit: int) -> None:
+def status(api: ApiClient, job_id: str | None, as_json: bool, limit: int, tags: tuple[str, ...],
+           name: str | None) -> None:
     """Show one job (JOB_ID: the id or a unique prefix of 6+ characters), or list your newest jobs."""
     if job_id:
         job = api.request("GET", f"/jobs/{job_id}").json()
@@ -276,7 +283,10 @@ def status(api: ApiClient, job_id: str | None, as_json: bool, limit: int) -> Non
         else:
             _print_job(job)
         return
-    data = api.request("GET", "/jobs", params={"limit": limit}).json()
+    params: dict[str, Any] = {"limit": limit, "tag": list(tags)}
+    if name:
+        params["name"] = name
+    data = api.request("GET", "/jobs", params=params).json()
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

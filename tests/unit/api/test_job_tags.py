@@ -89,3 +89,30 @@ def test_list_jobs_loads_a_pages_tags_in_one_query(app, call, alice):
     assert tags == [[f"t{i}", "all"] for i in reversed(range(6))]
     # the jobs, their users, their attempts, their tags: not one query per job
     assert queries <= 4, statements
+
+
+def test_cli_submit_tags_and_lists_by_tag(client, call, alice, monkeypatch, tmp_path):
+    """`teacher submit --tag` and `teacher status --tag/--name`, their requests answered by
+    the app in-process (the CLI's HTTP client routed to the Flask test client)."""
+    import yaml
+    from click.testing import CliRunner
+
+    from common.apps import service_cli
+
+    def request(self, method, path, *, ok=(200, 202), **kw):  # noqa: ANN001
+        r = client.open("/api/v1" + path, method=method, json=kw.get("json"), query_string=kw.get("params"),
+                        headers={**alice, **(kw.get("headers") or {})})
+        assert r.status_code in ok, r.json
+        return type("R", (), {"json": lambda _self: r.json})()
+
+    monkeypatch.setattr(service_cli.ApiClient, "request", request)
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(yaml.safe_dump({**CFG, "name": "cli-job"}))
+    run = CliRunner().invoke
+    out = run(service_cli.submit, [str(cfg), "--tag", "exp:1", "--tag", "b", "--token", "x"])
+    assert out.exit_code == 0, out.output
+    job_id = out.output.strip()
+    untagged = submit(call, alice, {**CFG, "name": "cli-job"}).json["id"]
+    listed = run(service_cli.status, ["--tag", "exp:1", "--tag", "b", "--name", "cli-*", "--token", "x"])
+    assert listed.exit_code == 0 and job_id[:12] in listed.output and untagged[:12] not in listed.output, listed.output
+    assert call("get", f"/api/v1/jobs/{job_id}", headers=alice).json["tags"] == ["exp:1", "b"]
