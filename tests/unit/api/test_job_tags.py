@@ -38,6 +38,8 @@ def test_bad_tags_are_400_naming_tags(call, alice):
         r = submit(call, alice, {**CFG, "tags": bad})
         assert r.status_code == 400, bad
         assert any(k == "tags" or k.startswith("tags.") for k in r.json["errors"]), (bad, r.json)
+    r = submit(call, alice, {**CFG, "overrides": {"tags": ["a"]}})  # a service option, not config
+    assert r.status_code == 400 and "tags" in r.json["errors"], r.json
     assert ids(call, alice) == []  # nothing was created
 
 
