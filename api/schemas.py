@@ -317,11 +317,12 @@ class AttemptSchema(ma.Schema):
         "description": "how it ended (null while it runs): succeeded, cancelled, failed (not retried: bad input, no "
                        "space, time limit, an integrity stop, a cap), training_failed (a failure; retried while "
                        "failures < max_attempts), preempted (stopped on request: an interruption), killed (its "
-                       "training process died by a signal nobody sent: a failure), worker_lost (an interruption "
-                       "if it had not trained yet, else a failure), stalled"})
+                       "training process died by a signal nobody sent: a failure), worker_lost (its worker "
+                       "vanished: an interruption), stalled (killed by the stall watchdog: an interruption)"})
     stop = fields.String(allow_none=True, validate=validate.OneOf([c.value for c in StopCause]), metadata={
         "description": "what the supervisor stopped the training for, if it did: worker_shutdown (SIGTERM to the "
-                       "worker, e.g. a preemption), cancel, time_limit, superseded (another worker took the job)"})
+                       "worker, e.g. a preemption), cancel, time_limit, superseded (another worker took the job), stalled "
+                       "(the stall watchdog: no training progress for the stall timeout)"})
     exit_code = fields.Integer(allow_none=True, metadata={"description": "the training process's (negative: a signal)"})
     reason = DerivedString(allow_none=True, derive=_attempt_reason)
     resumed_from = fields.Nested(ResumePointSchema, allow_none=True, metadata={
@@ -346,10 +347,10 @@ class JobSchema(ma.Schema):
         "description": "cap on failures (TEACHER_MAX_ATTEMPTS)"})
     interruptions = DerivedInteger(required=True, derive=lambda job: job.interruptions or 0, metadata={
         "description": "attempts that ended without a failure of their own: a graceful stop (worker shutdown, "
-                       "preemption) or a worker lost before it trained; capped by TEACHER_MAX_INTERRUPTIONS"})
+                       "preemption), a lost worker, a stall; capped by TEACHER_MAX_INTERRUPTIONS"})
     failures = DerivedInteger(required=True, derive=lambda job: job.failures or 0, metadata={
-        "description": "attempts that failed: the training failed (retried from its last checkpoint), or its worker "
-                       "or training process died while training; capped by max_attempts"})
+        "description": "attempts that failed: the training failed (retried from its last checkpoint), or its "
+                       "training process was killed by a signal nobody sent (the OOM killer); capped by max_attempts"})
     resumed_from = DerivedNested(ResumePointSchema, allow_none=True, derive=resumed_from, metadata={
         "description": "where the latest attempt started (null: from scratch, or not started)"})
     timeline = DerivedList(fields.Nested(AttemptSchema), required=True, derive=lambda job: list(job.attempt_rows),

@@ -72,7 +72,7 @@ JOB_RUN = "run"
 HISTORY_FORMAT = "teacher-history/1"
 MANIFEST_FORMAT = "teacher-checkpoints/1"
 _EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.pt$")
-_STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
+_STEP_FILE = re.compile(r"^step_(\d{8,})(?:-\d+)?\.pt$")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -91,10 +91,12 @@ def is_epoch_file(name: str) -> bool:
     return epoch_of_file(name) is not None
 
 
-def step_file(step: int) -> str:
+def step_file(step: int, batch: int | None = None) -> str:
     """``step_00001234.pt``: a mid-epoch checkpoint after optimizer step 1234 (periodic, or
-    written when a stop was requested). Removed once a later epoch checkpoint exists."""
-    return f"step_{step:08d}.pt"
+    written when a stop was requested). Removed once a later epoch checkpoint exists. A second
+    one at the same step (a stop inside the accumulation window after a periodic save) is
+    ``step_00001234-000007.pt`` (batch 7), so the listed file is never overwritten in place."""
+    return f"step_{step:08d}.pt" if batch is None else f"step_{step:08d}-{batch:06d}.pt"
 
 
 def step_of_file(name: str) -> int | None:

@@ -32,6 +32,7 @@ from api.ui.forms import AnalysisForm, CancelForm, SignInForm, SignOutForm, Subm
 from api.ui.session import session_user, sign_in, sign_out
 from common import rundir
 from common.auth import AuthError
+from api.body import precheck_yaml
 from common.config import CONFIGS_DIR, ConfigError, parse_yaml
 from common.rundir import JobPaths
 from common.runfiles import tail_events
@@ -463,6 +464,7 @@ def submit() -> Any:
         return render_template("ui/submit.html", form=form, errors={}, message="fill in the config"), 400
     text = form.yaml.data or ""
     try:
+        precheck_yaml(text)  # the API's limits first: no aliases, bounded depth (as POST /jobs)
         body = parse_yaml(text, source="the config")
         # comma-separated only: "a b" is one (bad) tag, reported as typed, not two good ones
         tags = present.split_tags(form.tags.data or "", separators=",")

@@ -140,17 +140,23 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def _flatten(data: Any, depth: int = 0) -> dict[str, Any]:
-    """Every key of nested mappings, lower-cased; the shallowest occurrence wins."""
+def _flatten(data: Any) -> dict[str, Any]:
+    """Every key of nested mappings (at most 6 levels down), lower-cased; the shallowest
+    occurrence wins. Breadth-first, each mapping once: YAML aliases make one mapping appear
+    under many keys, and walking it again for each would grow as k**depth (a 1 KB upload could
+    pin an API worker for hours)."""
     out: dict[str, Any] = {}
-    if depth > 6 or not isinstance(data, dict):
-        return out
-    nested = []
-    for key, value in data.items():
-        out.setdefault(str(key).lower(), value)
-        if isinstance(value, dict):
-            nested.append(value)
-    for value in nested:
-        for key, inner in _flatten(value, depth + 1).items():
-            out.setdefault(key, inner)
+    seen: set[int] = set()
+    level = [data] if isinstance(data, dict) else []
+    for _depth in range(7):
+        nested = []
+        for mapping in level:
+            if id(mapping) in seen:
+                continue
+            seen.add(id(mapping))
+            for key, value in mapping.items():
+                out.setdefault(str(key).lower(), value)
+                if isinstance(value, dict):
+                    nested.append(value)
+        level = nested
     return out

@@ -13,8 +13,8 @@ that ends the job names the :class:`JobStatus` it ends in (``Outcome.status``).
 Every attempt has a row in ``attempts`` (common.store.attempts): claim opens it; interrupt,
 worker_lost and finish close it with an ``AttemptCause``. The same events keep the two counters
 of ended attempts: ``interruptions`` (not the job's fault: a preemption, a graceful stop, a
-worker lost before it trained; capped by TEACHER_MAX_INTERRUPTIONS) and ``failures`` (the
-training failed, or its worker or process died while training; capped by max_attempts).
+lost worker, a stall; capped by TEACHER_MAX_INTERRUPTIONS) and ``failures`` (the training
+failed, or its process was killed while its worker lived, e.g. OOM; capped by max_attempts).
 
 Adding a job state: a member of JobStatus (common/store/models.py; the column is a string, so no
 migration), its rows in TRANSITIONS, the event function that enters it, and the invariants in

@@ -126,12 +126,10 @@ class Job(Base):
     # TEACHER_MAX_JOB_SECONDS limits this total, so a requeued job does not get a fresh budget.
     run_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     # Attempts that ended without the job being at fault: stopped gracefully (worker shutdown,
-    # preemption: exit 3) or lost before training started. They are capped by
-    # TEACHER_MAX_INTERRUPTIONS; the other ended attempts (attempts - interruptions: a worker or
-    # training process that died while training) by max_attempts.
+    # preemption: exit 3), a lost worker, a stall. They are capped by TEACHER_MAX_INTERRUPTIONS.
     interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Attempts that ended by a failure of the job's own: its training failed (exit 1, retried
-    # from its checkpoint) or its worker or training process died while training. Capped by
+    # from its checkpoint) or its training process was killed while its worker lived (OOM). Capped by
     # max_attempts. interruptions + failures <= attempts (the others finished the job).
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # When the latest attempt claimed the job: a broker delivery older than this was consumed by

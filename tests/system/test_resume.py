@@ -244,6 +244,17 @@ def test_a_stop_inside_an_epochs_first_window_resumes_from_the_step_file(resume_
     _assert_resumed_mid_epoch(run_dir, entry)
 
 
+def test_a_stop_after_an_epochs_last_smaller_batch_resumes_at_its_validation(resume_setup):
+    """SIGTERM after batch 4, epoch 1's last (8 samples: 200 = 3 x 64 + 8): the step file says
+    all 4 batches are done, a position past the last sample (4 x 64 > 200). The resume trains
+    nothing more of the epoch, validates it and goes on (review finding: it used to refuse to
+    start, 'skip 256 outside the epoch's 200 positions', and fail every retry)."""
+    run_dir = resume_setup["base"] / "last-batch"
+    (entry,) = _stop_resume_chain(resume_setup, run_dir, "sigterm_at_batch:4", 1)
+    assert (entry["epoch"], entry["batch"]) == (0, 4)
+    assert_same_run(resume_setup["reference"], run_dir)
+
+
 def test_resume_mid_epoch_with_dataloader_workers(resume_setup, tmp_path):
     """Two DataLoader worker processes: each sample's augmentation is seeded by (seed, epoch,
     index), so the run equals the in-process reference, stopped in the middle of epoch 2 or not."""

@@ -190,9 +190,11 @@ class CheckpointManager:
         try:
             data = serialize(state)
             name = step_file(step)
+            if name in self.entries:  # same step, later batch: never rewrite the listed resume point
+                name = step_file(step, batch)
             self.dir.mkdir(parents=True, exist_ok=True)
             with naming(self.dir / name):
-                atomic_write_bytes(self.dir / name, data)  # a repeat of the same step (batch later) replaces it
+                atomic_write_bytes(self.dir / name, data)
             older = [e.name for e in self.entries.values() if is_step_file(e.name) and e.name != name]
             for old in older:
                 del self.entries[old]

@@ -208,7 +208,7 @@ class ImageListDataset(Dataset):
         # The transforms draw from torch's global generator: seed it for this sample, and put
         # the caller's state back (in the main process that state is the model's dropout).
         outer = torch.get_rng_state()
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only (manual_seed would reseed CUDA's too)
         try:
             return self.transform(image), label
         finally:

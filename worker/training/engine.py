@@ -513,7 +513,9 @@ def fit(st: TrainState, recorder: Recorder, ckpts: CheckpointManager, run_dir: P
             set_rng_state(resumed.rng)
         else:
             seed_everything(seed * 10_007 + epoch)
-        st.train_loader.sampler.set_epoch(epoch, skip=resumed.batch * st.cfg.optim.batch_size if resumed else 0)
+        # A stop after the epoch's last (smaller) batch is a position past the last sample.
+        skip = min(resumed.batch * st.cfg.optim.batch_size, st.train_loader.sampler.epoch_length) if resumed else 0
+        st.train_loader.sampler.set_epoch(epoch, skip=skip)
         st.train_loader.generator.manual_seed(seed * 10_007 + epoch)
         t0 = time.perf_counter()
         trained = train_one_epoch(st, epoch, recorder, stop, steps)
@@ -522,8 +524,9 @@ def fit(st: TrainState, recorder: Recorder, ckpts: CheckpointManager, run_dir: P
         st.epoch = epoch
         rec = recorder.on_epoch(epoch=epoch, step=st.step, lr=trained.lr, train=trained.totals, val=val,
                                 train_s=trained.seconds, epoch_s=time.perf_counter() - t0)
+        t_save = time.perf_counter()
         save_checkpoint(st, ckpts, recorder.history, rec.metrics())
-        steps.wrote(time.perf_counter() - t0 - trained.seconds)  # the period restarts; an upper bound of the write
+        steps.wrote(time.perf_counter() - t_save)  # the period restarts; what a write takes (for a stop's)
         recorder.on_checked(rec=rec, integrity=check_integrity(st, run_dir))
         faults.current().after_epoch(epoch)  # test-only: a crash between epochs
 

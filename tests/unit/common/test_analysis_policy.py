@@ -148,6 +148,23 @@ def test_sidecars_give_hints_and_pickle_tags_are_skipped(tmp_path: Path) -> None
     assert load_inputs([tmp_path / "metrics.csv"], num_classes=3).num_classes == 3
 
 
+def test_a_yaml_alias_bomb_sidecar_is_read_in_linear_time(tmp_path: Path) -> None:
+    """Review finding: six levels of 40 aliased keys each (2 KB) would be walked 40**6 times if
+    each alias were flattened again; each mapping is visited once, so this returns at once."""
+    import time
+
+    k, lines = 40, ["l0: &l0 {num_classes: 7}"]
+    for level in range(1, 7):
+        refs = ", ".join(f"k{i}: *l{level - 1}" for i in range(k))
+        lines.append(f"l{level}: &l{level} {{{refs}}}")
+    bomb = tmp_path / "hparams.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    hints = read_sidecar(bomb)
+    assert time.perf_counter() - t0 < 5  # exponential: hours
+    assert hints.num_classes == 7
+
+
 def test_unsafe_yaml_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     bad = tmp_path / "hparams.yaml"

@@ -267,3 +267,18 @@ def test_step_checkpoints_are_due_by_steps_or_minutes_and_skipped_when_the_grace
                           grace_s=10.0, clock=clock)
     now[0] += 10_000
     assert not any(off.due(s) for s in range(1, 100))
+
+
+def test_a_second_step_file_at_the_same_step_gets_its_own_name(tmp_path):
+    """A periodic save at step 6 and then a stop inside the next accumulation window (still
+    step 6, batch later): the listed file is never rewritten in place, so a kill in the middle
+    of the second write leaves the first one verifiable."""
+    ck = tmp_path / "checkpoints"
+    ckpts = _manager(ck)
+    _save(ckpts, 1, 10.0)
+    first = _save_step(ckpts, 1, 6, 2)
+    second = _save_step(ckpts, 1, 6, 3)
+    assert (first, second) == ("step_00000006.pt", "step_00000006-000003.pt")
+    manifest = assert_manifest_verifies(ck)
+    assert [e["name"] for e in manifest["checkpoints"] if e["name"].startswith("step_")] == [second]
+    assert _manager(ck).load_latest()[1].name == second
