@@ -130,4 +130,4 @@ def test_job_that_keeps_killing_its_worker_fails_after_capped_attempts(stack_fac
                    f"attempt {attempt}", interval=0.1)
         os.kill(db_job(stack, job_id).child_pid, signal.SIGKILL)
     job = stack.wait_status(job_id, {"succeeded", "failed"}, timeout=60)
-    assert job["status"] == "failed" and "gave up after 2 attempts" in job["failure_reason"], job
+    assert job["status"] == "failed" and "gave up after 2 failures" in job["failure_reason"], job  # killed children: failures
