@@ -108,6 +108,12 @@ class Stack:
         r = requests.post(self.api_url + path, headers={**self.headers, **kw.pop("headers", {})}, timeout=30, **kw)
         return self._checked("post", path, r)
 
+    def submit(self, body: dict[str, Any]) -> str:
+        """POST a job as the stack's user (``headers``); returns its id, asserting the 202."""
+        r = self.post("/api/v1/jobs", json=body)
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
     def job(self, job_id: str) -> dict[str, Any]:
         r = self.get(f"/api/v1/jobs/{job_id}")
         assert r.status_code == 200, r.text

@@ -22,7 +22,7 @@ import torch
 
 from common.store.jobs import JobPaths
 from tests.support.procs import wait_until
-from tests.support.stack import Stack, db_job
+from tests.support.stack import db_job
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +40,6 @@ def small_config(service_config: dict[str, Any], **optim: Any) -> dict[str, Any]
     cfg["model"]["arch"] = "shufflenet_v2_x0_5"
     cfg["optim"].update(optim)
     return cfg
-
-
-def submit(stack: Stack, body: dict[str, Any]) -> str:
-    r = stack.post("/api/v1/jobs", json=body)
-    assert r.status_code == 202, r.text
-    return r.json()["id"]
 
 
 
@@ -170,7 +164,7 @@ def test_full_job_volume_fails_the_job_keeps_its_checkpoints_and_the_worker(stac
     stack.headers = stack.token("alice")
     worker = stack.start_worker()
 
-    job_id = submit(stack, small_config(service_config, epochs=50))
+    job_id = stack.submit(small_config(service_config, epochs=50))
     paths = JobPaths.of(volume, job_id)
     wait_until(lambda: 1 in manifest_epochs(paths), 240, "the epoch-1 checkpoint", interval=0.1)
     fillers = [fill(volume, "filler")]  # the trainer's next write fails with ENOSPC
@@ -200,7 +194,7 @@ def test_full_job_volume_fails_the_job_keeps_its_checkpoints_and_the_worker(stac
     # the supervisor's own writes (config.yaml, child.log) on the full volume: the job fails
     # before any child starts, with the same reason, and the worker carries on
     fillers.append(fill(volume, "filler2"))
-    blocked = submit(stack, small_config(service_config, epochs=1))
+    blocked = stack.submit(small_config(service_config, epochs=1))
     job = stack.wait_status(blocked, FINISHED | {"interrupted"}, timeout=60)
     assert job["status"] == "failed" and job["attempts"] == 1 and job["exit_code"] is None, job
     assert job["failure_reason"].startswith("no space left on device while writing config.yaml: the job volume is full")
@@ -211,7 +205,7 @@ def test_full_job_volume_fails_the_job_keeps_its_checkpoints_and_the_worker(stac
     # space again: the same worker process runs the next job to the end
     for f in fillers:
         f.unlink()
-    after = submit(stack, small_config(service_config, epochs=1))
+    after = stack.submit(small_config(service_config, epochs=1))
     job = stack.wait_status(after, FINISHED | {"interrupted"}, timeout=240)
     assert job["status"] == "succeeded" and job["attempts"] == 1, (job, stack.logs())
     assert db_job(stack, after).worker == db_job(stack, job_id).worker and worker.poll() is None
@@ -229,7 +223,7 @@ def test_time_limit_fails_the_job_keeps_its_checkpoint_and_is_not_retried(stack_
     stack.headers = stack.token("alice")
     worker = stack.start_worker()
     # far more epochs than fit in the limit; an epoch is a few seconds even on a slow machine
-    job_id = submit(stack, small_config(service_config, epochs=1000))
+    job_id = stack.submit(small_config(service_config, epochs=1000))
     paths = JobPaths.of(stack.settings.jobs_root, job_id)
     wait_until(lambda: 1 in manifest_epochs(paths), LIMIT_S, "the epoch-1 checkpoint, well within the limit",
                interval=0.2)
@@ -267,7 +261,7 @@ def test_malicious_pickle_checkpoint_is_refused_on_resume_and_as_init_from(stack
     stack.headers = stack.token("alice")
     worker = stack.start_worker()
 
-    source = submit(stack, small_config(service_config, epochs=4))
+    source = stack.submit(small_config(service_config, epochs=4))
     paths = JobPaths.of(stack.settings.jobs_root, source)
     wait_until(lambda: 1 in manifest_epochs(paths) and db_job(stack, source).child_pid, 240,
                "the epoch-1 checkpoint", interval=0.1)
@@ -298,7 +292,7 @@ def test_malicious_pickle_checkpoint_is_refused_on_resume_and_as_init_from(stack
 
     # (a) init_from: the source job's best.pt is now the malicious pickle (manifest updated too)
     plant_evil_checkpoint(paths, "best.pt", marker)
-    target = submit(stack, {**small_config(service_config, epochs=1), "init_from": {"job": source, "checkpoint": "best"}})
+    target = stack.submit({**small_config(service_config, epochs=1), "init_from": {"job": source, "checkpoint": "best"}})
     job = stack.wait_status(target, FINISHED | {"interrupted"}, timeout=240)
     reason = job["failure_reason"] or ""
     # exit 2, bad input (the config names this one file): not retried, failed with the trainer's error

@@ -35,12 +35,6 @@ def preemptible_config(service_config: dict[str, Any], epochs: int = 2, **checkp
     return cfg
 
 
-def submit(stack: Stack, body: dict[str, Any]) -> str:
-    r = stack.post("/api/v1/jobs", json=body)
-    assert r.status_code == 202, r.text
-    return r.json()["id"]
-
-
 def start_deployed_worker(stack: Stack) -> subprocess.Popen[Any]:
     return stack.start_worker(deployed_worker_argv())
 
@@ -91,7 +85,7 @@ def test_a_worker_sigterm_mid_epoch_resumes_on_another_worker_from_the_step_chec
     stack.start_api()
     stack.headers = stack.token("alice")
     first = start_deployed_worker(stack)
-    job_id = submit(stack, preemptible_config(service_config, epochs=2))
+    job_id = stack.submit(preemptible_config(service_config, epochs=2))
     paths = JobPaths.of(stack.settings.jobs_root, job_id)
 
     wait_until(lambda: trained_mid_epoch(stack, job_id, 1, min_batch=3), 180, "mid-epoch 1 of attempt 1", interval=0.1)
@@ -147,7 +141,7 @@ def test_a_sigkilled_worker_mid_epoch_resumes_from_the_last_periodic_step_checkp
     stack.start_api()
     stack.headers = stack.token("alice")
     worker = start_deployed_worker(stack)
-    job_id = submit(stack, preemptible_config(service_config, epochs=2, every_steps=every))
+    job_id = stack.submit(preemptible_config(service_config, epochs=2, every_steps=every))
     paths = JobPaths.of(stack.settings.jobs_root, job_id)
 
     def past_a_periodic_checkpoint() -> bool:
@@ -187,7 +181,7 @@ def test_a_job_preempted_six_times_in_a_row_still_succeeds(stack_factory, servic
     stack.headers = stack.token("alice")
     start_deployed_worker(stack)
     start_deployed_worker(stack)  # a spare: takes each re-sent message while the stopped one exits
-    job_id = submit(stack, preemptible_config(service_config, epochs=3))
+    job_id = stack.submit(preemptible_config(service_config, epochs=3))
     paths = JobPaths.of(stack.settings.jobs_root, job_id)
 
     for attempt in range(1, 7):
@@ -219,7 +213,7 @@ def test_a_training_that_fails_every_time_fails_after_max_attempts_with_its_erro
     cfg = copy.deepcopy(service_config)
     cfg["model"]["arch"] = "shufflenet_v2_x0_5"  # small and fast: it only has to fail
     cfg["optim"].update(epochs=1, batch_size=4, optimizer="sgd", lr=100, warmup_epochs=0)
-    job_id = submit(stack, cfg)
+    job_id = stack.submit(cfg)
 
     job = stack.wait_status(job_id, FINISHED, timeout=240)
     assert job["status"] == "failed", (job, stack.logs())
