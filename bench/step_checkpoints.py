@@ -31,17 +31,14 @@ from pathlib import Path
 
 import yaml
 
+from common.config import apply_overrides
+from tests.support.training import TINY_CONFIG
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-CONFIG = {
-    "name": "bench-step-ckpt",
-    "model": {"arch": "resnet18"},
-    "data": {"format": "imagefolder", "root": "synthetic", "image_size": 32, "augment": True},
-    "optim": {"epochs": 3, "batch_size": 64, "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.05,
-              "scheduler": "cosine", "warmup_epochs": 0.5, "seed": 0},
-    "runtime": {"device": "cpu", "num_workers": 0, "log_interval": 10},
-    "checkpoint": {"every_epochs": 1, "keep_last": 2, "best_metric": "val.top1"},
-}
+# The tests' tiny config (tests/support/training.py), with augmentation, 3 epochs, a log line per 10 steps.
+CONFIG = apply_overrides(TINY_CONFIG, {"name": "bench-step-ckpt", "data.augment": True, "optim.epochs": 3,
+                                       "runtime.log_interval": 10})
 VARIANTS = {"off": {"every_minutes": 0}, "default": {}, "stress": {"every_minutes": 0, "every_steps": 2}}
 _WRITE = re.compile(r"step checkpoint step_\d+\.pt \(periodic\).* in ([0-9.]+)s")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import logging
 import math
 import os
@@ -348,7 +349,7 @@ class EpochPosition:
     @classmethod
     def from_state(cls, state: dict[str, Any], *, rng: dict[str, Any], model: nn.Module,
                    device: torch.device) -> "EpochPosition":
-        for p, g in zip(model.parameters(), state["grads"] or [None] * len(list(model.parameters()))):
+        for p, g in zip(model.parameters(), state["grads"] or itertools.repeat(None)):
             p.grad = None if g is None else g.to(p.device)
         return cls(int(state["epoch"]), int(state["batch"]), MetricSums.from_state(state["sums"], device),
                    IntervalMeter.from_state(state["meter"]), float(state["lr"]), rng)
@@ -480,9 +481,10 @@ class StepCheckpoints:
         t0 = self.clock()
         state = {**checkpoint_state(st, history), "position": st.position.to_state(st.model)}
         name = self.ckpts.save_step(state, epoch=st.epoch, step=st.step, batch=st.position.batch)
-        self.wrote(self.clock() - t0)
+        seconds = self.clock() - t0
+        self.wrote(seconds)
         log.info("step checkpoint %s (%s): epoch %d, batch %d, step %d, in %.1fs", name, why, st.position.epoch,
-                 st.position.batch, st.step, self.clock() - t0)
+                 st.position.batch, st.step, seconds)
 
 
 def check_integrity(st: TrainState, run_dir: Path) -> Integrity:
