@@ -252,6 +252,9 @@ class RuntimeSchema(_Strict):
     stall_timeout_s = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1, max=604_800),
                                     metadata={"description": "the job is killed and retried from its checkpoint when "
                                               "training makes no progress this long (default: TEACHER_STALL_TIMEOUT_S)"})
+    sync_bn = fields.Boolean(load_default=False, metadata={
+        "description": "several processes: convert BatchNorm layers to SyncBatchNorm (statistics over the global "
+                       "batch, as on one device; costs a collective per BatchNorm layer)"})
 
 
 class CheckpointSchema(_Strict):
@@ -264,6 +267,26 @@ class CheckpointSchema(_Strict):
         "description": "write a step checkpoint when this many minutes passed since the last checkpoint (0: off)"})
     every_steps = StrictInteger(load_default=0, validate=validate.Range(min=0, max=100_000_000), metadata={
         "description": "write a step checkpoint every this many optimizer steps (0: off)"})
+
+
+MAX_PROCESSES = 64
+
+
+class ResourcesSchema(_Strict):
+    """What a job needs of its worker. One process by default, on the worker's GPU if it has
+    one (``gpus: null``). ``gpus: N`` asks for N GPUs on one host (torchrun, NCCL); the job runs
+    only on a worker that has N, and never on fewer. ``processes: N`` runs N CPU processes
+    (torchrun, gloo): for CPU hosts and for tests."""
+
+    gpus = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1, max=MAX_PROCESSES), metadata={
+        "description": "GPUs on one host, one training process each (null: one process, on a GPU if the worker has one)"})
+    processes = StrictInteger(load_default=1, validate=validate.Range(min=1, max=MAX_PROCESSES), metadata={
+        "description": "CPU training processes (gloo backend); for GPUs use `gpus`"})
+
+    @validates_schema
+    def _one_kind(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("gpus") is not None and data.get("processes", 1) != 1:
+            raise ValidationError("give either gpus (GPU processes) or processes (CPU processes), not both", "processes")
 
 
 class IntegritySchema(_Strict):
@@ -282,6 +305,28 @@ class TrainConfigSchema(_Strict):
         load_default=None, allow_none=True,
         metadata={"description": "checkpoint (relative to the runs root) whose backbone initialises this model; the head is rebuilt when the class count differs"},
     )
+    resources = fields.Nested(ResourcesSchema, load_default=lambda: ResourcesSchema().load({}))
+
+    @validates_schema
+    def _batch_splits(self, data: dict[str, Any], **_: Any) -> None:
+        # optim.batch_size is the global batch, so a config means the same on 1 or 8 GPUs.
+        resources, optim = data.get("resources") or {}, data.get("optim") or {}
+        world = resources.get("gpus") or resources.get("processes") or 1
+        batch = optim.get("batch_size")
+        if isinstance(batch, int) and world > 1 and batch % world:
+            raise ValidationError({"batch_size": [
+                f"the global batch {batch} does not split evenly over {world} processes "
+                f"(resources): use a multiple of {world}"]}, "optim")
+        runtime = data.get("runtime") or {}
+        if resources.get("processes", 1) > 1:  # CPU processes (gloo)
+            if runtime.get("device") == "cuda":
+                raise ValidationError({"device": ["resources.processes runs CPU processes; for GPUs use "
+                                                  "resources.gpus"]}, "runtime")
+            if runtime.get("sync_bn"):
+                raise ValidationError({"sync_bn": ["SyncBatchNorm needs GPUs (resources.gpus); "
+                                                   "PyTorch has no CPU implementation"]}, "runtime")
+        if resources.get("gpus") is not None and runtime.get("device") == "cpu":
+            raise ValidationError({"device": ["resources.gpus asks for GPUs; use device auto or cuda"]}, "runtime")
 
     @pre_load
     def _must_be_mapping(self, data: Any, **_: Any) -> Any:
@@ -348,6 +393,7 @@ class RuntimeConfig:
     num_workers: int
     log_interval: int
     stall_timeout_s: int | None = None
+    sync_bn: bool = False
 
 
 @dataclass(frozen=True)
@@ -357,6 +403,21 @@ class CheckpointConfig:
     best_metric: str
     every_minutes: float = 30.0
     every_steps: int = 0
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    gpus: int | None = None
+    processes: int = 1
+
+    @property
+    def world_size(self) -> int:
+        """Training processes: one per GPU asked for, else ``processes``."""
+        return self.gpus if self.gpus is not None else self.processes
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.gpus is not None else "gloo"
 
 
 @dataclass(frozen=True)
@@ -374,6 +435,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig
     integrity: IntegrityConfig
     init_from: str | None
+    resources: ResourcesConfig = ResourcesConfig()
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "TrainConfig":
@@ -384,7 +446,7 @@ class TrainConfig:
         return cls(name=cfg["name"], model=ModelConfig(**cfg["model"]), data=DataConfig(**data),
                    optim=OptimConfig(**cfg["optim"]), runtime=RuntimeConfig(**cfg["runtime"]),
                    checkpoint=CheckpointConfig(**cfg["checkpoint"]), integrity=IntegrityConfig(**cfg["integrity"]),
-                   init_from=cfg["init_from"])
+                   init_from=cfg["init_from"], resources=ResourcesConfig(**cfg["resources"]))
 
     def to_dict(self) -> dict[str, Any]:
         """The validated mapping (what config.yaml, a checkpoint and the API hold)."""
