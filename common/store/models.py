@@ -259,6 +259,9 @@ class WorkerBeat(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     queues: Mapped[str] = mapped_column(String(255), default="")
     seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # What the worker probed at its start (common.devices.Devices.to_json: GPUs, CPU cores, the
+    # probe's error); None for a worker that does not report devices (older code).
+    devices: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     @classmethod
     def is_alive(cls, age_s: float, beat_s: float) -> bool:

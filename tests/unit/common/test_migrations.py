@@ -69,7 +69,7 @@ def insert_job(conn) -> None:
 
 
 def test_the_revisions_are_the_old_versions_in_order():
-    assert REVISIONS == ["0001", "0002", "0003", "0004", "0005", "0006"] and LATEST_VERSION == 6
+    assert REVISIONS == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"] and LATEST_VERSION == 7
 
 
 def test_an_empty_store_upgrades_to_head_and_matches_the_models(engine):
@@ -214,3 +214,16 @@ def test_0006_adds_job_tags_to_a_store_at_0005_keeping_its_jobs(engine):
         indexes = {ix["name"] for ix in inspect(conn).get_indexes("job_tags")}
     assert "ix_job_tags_tag" in indexes
     assert schema_diff(engine) == []
+
+
+def test_0007_adds_worker_devices_to_a_store_at_0006_keeping_its_beats(engine):
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0006")
+        conn.exec_driver_sql("INSERT INTO worker_beats (name, queues, seen_at) VALUES ('h:1', 'default', '2025-01-01')")
+    assert upgrade(engine) == LATEST_VERSION
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("SELECT name, devices FROM worker_beats").all() == [("h:1", None)]
+    assert schema_diff(engine) == []
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0006")
+        assert "devices" not in {c["name"] for c in inspect(conn).get_columns("worker_beats")}
