@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import (Blueprint, Response, abort, current_app, g, jsonify, make_response, redirect, render_template,
-                   request, url_for)
+                   render_template_string, request, url_for)
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from markupsafe import Markup
 from sqlalchemy import func, select
@@ -48,7 +48,7 @@ csrf = CSRFProtect()
 PAGE_SIZE = 25
 LOG_TAIL = 200
 OPEN_ENDPOINTS = frozenset({"ui.signin", "ui.static"})
-POLLED_ENDPOINTS = frozenset({"ui.job_rows", "ui.job_live"})  # fetched by the pages' scripts
+POLLED_ENDPOINTS = frozenset({"ui.job_rows", "ui.job_live", "ui.job_integrity"})  # fetched by the pages' scripts
 # No inline script or style anywhere: the pages load their code from /ui/static only.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -214,8 +214,10 @@ def job(job_id: str) -> Any:
     row = load_job(job_id)  # 404 for another user's job, as GET /api/v1/jobs/{id}
     dump = JobSchema().dump(row)
     paths = _paths(row)
+    integrity_etag = _integrity_etag(row, paths)  # before the report: a newer history only makes it stale
     report = _report(row, paths)
-    return render_template("ui/job.html", job=dump, report=report, flags=present.flagged_points(report), log_lines=_log_lines(row, paths),
+    return render_template("ui/job.html", job=dump, report=report, flags=present.flagged_points(report),
+                           integrity_etag=integrity_etag, log_lines=_log_lines(row, paths),
                            checkpoints=_checkpoints(row, paths), epochs=_epochs(paths),
                            config_yaml=present.as_yaml(dump.get("config") or {}),
                            cancel_form=CancelForm(), finished=row.job_status.finished, log_tail=LOG_TAIL,
@@ -299,6 +301,48 @@ def job_live(job_id: str) -> Any:
     body = {"job": dump, "epochs": _epochs(paths), "log": _log_lines(row, paths), "steps": _current_steps(paths),
             "checkpoints": _checkpoints(row, paths), "finished": row.job_status.finished}
     resp = jsonify(body)
+    resp.set_etag(etag)
+    resp.headers["Cache-Control"] = "no-cache"
+    return resp
+
+
+# the page's own macros (ui/_integrity.html), rendered alone with the blueprint's context (fmt)
+INTEGRITY_PART = ('{% import "ui/_integrity.html" as integ with context %}'
+                  '{{ integ.section(report) if part == "section" else integ.flag_note(flags) }}')
+
+
+def _integrity_etag(row: Job, paths: JobPaths) -> str:
+    """What the integrity section is redrawn for: the job's status and the stat of its history
+    and run config. Steps and log lines change the report only between epochs' checks, and
+    re-running the analysis (plots included) on every step would cost a poll far more."""
+    parts = [row.status]
+    for path in (paths.files.history, paths.files.config):
+        try:
+            st = path.stat()
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append("-")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+@blp.route("/jobs/<string:job_id>/integrity.json", endpoint="job_integrity")
+def job_integrity(job_id: str) -> Any:
+    """The integrity section as the page renders it (its checks table and the note on the
+    curves, escaped by Jinja) and the points to mark on the curves. job.js asks for it when
+    an epoch finished or the status changed; 304 while the history and status are unchanged."""
+    row = load_job(job_id)  # 404 for another user's job
+    paths = _paths(row)
+    etag = _integrity_etag(row, paths)
+    if request.if_none_match.contains(etag):
+        resp = Response(status=304)
+    else:
+        report = _report(row, paths)
+        flags = present.flagged_points(report)
+        resp = jsonify({"verdict": (report or {}).get("verdict"), "last_epoch": (report or {}).get("last_epoch"),
+                        "checks": [{"id": c.get("id"), "status": c.get("status")} for c in (report or {}).get("checks") or []],
+                        "flags": flags, "html": render_template_string(INTEGRITY_PART, part="section", report=report),
+                        "flag_note_html": render_template_string(INTEGRITY_PART, part="flag_note", flags=flags),
+                        "finished": row.job_status.finished})
     resp.set_etag(etag)
     resp.headers["Cache-Control"] = "no-cache"
     return resp

@@ -1,6 +1,8 @@
 // The job page, live: polls live.json with If-None-Match (an unchanged job is a 304), redraws the
 // curves (uPlot, one point per finished epoch), the summary, the log tail and the checkpoints.
-// Every value goes in through textContent: nothing from the job is parsed as HTML.
+// Every value goes in through textContent: nothing from the job is parsed as HTML, except the
+// integrity section, which is the server's own template output (escaped by Jinja), fetched from
+// integrity.json when an epoch finished or the status changed.
 "use strict";
 (function () {
   var page = document.getElementById("job-page");
@@ -10,12 +12,14 @@
 
   function chartWidth(box) { return Math.max(280, Math.min(box.clientWidth || 600, 900)); }
 
-  // Checks that failed or warned at given epochs of a metric (the integrity report's evidence).
-  var flags = JSON.parse((document.getElementById("job-flags") || {}).textContent || "[]");
+  // Checks that failed or warned at given epochs of a metric (the integrity report's evidence);
+  // replaced when integrity.json brings a newer report.
+  state.flags = JSON.parse((document.getElementById("job-flags") || {}).textContent || "[]");
+  state.lastEpochs = [];
 
   function flaggedFor(series) {
     var keys = series.map(function (s) { return s.key; });
-    return flags.filter(function (f) { return keys.indexOf(f.metric) >= 0; });
+    return state.flags.filter(function (f) { return keys.indexOf(f.metric) >= 0; });
   }
 
   // Two y axes: the first series on the left ("y"), the others on the right ("y2").
@@ -32,7 +36,6 @@
       legend: { live: false },
     };
     var chart = new window.uPlot(opts, [[], [], []], box);
-    window.addEventListener("resize", function () { chart.setSize({ width: chartWidth(box), height: 260 }); });
     return { chart: chart, box: box };
   }
 
@@ -74,7 +77,6 @@
       legend: { live: false },
     };
     var chart = new window.uPlot(opts, [[]].concat(series.map(function () { return []; })), box);
-    window.addEventListener("resize", function () { chart.setSize({ width: chartWidth(box), height: 260 }); });
     return { chart: chart, series: series, box: box, flagged: marked.length };
   }
 
@@ -85,6 +87,7 @@
   }
 
   function drawCharts(epochs) {
+    state.lastEpochs = epochs;
     ["loss", "acc"].forEach(function (name) {
       var c = state.charts[name];
       if (!c) return;
@@ -264,7 +267,10 @@
     if (atBottom) pre.scrollTop = pre.scrollHeight;
   }
 
-  if (window.uPlot) {
+  // The epoch charts, built for the current flags: a new set of flagged checks rebuilds them
+  // (uPlot's series are fixed at creation), in their boxes, which keep their height meanwhile.
+  function epochCharts() {
+    ["loss", "acc"].forEach(function (name) { if (state.charts[name]) state.charts[name].chart.destroy(); });
     state.charts.loss = makeChart("chart-loss", [
       { label: "train loss", key: "train.loss", color: "#1f77b4" },
       { label: "val loss", key: "val.loss", color: "#d62728" }], "loss");
@@ -273,12 +279,72 @@
       { label: "val top-1", key: "val.top1", color: "#d62728" },
       { label: "val top-5", key: "val.top5", color: "#2ca02c", dash: [6, 4] }], "%");
   }
+
+  function flagKey(list) {
+    return JSON.stringify(list.map(function (f) { return [f.id, f.status, f.metric, f.epochs]; }));
+  }
+
+  function applyFlags(list) {
+    if (flagKey(list) === flagKey(state.flags)) return;
+    state.flags = list;
+    if (!window.uPlot) return;
+    epochCharts();
+    drawCharts(state.lastEpochs);
+  }
+
+  // The integrity section: fetched (If-None-Match) only when the live view shows a new epoch or
+  // status, so a running job's report is analysed once per epoch, not once per poll.
+  var integ = document.getElementById("integrity");
+  var integrity = state.integrity = {
+    url: integ && integ.getAttribute("data-url"), etag: integ && integ.getAttribute("data-etag"),
+    key: integ ? integ.getAttribute("data-epochs") + "|" + integ.getAttribute("data-status") : null,
+    fetching: false, again: false, updates: 0, notModified: 0, last: null };
+
+  function refreshIntegrity(epochs, status) {
+    var key = epochs.length + "|" + status;
+    if (!integrity.url || key === integrity.key) return;
+    integrity.key = key;
+    if (integrity.fetching) { integrity.again = true; return; }
+    fetchIntegrity();
+  }
+
+  function fetchIntegrity() {
+    integrity.fetching = true;
+    var headers = { "Accept": "application/json" };
+    if (integrity.etag) headers["If-None-Match"] = integrity.etag;
+    fetch(integrity.url, { headers: headers, cache: "no-store", credentials: "same-origin" }).then(function (r) {
+      if (r.status === 304) { integrity.notModified += 1; return null; }
+      if (!r.ok) { integrity.key = null; return null; }  // asked again after the next live update
+      integrity.etag = r.headers.get("ETag") || integrity.etag;
+      return r.json().then(showIntegrity);
+    }).catch(function () { integrity.key = null; }).then(function () {
+      integrity.fetching = false;
+      if (integrity.again) { integrity.again = false; fetchIntegrity(); }
+    });
+  }
+
+  function showIntegrity(body) {
+    document.getElementById("integrity-body").innerHTML = body.html;  // our own template's output, escaped server-side
+    document.getElementById("flag-note-box").innerHTML = body.flag_note_html;
+    if (body.finished) document.getElementById("integrity-when").textContent = "(the final report)";
+    applyFlags(body.flags || []);
+    integrity.last = body;
+    integrity.updates += 1;
+  }
+
   if (window.uPlot) {
+    epochCharts();
     state.charts.steps = makeDualChart("chart-steps", "batch", { label: "loss", color: "#1f77b4" },
                                        { label: "top-1 %", color: "#2ca02c" });
     state.charts.lr = makeDualChart("chart-lr", "epoch", { label: "lr", color: "#9467bd" },
                                     { label: "img/s", color: "#ff7f0e" });
   }
+  window.addEventListener("resize", function () {
+    Object.keys(state.charts).forEach(function (name) {
+      var c = state.charts[name];
+      c.chart.setSize({ width: chartWidth(c.box), height: 260 });
+    });
+  });
   var log = document.getElementById("log");
   log.scrollTop = log.scrollHeight;
 
@@ -287,6 +353,7 @@
       summary(body.job, body.finished, body.epochs);
       timeline(body.job);
       drawCharts(body.epochs);
+      refreshIntegrity(body.epochs, body.job.status);
       drawSteps(body.steps || []);
       drawLr(body.epochs);
       epochRows(body.epochs);
