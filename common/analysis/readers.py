@@ -52,6 +52,8 @@ HINT_SUFFIXES = (".yaml", ".yml")
 _SPECIAL_KEYS = {"step": "step", "global_step": "step", "epoch_time_s": "epoch_time", "epoch_time": "epoch_time"}
 _EPOCH_KEYS = {"epoch", "epochs"}
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+# fastai's CSVLogger writes "#na#" for a value it does not have (no validation that epoch).
+FASTAI_NA = "#na#"
 
 
 def load_inputs(paths: Sequence[Path], num_classes: int | None = None,
@@ -284,8 +286,11 @@ def looks_like_csv(text: str) -> bool:
     if len(header) < 2 or any(_is_number(c) or ":" in c for c in header if c):
         return False  # "epoch 3: loss 0.5, acc 0.9" is a console line, not a header
     data = [c.strip() for c in rows[1]]
-    numeric = sum(1 for c in data if not c or _is_number(c))
-    return len(data) == len(header) and numeric * 2 >= len(data)
+    numeric = sum(1 for c in data if not c or c == FASTAI_NA or _is_number(c))
+    # fastai v1's CSVLogger writes a shorter row, ending in #na#, for an epoch without
+    # validation (each learn.lr_find() call leaves one).
+    short_fastai = len(data) < len(header) and FASTAI_NA in data
+    return (len(data) == len(header) or short_fastai) and numeric * 2 >= len(data)
 
 
 def _is_number(text: str) -> bool:
@@ -511,15 +516,8 @@ def read_csv(path: Path) -> Source:
     if len(table) < 2 or not table[0]:
         raise AnalysisInputError(f"{path}: empty CSV")
     header = [h.strip() for h in table[0]]  # ultralytics pads its column names
-    body = [r for r in table[1:] if any(c.strip() for c in r)]
-    # Keras CSVLogger(append=True) before keras PR #4426 wrote the header again for every fit()
-    # appended to the file: a session boundary, not data.
-    repeated = [r for r in body if [c.strip() for c in r] == header]
-    rows = [dict(zip(header, (c.strip() for c in r))) for r in body if [c.strip() for c in r] != header]
     source = Source(name=path.name, kind="csv", path=str(path), format=csv_format(header))
-    if repeated:
-        source.notes.append(f"the header is repeated {len(repeated)} time(s) inside the file (sessions appended "
-                            "to one log): those lines are skipped")
+    rows = csv_sessions(source, header, table[1:])
     epoch_col = next((h for h in header if h.lower() == "epoch"), None)
     step_col = next((h for h in header if h.lower() in ("step", "global_step")), None)
     if epoch_col is not None:
@@ -541,6 +539,48 @@ def read_csv(path: Path) -> Source:
     return source
 
 
+def csv_sessions(source: Source, header: list[str], lines: list[list[str]]) -> list[dict]:
+    """The data rows, each tagged with its session (``"_session"``: 0, 1, ... at each repeated
+    header). Keras CSVLogger(append=True) before keras PR #4426, and fastai's CSVLogger(append=True),
+    write the header again for every fit() appended to the file: a session boundary, not data."""
+    rows: list[dict] = []
+    session, repeated = 0, 0
+    for number, line in enumerate(lines, start=2):  # the file's line numbers, for the report
+        cells = [c.strip() for c in line]
+        if not any(cells):
+            continue
+        if cells == header:
+            session, repeated = session + 1, repeated + 1
+            continue
+        row = {key: ("" if cell == FASTAI_NA else cell) for key, cell in zip(header, cells)}
+        row["_session"], row["_line"] = session, number
+        rows.append(row)
+    if repeated:
+        source.notes.append(f"the header is repeated {repeated} time(s) inside the file (sessions appended "
+                            "to one log): those lines are skipped")
+    if source.format == "fastai_csv":
+        rows = drop_unvalidated_sessions(source, header, rows)
+    return rows
+
+
+def drop_unvalidated_sessions(source: Source, header: list[str], rows: list[dict]) -> list[dict]:
+    """A fastai session none of whose rows has a valid_loss is not training to judge: each
+    ``learn.lr_find()`` leaves one such row (the loss at the learning rate where it stopped, often
+    diverging). Dropped, with a note, unless no session has validation at all."""
+    valid_col = next((h for h in header if h.lower() == "valid_loss"), None)
+    if valid_col is None:
+        return rows
+    validated = {r["_session"] for r in rows if r.get(valid_col)}
+    if not validated:
+        return rows
+    dropped = sorted({r["_session"] for r in rows} - validated)
+    if dropped:
+        count = sum(1 for r in rows if r["_session"] in dropped)
+        source.notes.append(f"{len(dropped)} session(s) without validation ({count} row(s) with valid_loss #na#, "
+                            "as learn.lr_find() leaves in fastai's CSVLogger file): ignored")
+    return [r for r in rows if r["_session"] in validated]
+
+
 def csv_epoch(row: dict, epoch_col: str | None, index: int, path: Path) -> int:
     if epoch_col is None:
         return index + 1
@@ -554,8 +594,8 @@ def csv_format(header: list[str]) -> str:
     lower = {h.lower() for h in header}
     if any(h.startswith(("metrics/", "train/", "val/")) for h in lower):
         return "ultralytics_csv"
-    if "valid_loss" in lower and "time" in lower:
-        return "fastai_csv"
+    if "valid_loss" in lower and ("time" in lower or "train_loss" in lower):
+        return "fastai_csv"  # fastai v1's CSVLogger wrote no time column
     if "step" in lower and "epoch" in lower:
         return "lightning_csv"
     if "eval_loss" in lower or "eval_top1" in lower:
@@ -582,14 +622,14 @@ def renumber_sessions(source: Source, epochs: list[int], rows: list[dict], heade
     seen: dict[int, dict] = {}
     previous = None
     for i, epoch in enumerate(epochs):
-        if previous is not None and epoch + offset < previous:
+        if previous is not None and (epoch + offset < previous or _counter_restarted(rows, epochs, i, offset, previous)):
             same = seen.get(epoch + offset)
-            if same is not None and same == rows[i]:
+            if same is not None and _cells(same) == _cells(rows[i]):
                 out[i] = epoch + offset  # written twice: left for epochs_duplicated
                 previous = out[i]
                 continue
             offset = previous + 1 - epoch
-            source.restarts.append({"row": i + 2, "epoch": epoch, "continues_as": epoch + offset})
+            source.restarts.append({"row": rows[i].get("_line", i + 2), "epoch": epoch, "continues_as": epoch + offset})
         out[i] = epoch + offset
         seen[out[i]] = rows[i]
         previous = out[i]
@@ -597,6 +637,19 @@ def renumber_sessions(source: Source, epochs: list[int], rows: list[dict], heade
         source.notes.append(f"the epoch counter restarts {len(source.restarts)} time(s) (appended fit() sessions): "
                             "later sessions are numbered on from the earlier ones")
     return out
+
+
+def _counter_restarted(rows: list[dict], epochs: list[int], i: int, offset: int, previous: int) -> bool:
+    """A session after a repeated header that starts at the file's first epoch number again
+    (fastai counts every fit() from 0) is a restart even where that equals the last epoch seen
+    (a one-epoch fit() before it): the header says a new fit() began."""
+    new_session = rows[i].get("_session") != rows[i - 1].get("_session")
+    return new_session and epochs[i] == epochs[0] and epochs[i] + offset == previous
+
+
+def _cells(row: dict) -> dict:
+    """A row's values without its bookkeeping tags: an epoch written twice is the same cells."""
+    return {k: v for k, v in row.items() if k not in ("_session", "_line")}
 
 
 def add_csv_column(source: Source, col: str, rows: list[dict], epochs: list[int], step_col: str | None,

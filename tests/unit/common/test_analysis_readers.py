@@ -105,6 +105,55 @@ def test_lightning_metrics_csv_separates_step_rows(tmp_path: Path) -> None:
     assert len(source.steps["step.train_loss"]) == 6
 
 
+def test_raw_fastai_history_csv_reads_validation_metrics(tmp_path: Path) -> None:
+    """fastai v2's CSVLogger: 0-based epochs, unprefixed metrics computed on validation, a
+    ``time`` column of mm:ss that is not a metric."""
+    path = write(tmp_path / "history.csv", "epoch,train_loss,valid_loss,accuracy,time\n"
+                 "0,0.81,0.46,0.89,04:39\n1,0.62,0.41,0.88,04:36\n2,0.50,0.33,0.90,04:34\n")
+    source = read_path(path)
+    assert source.format == "fastai_csv"
+    assert source.series["val.top1"].epochs.tolist() == [1, 2, 3]
+    assert source.series["val.top1"].values.tolist() == pytest.approx([89.0, 88.0, 90.0])
+    assert "train.top1" not in source.series and "time" not in source.mapping
+
+
+FASTAI_V1_APPENDED = ("epoch,train_loss,valid_loss,accuracy,auroc\n"
+                      "0,4.999118,#na#\n"  # learn.lr_find(): no validation
+                      "epoch,train_loss,valid_loss,accuracy,auroc\n"
+                      "0,0.425735,0.412875,0.841378,0.809488\n"  # fit_one_cycle(1)
+                      "epoch,train_loss,valid_loss,accuracy,auroc\n"
+                      "0,1.069103,#na#\n"
+                      "epoch,train_loss,valid_loss,accuracy,auroc\n"
+                      "0,0.390194,0.452819,0.856472,0.842951\n1,0.407808,0.389007,0.847359,0.852696\n")
+
+
+def test_fastai_v1_appended_history_drops_lr_find_rows_and_numbers_sessions_on(tmp_path: Path) -> None:
+    """fastai v1's CSVLogger(append=True): no time column, the header again at every fit() and
+    lr_find(), a short '#na#' row per lr_find(), every fit() counted from 0 (even after a
+    one-epoch fit(), whose last epoch number is the same 0)."""
+    source = read_path(write(tmp_path / "history.csv", FASTAI_V1_APPENDED))
+    assert source.format == "fastai_csv"
+    assert source.series["train.loss"].values.tolist() == [0.425735, 0.390194, 0.407808]
+    assert source.series["train.loss"].epochs.tolist() == [1, 2, 3]
+    assert source.series["val.loss"].values.tolist() == [0.412875, 0.452819, 0.389007]
+    assert source.restarts == [{"row": 8, "epoch": 0, "continues_as": 1}]  # the file's line 8
+    assert any("2 session(s) without validation" in n and "lr_find" in n for n in source.notes)
+
+
+def test_fastai_history_without_any_validation_keeps_its_rows(tmp_path: Path) -> None:
+    source = read_path(write(tmp_path / "history.csv", "epoch,train_loss,valid_loss,time\n"
+                             "0,0.9,#na#,00:10\n1,0.7,#na#,00:10\n"))
+    assert source.series["train.loss"].values.tolist() == [0.9, 0.7]
+    assert "val.loss" not in source.series
+
+
+def test_an_epoch_written_twice_across_a_repeated_header_stays_a_duplicate(tmp_path: Path) -> None:
+    source = read_csv(write(tmp_path / "training.log", "epoch,loss,val_loss\n0,1.0,1.1\n1,0.9,1.0\n"
+                            "epoch,loss,val_loss\n1,0.9,1.0\n2,0.8,0.9\n"))
+    assert source.restarts == []
+    assert source.series["train.loss"].epochs.tolist() == [1, 2, 2, 3]
+
+
 def test_steps_jsonl_ignores_an_incomplete_last_line(run_dir: Path) -> None:
     path = run_dir / "steps.jsonl"
     with path.open("a") as handle:
