@@ -32,7 +32,8 @@ from api.lookup import resolve_job
 from api.precheck import check_data
 from api.schemas import InitFrom, JobSpec, JobSpecSchema, NamedConfigSpecSchema
 from common.config import CONFIGS_DIR, ConfigError, PathEscapeError, confine, flatten_errors, parse_yaml
-from common.store import Job, JobStatus, User, transaction
+from common.devices import gpus_asked, stored
+from common.store import Job, JobStatus, User, WorkerBeat, transaction, utcnow
 from common.rundir import JobPaths
 from common.store.jobs import JobNotFound, create_job, find_idempotent, init_from_path
 
@@ -153,6 +154,8 @@ def _submit_once(svc: Services, user: User, spec: JobSpec, idempotency: tuple[st
             job.user  # noqa: B018  (load while the session is open)
             return Submission(job, created=False)  # whatever the dataset is now: the job exists
         check_dataset(spec.config, settings.data_root)
+        queue = spec.queue or settings.default_queue
+        check_gpus(s, spec.config, queue, settings.worker_beat_s)
         after_id = _resolve_ref(s, user, "after", spec.after)
         init_from = _resolve_init_from(s, user, spec.init_from, settings.jobs_root)
         config = spec.config
@@ -162,7 +165,7 @@ def _submit_once(svc: Services, user: User, spec: JobSpec, idempotency: tuple[st
         # 429 (nothing inserted, nothing enqueued) when the user has too many pending jobs
         check_queued_cap(s, user, settings.max_queued_per_user)
         job = create_job(
-            s, user=user, config=config, name=config["name"], queue=spec.queue or settings.default_queue,
+            s, user=user, config=config, name=config["name"], queue=queue,
             priority=spec.priority, max_attempts=settings.max_attempts, after_id=after_id,
             init_from={"job": init_from.job, "checkpoint": init_from.checkpoint} if init_from else None,
             idempotency=idempotency, tags=spec.tags,
@@ -177,6 +180,35 @@ def check_dataset(config: dict[str, Any], data_root: Path) -> None:
     errors = check_data(config, data_root)
     if errors:
         raise ConfigError(errors)
+
+
+def check_gpus(s: Session, config: dict[str, Any], queue: str, beat_s: float) -> None:
+    """``resources.gpus`` that no live worker of the queue offers: 400 naming the field, now,
+    rather than a job that waits forever (no worker claims a job asking for more GPUs than it
+    has: worker/supervisor.py). With no live worker that reported its devices the job is
+    accepted: a queue's workers may be starting or restarting, and waiting for one is what a
+    queue is for (`teacher doctor` and /health say when none is alive)."""
+    asked = gpus_asked(config)
+    if asked is None:
+        return
+    most = most_gpus(s, queue, beat_s)
+    if most is not None and asked > most:
+        raise ConfigError({"resources.gpus": [
+            f"asks for {asked} GPU{'' if asked == 1 else 's'}; the live workers of queue '{queue}' have at most {most}"]})
+
+
+def most_gpus(s: Session, queue: str, beat_s: float) -> int | None:
+    """The most GPUs one live worker of ``queue`` has, or None when no live worker of it
+    reported its devices."""
+    now = utcnow()
+    counts = []
+    for beat in s.scalars(select(WorkerBeat)):
+        devices = stored(beat.devices)
+        if devices is None or queue not in (beat.queues or "").split(","):
+            continue
+        if WorkerBeat.is_alive((now - beat.seen_at).total_seconds(), beat_s):
+            counts.append(devices.gpu_count)
+    return max(counts) if counts else None
 
 
 def _resolve_ref(s: Session, user: User, field: str, ref: str | None) -> str | None:

@@ -11,12 +11,14 @@ the API; this module adds what only a worker process needs: the app instance and
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 from celery import signals
 
 from common import broker
 from common.logs import configure_logging, worker_id as worker_name  # hostname:pid, as on the log lines
+from common.devices import Devices, describe, probe
 from common.broker import CONTROL_QUEUE, RECONCILE, RUN_JOB, broker_priority, make_celery, publish, send_job  # noqa: F401 (re-exported)
 from common.settings import Settings
 
@@ -36,11 +38,30 @@ def _setup_logging(loglevel: int | str | None = None, logfile: str | None = None
     configure_logging("worker", level=loglevel or logging.INFO, stream=stream)
 
 
+# ---------------------------------------------------------------- this worker's devices
+_devices: Devices | None = None
+_devices_lock = threading.Lock()
+
+
+def worker_devices() -> Devices:
+    """This worker's devices, probed once per process (common.devices: a subprocess with a
+    timeout, so a broken CUDA driver cannot hang or crash the worker). The supervisor places
+    jobs by it; the beat reports it."""
+    global _devices
+    with _devices_lock:
+        if _devices is None:
+            _devices = probe(settings.python or sys.executable)
+            if _devices.error:
+                log.warning("device probe: %s; this worker takes no job that asks for GPUs", _devices.error)
+            log.info("devices: %s (%s)", describe(_devices), _devices.source)
+        return _devices
+
+
 # ---------------------------------------------------------------- worker liveness for /health
 _beat_stop = threading.Event()
 
 
-def _beat_loop(name: str, queues: str) -> None:
+def _beat_loop(name: str, queues: str, devices: dict[str, object]) -> None:
     from common.store import WorkerBeat, transaction, utcnow
     from worker.store import sessions_for
 
@@ -50,9 +71,10 @@ def _beat_loop(name: str, queues: str) -> None:
             with transaction(factory) as s:
                 beat = s.get(WorkerBeat, name)
                 if beat is None:
-                    s.add(WorkerBeat(name=name, queues=queues, seen_at=utcnow()))
+                    s.add(WorkerBeat(name=name, queues=queues, seen_at=utcnow(), devices=devices))
                 else:
                     beat.seen_at = utcnow()
+                    beat.devices = devices
         except Exception:  # keep beating through a database blip; /health shows the gap
             log.exception("worker heartbeat failed")
         _beat_stop.wait(settings.worker_beat_s)
@@ -62,7 +84,11 @@ def _beat_loop(name: str, queues: str) -> None:
 def _start_worker_beat(sender: object = None, **_: object) -> None:
     app = getattr(sender, "app", celery_app)
     queues = ",".join(sorted(app.amqp.queues.consume_from or ()))
-    threading.Thread(target=_beat_loop, args=(worker_name(), queues), name="teacher-worker-beat", daemon=True).start()
+    # Probed before the first beat and before the first job (this handler runs in the solo
+    # pool's thread): the API's submit check and the supervisor's placement both rely on it.
+    devices = worker_devices().to_json()
+    threading.Thread(target=_beat_loop, args=(worker_name(), queues, devices), name="teacher-worker-beat",
+                     daemon=True).start()
 
 
 @signals.worker_shutdown.connect

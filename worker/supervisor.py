@@ -48,6 +48,7 @@ from sqlalchemy.exc import OperationalError
 
 from common import faults
 from common.atomic import sha256_file
+from common.devices import Devices, gpus_asked
 from common.exitcodes import EXIT_BAD_INPUT, EXIT_NO_SPACE, EXIT_OK, EXIT_STOPPED, NO_SPACE_ERRNOS
 from common.logs import bind, log_context, worker_id
 from common.settings import Settings
@@ -56,7 +57,7 @@ from common.store.attempts import RunView
 from common.store.models import AttemptCause, StopCause
 from common.rundir import BEST, LAST, History, JobPaths, Manifest, Progress, RunFileCorrupt, RunStatus
 from common.store.jobs import age_s, init_from_path, lock_job
-from common.store.lifecycle import Claim, Outcome, Publish, lost_attempts
+from common.store.lifecycle import Claim, Outcome, Publish, Send, lost_attempts
 from worker.store import sessions_for
 
 log = logging.getLogger(__name__)
@@ -199,12 +200,55 @@ def _publisher(settings: Settings) -> Publish:
     return lambda job_id, queue, priority: publish(settings, job_id, queue, priority)
 
 
+# ------------------------------------------------------------------------------ placement
+# A job this worker may not run goes back to its queue this much later: soon enough that a
+# worker of the queue that fits takes it within seconds, late enough that workers that do not
+# fit pass it around a few times a minute, not in a hot loop.
+DEFER_S = 5
+
+
+def placement_refusal(config: dict[str, Any], devices: Callable[[], Devices]) -> str | None:
+    """Why this worker must not run a job with this config, or None. A job never runs with
+    fewer devices than it asks for: ``resources.gpus: N`` needs N GPUs on this host (a worker
+    whose device probe failed has none). Without ``resources.gpus`` any worker may (one process,
+    on the worker's GPU if it has one). ``devices`` is called only for a job that asks."""
+    asked = gpus_asked(config)
+    if asked is None:
+        return None
+    have = devices()
+    if asked <= have.gpu_count:
+        return None
+    why = f" (its device probe failed: {have.error})" if have.error else ""
+    return f"asks for {asked} GPU{'' if asked == 1 else 's'}; this worker has {have.gpu_count}{why}"
+
+
+def _deferred_publisher(settings: Settings) -> Publish:
+    """Publishes a job's message to be delivered DEFER_S from now (a Celery countdown)."""
+    from worker.celery_app import RUN_JOB, broker_priority, celery_app, make_celery
+
+    app = celery_app if celery_app.conf.teacher_settings == settings else make_celery(settings)
+    return lambda job_id, queue, priority: app.send_task(
+        RUN_JOB, args=[job_id], queue=queue, priority=broker_priority(priority), countdown=DEFER_S,
+        ignore_result=True)
+
+
+def _worker_devices() -> Devices:
+    from worker.celery_app import worker_devices
+
+    return worker_devices()
+
+
 class Supervisor:
     def __init__(self, settings: Settings, *, enqueue: Publish | None = None,
-                 shutdown_requested: Callable[[], bool] | None = None):
+                 shutdown_requested: Callable[[], bool] | None = None,
+                 devices: Callable[[], Devices] | None = None, defer: Publish | None = None):
+        """``devices``: this worker's (probed once per process by worker.celery_app); ``defer``:
+        publishes a job's message DEFER_S later (for a job this worker leaves to another)."""
         self.settings = settings
         self.sessions = sessions_for(settings.database_url)
         self.enqueue_fn = enqueue or _publisher(settings)
+        self.devices = devices or _worker_devices
+        self._defer_fn = defer
         self._stop_flag = threading.Event()
         self._stop_signal: str | None = None  # the signal the worker got while a child ran
         self._stalled: str | None = None  # the watchdog's reason, when it killed the child
@@ -241,14 +285,31 @@ class Supervisor:
                 return None
             if not self._may_take(job):
                 return None
-            if job.job_status == JobStatus.running:  # its worker is gone (no reconciler pass yet)
-                lifecycle.worker_lost(job, "worker lost (stale heartbeat); will resume from the last checkpoint", run)
-            ending = self._ending_at_claim(job, finished)
-            if ending is None:
-                return lifecycle.claim(job, worker_id(), self._resumes(job_id, run))
-            sends = ending.apply(s, job)
-        self._send(sends)
+            refusal = placement_refusal(job.config, self.devices)
+            if refusal is None:
+                if job.job_status == JobStatus.running:  # its worker is gone (no reconciler pass yet)
+                    lifecycle.worker_lost(job, "worker lost (stale heartbeat); will resume from the last checkpoint", run)
+                ending = self._ending_at_claim(job, finished)
+                if ending is None:
+                    return lifecycle.claim(job, worker_id(), self._resumes(job_id, run))
+                sends = ending.apply(s, job)
+            else:
+                deferred = Send.of(job)
+        if refusal is not None:
+            self._defer(deferred, refusal)
+        else:
+            self._send(sends)
         return None
+
+    def _defer(self, send: Send, refusal: str) -> None:
+        """Leave the job as it is (no attempt, nothing changed) and send its message again a
+        little later, for another worker of its queue. (A stale `running` job stays so too:
+        the worker that fits records its lost worker at its claim, or the reconciler does.)"""
+        log.info("job %s: %s; left for another worker of queue '%s' (its message is re-sent in %d s)",
+                 send.job_id, refusal, send.queue, DEFER_S)
+        if self._defer_fn is None:
+            self._defer_fn = _deferred_publisher(self.settings)
+        lifecycle.send(self.sessions, self._defer_fn, [send])
 
     def _may_take(self, job: Job) -> bool:
         status = job.job_status

@@ -36,6 +36,7 @@ from api.body import precheck_yaml
 from common.config import CONFIGS_DIR, ConfigError, parse_yaml
 from common.rundir import JobPaths
 from common.runfiles import tail_events
+from common import devices as devices_mod
 from common.store import Job, JobStatus, WorkerBeat, transaction, utcnow
 from common.store.jobs import list_jobs, request_cancel
 
@@ -419,10 +420,22 @@ def workers() -> Any:
             job = running.get(beat.name)
             rows.append({"name": beat.name, "queues": beat.queues, "seen_s": age,
                          "alive": WorkerBeat.is_alive(age, svc.settings.worker_beat_s),
-                         "job": {"id": job.id, "name": job.name} if job else None})
+                         "job": {"id": job.id, "name": job.name} if job else None,
+                         "devices": _devices_cell(beat.devices)})
     queues = [(q, depths.get(q, 0)) for q in svc.settings.queues] + \
              [(q, n) for q, n in depths.items() if q not in svc.settings.queues]
     return render_template("ui/workers.html", workers=rows, queues=queues)
+
+
+def _devices_cell(raw: Any) -> dict[str, Any] | None:
+    """The devices column: "2 × NVIDIA H100 80GB" or "CPU (16 cores)", with the probe's error
+    (such a worker takes no job that asks for GPUs); None: not reported (an older worker)."""
+    found = devices_mod.stored(raw)
+    if found is None:
+        return None
+    return {"summary": devices_mod.describe(found), "error": found.error,
+            "fake": found.source != "probe",
+            "detail": "; ".join(f"{g.name} {g.memory_mb / 1024:.0f} GiB" for g in found.gpus)}
 
 
 # ------------------------------------------------------------------ analyses

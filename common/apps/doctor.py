@@ -24,6 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
+from common.devices import Devices, describe, stored
+
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 CHECKS = ("redis", "database", "workers", "cuda", "data", "jobs")
 GIB = 1 << 30
@@ -227,14 +229,15 @@ def check_workers(url: str, queues: Iterable[str], beat_s: float, timeout: float
     engine = _open_engine(url, timeout)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(select(WorkerBeat.name, WorkerBeat.queues, WorkerBeat.seen_at)).all()
+            rows = conn.execute(select(WorkerBeat.name, WorkerBeat.queues, WorkerBeat.seen_at, WorkerBeat.devices)).all()
     except Exception as exc:
         why = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         return [Check("workers", FAIL, f"cannot read worker heartbeats from the job store ({why})")]
     finally:
         engine.dispose()
     now = utcnow()
-    beats = [(name, {q for q in (qs or "").split(",") if q}, (now - seen).total_seconds()) for name, qs, seen in rows]
+    beats = [(name, {q for q in (qs or "").split(",") if q}, (now - seen).total_seconds()) for name, qs, seen, _ in rows]
+    devices = {name: stored(raw) for name, _, _, raw in rows}
     def start(q: str) -> str:
         return f"start one (`docker compose up -d worker`, or `celery -A worker.celery_app worker -Q {q} --concurrency 1`)"
 
@@ -243,7 +246,7 @@ def check_workers(url: str, queues: Iterable[str], beat_s: float, timeout: float
         on_queue = sorted((b for b in beats if q in b[1]), key=lambda b: b[2])
         alive = [b for b in on_queue if b[2] < limit]
         if alive:
-            names = ", ".join(f"{n} (seen {_fmt_age(max(0.0, a))} ago)" for n, _, a in alive[:3])
+            names = ", ".join(f"{n} (seen {_fmt_age(max(0.0, a))} ago; {_devices_text(devices[n])})" for n, _, a in alive[:3])
             more = f" and {len(alive) - 3} more" if len(alive) > 3 else ""
             out.append(Check(f"workers[{q}]", OK, f"queue '{q}': {len(alive)} live worker(s): {names}{more}"))
         elif on_queue:
@@ -256,7 +259,22 @@ def check_workers(url: str, queues: Iterable[str], beat_s: float, timeout: float
             out.append(Check(f"workers[{q}]", FAIL,
                              f"queue '{q}' has no worker: none has ever reported on it, so jobs on '{q}' will wait; "
                              + start(q) + ", and check that its TEACHER_QUEUES and TEACHER_DATABASE_URL match this host's"))
+    for name, _, age in sorted(beats):
+        found = devices[name]
+        if age < limit and found is not None and found.error:
+            out.append(Check(f"devices[{name}]", WARN,
+                             f"worker {name}'s device probe failed ({found.error}): it takes no job that asks for "
+                             "GPUs (resources.gpus); check `nvidia-smi`, the driver and the worker's GPU reservation, "
+                             "then restart it"))
     return out
+
+
+def _devices_text(found: Devices | None) -> str:
+    """What a worker reported at its start: "2 × NVIDIA H100 80GB", "CPU (16 cores)"."""
+    if found is None:
+        return "devices not reported"
+    fake = f" [{found.source}]" if found.source != "probe" else ""  # a test's stand-in says so
+    return describe(found) + fake
 
 
 # ------------------------------------------------------------------------------------- cuda
@@ -277,7 +295,9 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "devic
 
 
 def check_cuda(python: str, timeout: float) -> list[Check]:
-    out = [Check("cuda[workers]", WARN, "unknown (workers do not report devices); the line below is what this host sees")]
+    # What the workers see is in the workers check (each reports the devices it probed at its
+    # start); this is the host `teacher doctor` runs on.
+    out: list[Check] = []
     try:
         proc = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)

@@ -1,0 +1,68 @@
+"""Placement at the claim (worker/supervisor.py): a worker never claims a job that asks for more
+GPUs than it has; it leaves the job as it is and sends its message again later for another
+worker of the queue. Real SQLite store; the worker's devices and the broker are stand-ins."""
+from __future__ import annotations
+
+import logging
+
+from common.devices import Devices, Gpu
+from common.store import JobStatus
+from tests.support.api import FakeBroker, get_job as _get, new_job as _job
+from worker.supervisor import DEFER_S, Supervisor, placement_refusal
+
+TWO = Devices((Gpu("Fake H100", 81559),) * 2, cpus=16)
+CPU = Devices(cpus=16)
+
+
+def _asks(gpus):
+    return {"resources": {"gpus": gpus, "processes": 1}}
+
+
+def _never() -> Devices:
+    raise AssertionError("devices looked up for a job that asks for no GPUs")
+
+
+def test_the_placement_rule():
+    assert placement_refusal(_asks(2), lambda: TWO) is None
+    assert placement_refusal(_asks(1), lambda: TWO) is None
+    assert placement_refusal(_asks(4), lambda: TWO) == "asks for 4 GPUs; this worker has 2"
+    assert placement_refusal(_asks(1), lambda: CPU) == "asks for 1 GPU; this worker has 0"
+    broken = Devices(cpus=16, error="RuntimeError: CUDA driver initialization failed")
+    assert placement_refusal(_asks(1), lambda: broken) == (
+        "asks for 1 GPU; this worker has 0 (its device probe failed: RuntimeError: CUDA driver initialization failed)")
+    # no resources.gpus: any worker (one process, on its GPU if it has one); not even probed
+    assert placement_refusal(_asks(None), _never) is None
+    assert placement_refusal({}, _never) is None
+
+
+def test_a_worker_without_the_gpus_leaves_the_job_queued_and_resends_it(app, client, alice, settings, caplog):
+    job_id = _job(app, client, alice, resources={"gpus": 2})
+    enqueued, deferred = FakeBroker(), FakeBroker()
+    cpu_worker = Supervisor(settings, enqueue=enqueued, defer=deferred, devices=lambda: CPU)
+    with caplog.at_level(logging.INFO, logger="worker.supervisor"):
+        assert cpu_worker.claim(job_id) is None
+    job = _get(app, job_id)
+    assert (job.status, job.attempts, job.worker, job.claim_token) == (JobStatus.queued.value, 0, None, None)
+    assert deferred.sent == [(job_id, "default", job.priority)] and enqueued.sent == []
+    assert job.enqueued_at is not None  # the reconciler sees a message on its way
+    assert f"asks for 2 GPUs; this worker has 0; left for another worker of queue 'default' " \
+           f"(its message is re-sent in {DEFER_S} s)" in caplog.text
+
+    claim = Supervisor(settings, enqueue=enqueued, defer=deferred, devices=lambda: TWO).claim(job_id)
+    assert claim is not None and claim.attempt == 1 and _get(app, job_id).status == JobStatus.running.value
+    assert deferred.sent == [(job_id, "default", job.priority)]  # nothing more
+
+
+def test_jobs_that_ask_for_no_gpus_are_claimed_by_any_worker(app, client, alice, settings):
+    job_id = _job(app, client, alice)
+    deferred = FakeBroker()
+    claim = Supervisor(settings, enqueue=FakeBroker(), defer=deferred, devices=_never).claim(job_id)
+    assert claim is not None and deferred.sent == []
+
+
+def test_a_duplicate_message_of_a_running_job_is_dropped_not_resent(app, client, alice, settings):
+    job_id = _job(app, client, alice, resources={"gpus": 2})
+    assert Supervisor(settings, enqueue=FakeBroker(), devices=lambda: TWO).claim(job_id) is not None
+    deferred = FakeBroker()
+    assert Supervisor(settings, enqueue=FakeBroker(), defer=deferred, devices=lambda: CPU).claim(job_id) is None
+    assert deferred.sent == [] and _get(app, job_id).attempts == 1  # live elsewhere: nothing to pass on
