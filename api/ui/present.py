@@ -96,12 +96,15 @@ def resume_point(point: Any) -> str:
 
 def flagged_points(report: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The checks that failed or warned about a metric at given epochs: the points the job
-    page marks on its curves ({"id", "status", "metric", "epochs"})."""
-    out = []
+    page marks on its curves ({"id", "status", "metric", "epochs"}). One check run against
+    several sources (cross_source: steps, log, TensorBoard) flags a metric once per source:
+    those are one mark, their epochs merged, so a curve gets one series per check and metric."""
+    merged: dict[tuple[str, str, str], set[int]] = {}
     for check in (report or {}).get("checks") or []:
         if check.get("status") in ("fail", "warn") and check.get("metric") and check.get("epochs"):
-            out.append({k: check[k] for k in ("id", "status", "metric", "epochs")})
-    return out
+            key = (check["id"], check["status"], check["metric"])
+            merged.setdefault(key, set()).update(e for e in check["epochs"] if isinstance(e, int))
+    return [{"id": i, "status": s, "metric": m, "epochs": sorted(epochs)} for (i, s, m), epochs in merged.items() if epochs]
 
 
 def as_yaml(config: dict[str, Any]) -> str:

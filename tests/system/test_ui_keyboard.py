@@ -114,6 +114,8 @@ def test_the_integrity_section_and_the_marks_on_the_curves_update_live(stack, br
     assert charted_marks(browser, "loss", "train loss") == [(1, 0.0)]
     legend = browser.find_element("css selector", "#chart-loss .u-legend").text
     assert "dead_metric (fail)" in legend
+    labels = browser.execute_script("return window.teacherJob.charts.loss.chart.series.map(function (s) { return s.label; })")
+    assert len(labels) == len(set(labels)), labels  # cross_source against three sources: one mark per metric
     assert "dead_metric" in by_id(browser, "flag-note").text
     assert browser.execute_script("return window.__sameDocument") == "yes"
     shoot(browser, shots, "job-integrity-live")

@@ -60,8 +60,10 @@
   function makeChart(id, series, yLabel) {
     var box = document.getElementById(id);
     var marked = flaggedFor(series);
-    series = series.concat(marked.map(function (f) {  // one series of dots per flagged check
-      return { label: f.id + " (" + f.status + ")", flags: [f], color: f.status === "fail" ? "#c62828" : "#b7791f" };
+    series = series.concat(marked.map(function (f) {  // one series of dots per flagged check and metric
+      var twice = marked.filter(function (g) { return g.id === f.id && g.status === f.status; }).length > 1;
+      return { label: f.id + " (" + f.status + (twice ? ", " + f.metric : "") + ")", flags: [f],
+               color: f.status === "fail" ? "#c62828" : "#b7791f" };
     }));
     var opts = {
       width: chartWidth(box), height: 260,

@@ -76,3 +76,20 @@ def test_the_sections_html_is_escaped(client, alice, monkeypatch):
     assert body["flags"] == [{"id": XSS, "status": "fail", "metric": "train.loss", "epochs": [1]}]
     for html in (body["html"], body["flag_note_html"]):
         assert "&lt;script&gt;" in html and "<script" not in html and "<img" not in html
+
+
+def test_one_check_against_several_sources_is_one_mark_per_metric():
+    from api.ui.present import flagged_points
+
+    report = {"checks": [
+        {"id": "cross_source", "status": "fail", "metric": "train.loss", "epochs": [1, 3]},  # vs steps.jsonl
+        {"id": "cross_source", "status": "fail", "metric": "train.loss", "epochs": [2, 1]},  # vs the log
+        {"id": "cross_source", "status": "fail", "metric": "train.top1", "epochs": [1]},
+        {"id": "constant_series", "status": "warn", "metric": "val.loss", "epochs": [1, 2]},
+        {"id": "nonfinite", "status": "pass", "metric": "train.loss", "epochs": [1]},  # passed: no mark
+        {"id": "init_loss", "status": "fail", "metric": None, "epochs": [1]},  # no metric: nothing to mark
+    ]}
+    assert flagged_points(report) == [
+        {"id": "cross_source", "status": "fail", "metric": "train.loss", "epochs": [1, 2, 3]},
+        {"id": "cross_source", "status": "fail", "metric": "train.top1", "epochs": [1]},
+        {"id": "constant_series", "status": "warn", "metric": "val.loss", "epochs": [1, 2]}]
