@@ -74,6 +74,34 @@ def press(driver: Any, key: str) -> dict[str, Any]:
     return active(driver)
 
 
+def check_row(driver: Any, check: str) -> dict[str, str] | None:
+    """The integrity section's row of a check, read in one go (the section may be replaced by
+    the next live update between two reads of an element)."""
+    return driver.execute_script("""
+        var rows = document.querySelectorAll('#integrity-body tr');
+        for (var i = 0; i < rows.length; i++) {
+          var code = rows[i].querySelector('td code');
+          if (code && code.textContent === arguments[0])
+            return {status: rows[i].querySelector('td[data-label=Status]').textContent.trim(), 'class': rows[i].className};
+        }
+        return null;""", check)
+
+
+# Records where the summary's values and the curves' heading are after every change to the summary
+# (a MutationObserver: each live update is measured, not a sample of them).
+WATCH_LAYOUT = """
+window.__layout = [];
+function snap() {
+  var boxes = Array.prototype.map.call(document.querySelectorAll('.summary .kv'), function (e) {
+    var r = e.getBoundingClientRect(); return [r.left, r.top, r.width, r.height].map(Math.round).join(','); });
+  window.__layout.push({status: document.getElementById('job-status').textContent.trim(),
+    curves: Math.round(document.getElementById('h-curves').getBoundingClientRect().top + window.scrollY), boxes: boxes.join(' ')});
+}
+new MutationObserver(snap).observe(document.querySelector('.summary'), {subtree: true, childList: true, characterData: true});
+snap();
+"""
+
+
 def charted_marks(driver: Any, chart: str, label: str) -> list[tuple[int, float]]:
     """(epoch, value) of each point of a chart's series, read back from uPlot's own data."""
     xs, ys = driver.execute_script(
@@ -94,14 +122,18 @@ def test_the_integrity_section_and_the_marks_on_the_curves_update_live(stack, br
     assert not browser.find_elements("css selector", "#integrity-body tr")
     assert charted_marks(browser, "loss", "dead_metric (fail)") == []
     browser.execute_script("window.__sameDocument = 'yes'")  # gone if the page were reloaded
+    browser.execute_script(WATCH_LAYOUT)
 
     stack.start_worker()  # only now: the page above was rendered before any epoch
-    row = wait_until(lambda: browser.find_elements(
-        "xpath", "//div[@id='integrity-body']//tr[td/code[text()='dead_metric']]"), 180, "the dead_metric row, live")[0]
-    assert "fail" in row.find_element("css selector", "td[data-label=Status]").text
-    assert row.get_attribute("class") == "chk-fail"
+    row = wait_until(lambda: check_row(browser, "dead_metric"), 180, "the dead_metric row, live")
+    assert row == {"status": "fail", "class": "chk-fail"}, row
     assert browser.execute_script("return window.__sameDocument") == "yes"
     assert browser.execute_script("return window.teacherJob.integrity.updates") >= 1
+    # nothing moved while the live values changed (queued -> running, progress, attempts, started, val top-1)
+    layout = browser.execute_script("return window.__layout")
+    live = [(r["curves"], r["boxes"]) for r in layout if r["status"] in ("queued", "running")]
+    assert any(r["status"] == "running" for r in layout) and len(live) >= 3, layout
+    assert len(set(live)) == 1, layout
 
     job = stack.wait_status(job_id, {"failed", "succeeded", "cancelled"}, timeout=120)
     assert job["status"] == "failed" and "dead_metric" in job["failure_reason"]  # on_fail: stop, after epoch 1
@@ -160,11 +192,11 @@ def test_the_jobs_list_and_a_job_page_by_keyboard(stack, browser, state):
     assert stack.job(state["parked"])["status"] == "cancelled"
 
 
-@pytest.mark.parametrize("page", ["jobs", "job"])
+@pytest.mark.parametrize("page", ["jobs", "job", "submit", "analyses/new", "compare"])
 def test_no_horizontal_overflow_at_390_px(stack, browser, state, page):
     """At 390 px the page body never scrolls sideways (wide tables scroll in their own box), and
     the live numbers use tabular digits (a changing value does not move its neighbours)."""
-    path = "/ui/jobs" if page == "jobs" else f"/ui/jobs/{state['zeroed']}"
+    path = f"/ui/jobs/{state['zeroed']}" if page == "job" else f"/ui/{page}"
     browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                             {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": False})
     try:
@@ -174,7 +206,7 @@ def test_no_horizontal_overflow_at_390_px(stack, browser, state, page):
             assert browser.execute_script("return getComputedStyle(document.getElementById('job-top1')).fontVariantNumeric") \
                 == "tabular-nums"
             assert browser.find_elements("css selector", "#integrity-body tr.chk-fail")  # the full page, checks included
-        else:
+        elif page == "jobs":
             wait_until(lambda: browser.find_elements("css selector", "tr[data-job]"), 15, "the rows")
         inner, scroll, body = browser.execute_script(
             "return [window.innerWidth, document.documentElement.scrollWidth, document.body.scrollWidth]")

@@ -197,12 +197,11 @@
                                            : el("span", "muted", "–"));
     document.getElementById("job-attempts").textContent = job.attempts + " / " + job.max_attempts;
     document.getElementById("job-failure").textContent = job.failure_reason || "–";
-    if (job.finished_at) {
-      var t = el("time", null, job.finished_at);
-      t.setAttribute("datetime", job.finished_at);
-      replace("job-finished", t);
-      U.localizeTimes(document.getElementById("job-finished"));
-    }
+    [["job-started", job.started_at], ["job-finished", job.finished_at]].forEach(function (pair) {
+      if (!pair[1] || !changed(pair[0], pair[1])) return;
+      replace(pair[0], timeCell(pair[1]));
+      U.localizeTimes(document.getElementById(pair[0]));
+    });
     var cancel = document.getElementById("cancel-box");
     if (cancel && finished) cancel.hidden = true;
     state.status = job.status;
