@@ -204,7 +204,7 @@ def _publisher(settings: Settings) -> Publish:
 # A job this worker may not run goes back to its queue this much later: soon enough that a
 # worker of the queue that fits takes it within seconds, late enough that workers that do not
 # fit pass it around a few times a minute, not in a hot loop.
-DEFER_S = 5
+DEFER_S = 5.0
 
 
 def placement_refusal(config: dict[str, Any], devices: Callable[[], Devices]) -> str | None:
@@ -222,16 +222,6 @@ def placement_refusal(config: dict[str, Any], devices: Callable[[], Devices]) ->
     return f"asks for {asked} GPU{'' if asked == 1 else 's'}; this worker has {have.gpu_count}{why}"
 
 
-def _deferred_publisher(settings: Settings) -> Publish:
-    """Publishes a job's message to be delivered DEFER_S from now (a Celery countdown)."""
-    from worker.celery_app import RUN_JOB, broker_priority, celery_app, make_celery
-
-    app = celery_app if celery_app.conf.teacher_settings == settings else make_celery(settings)
-    return lambda job_id, queue, priority: app.send_task(
-        RUN_JOB, args=[job_id], queue=queue, priority=broker_priority(priority), countdown=DEFER_S,
-        ignore_result=True)
-
-
 def _worker_devices() -> Devices:
     from worker.celery_app import worker_devices
 
@@ -241,14 +231,14 @@ def _worker_devices() -> Devices:
 class Supervisor:
     def __init__(self, settings: Settings, *, enqueue: Publish | None = None,
                  shutdown_requested: Callable[[], bool] | None = None,
-                 devices: Callable[[], Devices] | None = None, defer: Publish | None = None):
-        """``devices``: this worker's (probed once per process by worker.celery_app); ``defer``:
-        publishes a job's message DEFER_S later (for a job this worker leaves to another)."""
+                 devices: Callable[[], Devices] | None = None, pause: Callable[[float], None] | None = None):
+        """``devices``: this worker's (probed once per process by worker.celery_app); ``pause``:
+        how it waits before passing a job it may not run on (tests pass a stand-in)."""
         self.settings = settings
         self.sessions = sessions_for(settings.database_url)
         self.enqueue_fn = enqueue or _publisher(settings)
         self.devices = devices or _worker_devices
-        self._defer_fn = defer
+        self._pause = pause or self._pause_unless_stopping
         self._stop_flag = threading.Event()
         self._stop_signal: str | None = None  # the signal the worker got while a child ran
         self._stalled: str | None = None  # the watchdog's reason, when it killed the child
@@ -304,12 +294,22 @@ class Supervisor:
     def _defer(self, send: Send, refusal: str) -> None:
         """Leave the job as it is (no attempt, nothing changed) and send its message again a
         little later, for another worker of its queue. (A stale `running` job stays so too:
-        the worker that fits records its lost worker at its claim, or the reconciler does.)"""
-        log.info("job %s: %s; left for another worker of queue '%s' (its message is re-sent in %d s)",
+        the worker that fits records its lost worker at its claim, or the reconciler does.)
+
+        The wait is here, holding the delivery, not a Celery countdown on the new message: a
+        worker holding a message with an ETA keeps waiting on Redis for more, and as the longest
+        waiting it would get the message back each time, so that a worker that fits, idle since
+        later, would never see it. Sent at the end of the wait, while this worker is still busy
+        with it, the message goes to an idle worker of the queue if there is one."""
+        log.info("job %s: %s; left for another worker of queue '%s' (its message goes back in %g s)",
                  send.job_id, refusal, send.queue, DEFER_S)
-        if self._defer_fn is None:
-            self._defer_fn = _deferred_publisher(self.settings)
-        lifecycle.send(self.sessions, self._defer_fn, [send])
+        self._pause(DEFER_S)
+        self._send([send])
+
+    def _pause_unless_stopping(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (self._stop_flag.is_set() or self._shutdown_requested()):
+            time.sleep(0.1)
 
     def _may_take(self, job: Job) -> bool:
         status = job.job_status

@@ -18,8 +18,8 @@ def _asks(gpus):
     return {"resources": {"gpus": gpus, "processes": 1}}
 
 
-def _never() -> Devices:
-    raise AssertionError("devices looked up for a job that asks for no GPUs")
+def _never(*_: object) -> Devices:
+    raise AssertionError("devices looked up (or a pause) for a job that asks for no GPUs")
 
 
 def test_the_placement_rule():
@@ -37,32 +37,46 @@ def test_the_placement_rule():
 
 def test_a_worker_without_the_gpus_leaves_the_job_queued_and_resends_it(app, client, alice, settings, caplog):
     job_id = _job(app, client, alice, resources={"gpus": 2})
-    enqueued, deferred = FakeBroker(), FakeBroker()
-    cpu_worker = Supervisor(settings, enqueue=enqueued, defer=deferred, devices=lambda: CPU)
+    sent, pauses = FakeBroker(), []
+
+    def pause(seconds: float) -> None:  # the message goes back only after the pause
+        assert sent.sent == []
+        pauses.append(seconds)
+
+    cpu_worker = Supervisor(settings, enqueue=sent, pause=pause, devices=lambda: CPU)
     with caplog.at_level(logging.INFO, logger="worker.supervisor"):
         assert cpu_worker.claim(job_id) is None
     job = _get(app, job_id)
     assert (job.status, job.attempts, job.worker, job.claim_token) == (JobStatus.queued.value, 0, None, None)
-    assert deferred.sent == [(job_id, "default", job.priority)] and enqueued.sent == []
+    assert sent.sent == [(job_id, "default", job.priority)] and pauses == [DEFER_S]
     assert job.enqueued_at is not None  # the reconciler sees a message on its way
-    assert f"asks for 2 GPUs; this worker has 0; left for another worker of queue 'default' " \
-           f"(its message is re-sent in {DEFER_S} s)" in caplog.text
+    assert "asks for 2 GPUs; this worker has 0; left for another worker of queue 'default' " \
+           "(its message goes back in 5 s)" in caplog.text
 
-    claim = Supervisor(settings, enqueue=enqueued, defer=deferred, devices=lambda: TWO).claim(job_id)
+    claim = Supervisor(settings, enqueue=sent, pause=pause, devices=lambda: TWO).claim(job_id)
     assert claim is not None and claim.attempt == 1 and _get(app, job_id).status == JobStatus.running.value
-    assert deferred.sent == [(job_id, "default", job.priority)]  # nothing more
+    assert len(sent.sent) == 1 and pauses == [DEFER_S]  # nothing more
+
+
+def test_the_pause_ends_early_when_the_worker_shuts_down(settings):
+    import time
+
+    sup = Supervisor(settings, enqueue=FakeBroker(), shutdown_requested=lambda: True, devices=lambda: CPU)
+    started = time.monotonic()
+    sup._pause(DEFER_S)
+    assert time.monotonic() - started < 1
 
 
 def test_jobs_that_ask_for_no_gpus_are_claimed_by_any_worker(app, client, alice, settings):
     job_id = _job(app, client, alice)
-    deferred = FakeBroker()
-    claim = Supervisor(settings, enqueue=FakeBroker(), defer=deferred, devices=_never).claim(job_id)
-    assert claim is not None and deferred.sent == []
+    sent = FakeBroker()
+    claim = Supervisor(settings, enqueue=sent, pause=_never, devices=_never).claim(job_id)
+    assert claim is not None and sent.sent == []
 
 
 def test_a_duplicate_message_of_a_running_job_is_dropped_not_resent(app, client, alice, settings):
     job_id = _job(app, client, alice, resources={"gpus": 2})
     assert Supervisor(settings, enqueue=FakeBroker(), devices=lambda: TWO).claim(job_id) is not None
-    deferred = FakeBroker()
-    assert Supervisor(settings, enqueue=FakeBroker(), defer=deferred, devices=lambda: CPU).claim(job_id) is None
-    assert deferred.sent == [] and _get(app, job_id).attempts == 1  # live elsewhere: nothing to pass on
+    sent = FakeBroker()
+    assert Supervisor(settings, enqueue=sent, pause=_never, devices=lambda: CPU).claim(job_id) is None
+    assert sent.sent == [] and _get(app, job_id).attempts == 1  # live elsewhere: nothing to pass on
