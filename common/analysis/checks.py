@@ -191,7 +191,7 @@ def check_epochs(run: RunData) -> list[CheckResult]:
             out.append(CheckResult(
                 "epochs_missing", "warn",
                 f"the epoch counter restarts {len(source.restarts)} time(s) (first at row {first['row']}: epoch "
-                f"{first['epoch']} after a higher one): likely appended sessions (Keras or fastai CSVLogger(append=True) over "
+                f"{first['epoch']} again): likely appended sessions (Keras or fastai CSVLogger(append=True) over "
                 "several fit() calls); later sessions are numbered on",
                 None, source.name, [r["continues_as"] for r in source.restarts], [r["epoch"] for r in source.restarts],
                 details={"restarts": source.restarts}))
@@ -434,6 +434,10 @@ def check_no_learning(run: RunData) -> list[CheckResult]:
     first, last = float(loss.values[0]), float(loss.values[-1])
     if last < first * (1 - 0.01):
         return passed("no_learning", f"training loss fell from {first:.4g} to {last:.4g}")
+    fell = session_that_learned(run, loss)
+    if fell is not None:
+        return passed("no_learning", f"training loss fell within an appended session ({fell[0]:.4g} to {fell[1]:.4g}); "
+                                     "a later session starts again higher")
     acc = trusted(run, "train.top1")
     if acc is not None and len(acc) >= 2 and float(acc.values[-1]) - float(acc.values[0]) >= 1.0:
         return passed("no_learning", "training accuracy rises although the loss is flat")
@@ -445,6 +449,21 @@ def check_no_learning(run: RunData) -> list[CheckResult]:
         + (f", stuck at chance ln C = {chance:.4g}" if stuck else "")
         + ": check the learning rate, that gradients reach the parameters and that labels match inputs",
         "train.loss", loss.source, loss.epochs.tolist(), loss.values.tolist())]
+
+
+def session_that_learned(run: RunData, loss: EpochSeries) -> tuple[float, float] | None:
+    """(first, last) loss of an appended session (a restarted epoch counter) whose loss fell:
+    a later fit() of a fresh model starts high again, so first-to-last over the whole file
+    says nothing about learning."""
+    source = next((s for s in run.sources if s.name == loss.source), None)
+    if source is None or not source.restarts:
+        return None
+    starts = [int(loss.epochs[0])] + [int(r["continues_as"]) for r in source.restarts] + [int(loss.epochs[-1]) + 1]
+    for start, end in zip(starts, starts[1:]):
+        inside = loss.values[(loss.epochs >= start) & (loss.epochs < end)]
+        if len(inside) >= 2 and float(inside[-1]) < float(inside[0]) * (1 - 0.01):
+            return float(inside[0]), float(inside[-1])
+    return None
 
 
 def check_accuracy_range(run: RunData) -> list[CheckResult]:

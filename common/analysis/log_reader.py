@@ -516,6 +516,8 @@ def build_source(got: _Collected, name: str, path: str) -> Source:
         for stream in source.steps.values():
             if stream.epochs is not None:
                 stream.epochs = stream.epochs + 1
+        for restart in source.restarts:  # "continues_as" is the series' epoch, as in readers.py
+            restart["continues_as"] += 1
         source.notes.append("the logging tool counts epochs from 0; shifted by +1 to count from 1")
     else:
         shift_zero_based_epochs(source)

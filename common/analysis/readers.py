@@ -622,7 +622,7 @@ def renumber_sessions(source: Source, epochs: list[int], rows: list[dict], heade
     seen: dict[int, dict] = {}
     previous = None
     for i, epoch in enumerate(epochs):
-        if previous is not None and (epoch + offset < previous or _counter_restarted(rows, epochs, i, offset, previous)):
+        if previous is not None and (epoch + offset < previous or _counter_restarted(source, rows, epochs, i, offset, previous)):
             same = seen.get(epoch + offset)
             if same is not None and _cells(same) == _cells(rows[i]):
                 out[i] = epoch + offset  # written twice: left for epochs_duplicated
@@ -639,12 +639,16 @@ def renumber_sessions(source: Source, epochs: list[int], rows: list[dict], heade
     return out
 
 
-def _counter_restarted(rows: list[dict], epochs: list[int], i: int, offset: int, previous: int) -> bool:
-    """A session after a repeated header that starts at the file's first epoch number again
-    (fastai counts every fit() from 0) is a restart even where that equals the last epoch seen
-    (a one-epoch fit() before it): the header says a new fit() began."""
+def _counter_restarted(source: Source, rows: list[dict], epochs: list[int], i: int, offset: int,
+                       previous: int) -> bool:
+    """The counter back at the file's first epoch number is a new fit() (Keras and fastai count
+    every fit() from 0) even where that equals the last epoch seen: one-epoch fit() calls
+    appended one after the other (``0, 0, 0``). Only where a row is an epoch (Keras, fastai) or
+    a repeated header says a new fit() began: Lightning writes many rows per epoch. A row that
+    repeats an earlier one exactly is still a duplicate (the caller checks that first)."""
     new_session = rows[i].get("_session") != rows[i - 1].get("_session")
-    return new_session and epochs[i] == epochs[0] and epochs[i] + offset == previous
+    one_row_per_epoch = source.format in ("keras_csv", "fastai_csv")
+    return (new_session or one_row_per_epoch) and epochs[i] == epochs[0] and epochs[i] + offset == previous
 
 
 def _cells(row: dict) -> dict:

@@ -326,6 +326,8 @@ def shift_zero_based_epochs(source: Source) -> None:
         for series in source.steps.values():
             if series.epochs is not None:
                 series.epochs = series.epochs + 1
+        for restart in source.restarts:  # "epoch" stays as written; "continues_as" is the series' epoch
+            restart["continues_as"] += 1
         source.notes.append("epochs counted from 0 in the source; shifted by +1 to count from 1")
 
 

@@ -115,6 +115,6 @@ def test_a_pandas_printed_fastai_history_with_an_appended_session(tmp_path: Path
     src = read_console_log(log)
     assert src.series["train.loss"].epochs.tolist() == [1, 2, 3]
     assert src.series["val.loss"].values.tolist() == [0.215576, 0.184925, 0.249327]
-    assert src.restarts == [{"row": 3, "epoch": 0, "continues_as": 2}]
+    assert src.restarts == [{"row": 3, "epoch": 0, "continues_as": 3}]  # epoch 3 of the series
     rep = run_checks(RunData(sources=[src]))
     assert rep.verdict == "warn" and any(c.id == "epochs_missing" and "restarts" in c.message for c in rep.checks)

@@ -89,6 +89,20 @@ def test_appended_keras_sessions_are_renumbered_with_a_warning(tmp_path: Path) -
     assert rep.verdict == "warn" and any("append" in c.message for c in rep.warnings())
 
 
+def test_a_fresh_model_in_a_later_appended_session_is_not_no_learning(tmp_path: Path) -> None:
+    """The last fit() appended to the log trains a new model from scratch: its loss starts above
+    where the first session began, yet the first session learned."""
+    path = tmp_path / "model_history_log.csv"
+    path.write_text("epoch,accuracy,loss\n0,0.22,2.31\n1,0.40,1.60\n2,0.55,1.20\n3,0.70,0.83\n"
+                    "0,0.01,3.58\n1,0.02,2.96\n2,0.03,2.90\n")
+    rep = run_checks(load_inputs([path]))
+    assert rep.verdict == "warn"
+    assert [c.status for c in rep.checks if c.id == "no_learning"] == ["pass"]
+    assert "appended session" in rep.by_id("no_learning")[0].message
+    restart = rep.by_id("epochs_missing")[0]
+    assert restart.status == "warn" and restart.epochs == [5]  # the row of epoch 0 becomes epoch 5
+
+
 # --- impossible numbers: fail, naming the evidence -----------------------------------------------
 
 

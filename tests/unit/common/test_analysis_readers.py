@@ -136,7 +136,7 @@ def test_fastai_v1_appended_history_drops_lr_find_rows_and_numbers_sessions_on(t
     assert source.series["train.loss"].values.tolist() == [0.425735, 0.390194, 0.407808]
     assert source.series["train.loss"].epochs.tolist() == [1, 2, 3]
     assert source.series["val.loss"].values.tolist() == [0.412875, 0.452819, 0.389007]
-    assert source.restarts == [{"row": 8, "epoch": 0, "continues_as": 1}]  # the file's line 8
+    assert source.restarts == [{"row": 8, "epoch": 0, "continues_as": 2}]  # line 8 becomes epoch 2
     assert any("2 session(s) without validation" in n and "lr_find" in n for n in source.notes)
 
 
@@ -145,6 +145,15 @@ def test_fastai_history_without_any_validation_keeps_its_rows(tmp_path: Path) ->
                              "0,0.9,#na#,00:10\n1,0.7,#na#,00:10\n"))
     assert source.series["train.loss"].values.tolist() == [0.9, 0.7]
     assert "val.loss" not in source.series
+
+
+def test_one_epoch_fit_sessions_appended_without_headers_are_numbered_on(tmp_path: Path) -> None:
+    """Keras CSVLogger(append=True) over three one-epoch fit() calls: 0, 0, 0 (no header again
+    since keras PR #4426) is three sessions, not one epoch written three times."""
+    source = read_csv(write(tmp_path / "model_history_log.csv", "epoch,accuracy,loss\n"
+                            "0,0.79,0.83\n0,0.47,1.44\n0,0.70,0.85\n"))
+    assert source.series["train.loss"].epochs.tolist() == [1, 2, 3]
+    assert [r["continues_as"] for r in source.restarts] == [2, 3]
 
 
 def test_an_epoch_written_twice_across_a_repeated_header_stays_a_duplicate(tmp_path: Path) -> None:
