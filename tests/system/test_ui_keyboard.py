@@ -66,7 +66,8 @@ def active(driver: Any) -> dict[str, Any]:
                 text: (a.textContent || '').trim().slice(0, 60), inFilters: !!a.closest('form.filters'),
                 job: row ? row.getAttribute('data-job') : null, jobLink: !!a.closest('td.c-name') && a.tagName === 'A'
                   && !a.classList.contains('tag'), outline: s.outlineStyle + ' ' + s.outlineWidth,
-                visible: a.matches(':focus-visible')};""")
+                visible: a.matches(':focus-visible'), legend: !!a.closest('#chart-loss .u-legend'),
+                pressed: a.getAttribute('aria-pressed')};""")
 
 
 def press(driver: Any, key: str) -> dict[str, Any]:
@@ -155,7 +156,8 @@ def test_the_integrity_section_and_the_marks_on_the_curves_update_live(stack, br
 
 def test_the_jobs_list_and_a_job_page_by_keyboard(stack, browser, state):
     """Tab from the top of the jobs list: the skip link, the filters, then a job's link; Enter
-    opens it. On a job page the cancel confirmation opens and confirms by keyboard."""
+    opens it. On a job page the cancel confirmation opens and confirms by keyboard, and a chart's
+    legend entry hides its series."""
     browser.get(stack.api_url + "/ui/jobs")
     wait_until(lambda: browser.find_elements("css selector", f'tr[data-job="{state["parked"]}"]'), 15, "the rows")
     first = press(browser, "\ue004")  # Tab (selenium's Keys.TAB)
@@ -190,6 +192,16 @@ def test_the_jobs_list_and_a_job_page_by_keyboard(stack, browser, state):
     press(browser, "\ue007")
     wait_until(lambda: by_id(browser, "job-status").text == "cancelled", 15, "the job cancelled by keyboard")
     assert stack.job(state["parked"])["status"] == "cancelled"
+
+    focused = press(browser, "\ue004")  # on from the cancelled job's page (reloaded by the form's redirect)
+    for _ in range(MAX_TABS):
+        if focused["legend"]:
+            break
+        focused = press(browser, "\ue004")
+    assert focused["legend"] and focused["text"] == "train loss" and focused["pressed"] == "true", focused
+    assert focused["visible"] and focused["outline"].startswith("solid 3px"), focused
+    assert press(browser, "\ue007")["pressed"] == "false"  # Enter: the series is hidden
+    assert browser.execute_script("return window.teacherJob.charts.loss.chart.series[1].show") is False
 
 
 @pytest.mark.parametrize("page", ["jobs", "job", "submit", "analyses/new", "compare"])

@@ -29,6 +29,7 @@
       legend: { live: false },
     };
     var c = new window.uPlot(opts, [xs].concat(runs.map(function (r) { return column(r, split, key); })), box);
+    window.teacherUI.keyboardLegend(c);
     window.addEventListener("resize", function () { c.setSize({ width: width(), height: 280 }); });
     return c;
   }

@@ -36,6 +36,7 @@
       legend: { live: false },
     };
     var chart = new window.uPlot(opts, [[], [], []], box);
+    U.keyboardLegend(chart);
     return { chart: chart, box: box };
   }
 
@@ -79,6 +80,7 @@
       legend: { live: false },
     };
     var chart = new window.uPlot(opts, [[]].concat(series.map(function () { return []; })), box);
+    U.keyboardLegend(chart);
     return { chart: chart, series: series, box: box, flagged: marked.length };
   }
 

@@ -80,7 +80,34 @@ window.teacherUI = (function () {
     return s + "s";
   }
 
+  // uPlot's legend entries show or hide their series when clicked; this makes each one a button
+  // for the keyboard too (Tab to it, Enter or Space), its state in aria-pressed.
+  function keyboardLegend(chart) {
+    var legend = chart.root.querySelector(".u-legend");
+    if (!legend) return;
+    var rows = legend.querySelectorAll(".u-series"), offset = chart.series.length - rows.length;
+    function sync() {
+      Array.prototype.forEach.call(rows, function (row, k) {
+        if (k + offset > 0) row.setAttribute("aria-pressed", String(chart.series[k + offset].show !== false));
+      });
+    }
+    Array.prototype.forEach.call(rows, function (row, k) {
+      var i = k + offset;
+      if (i < 1) return;  // the x axis' entry is no toggle
+      row.tabIndex = 0;
+      row.setAttribute("role", "button");
+      row.addEventListener("keydown", function (e) {
+        if (e.key !== "Enter" && e.key !== " ") return;
+        e.preventDefault();
+        chart.setSeries(i, { show: !chart.series[i].show });
+        sync();
+      });
+    });
+    legend.addEventListener("click", sync);  // after uPlot's own handler on the entry
+    sync();
+  }
+
   document.addEventListener("DOMContentLoaded", function () { localizeTimes(document); });
   return { localizeTimes: localizeTimes, poller: poller, el: el, pct: pct, num: num, duration: duration,
-           parseTime: parseTime };
+           parseTime: parseTime, keyboardLegend: keyboardLegend };
 })();
