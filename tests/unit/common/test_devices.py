@@ -91,3 +91,31 @@ def test_gpus_asked():
     assert gpus_asked({"resources": {"gpus": None, "processes": 2}}) is None
     assert gpus_asked({}) is None  # a job stored before the resources section
     assert gpus_asked({"resources": {"gpus": True}}) is None
+
+
+def test_doctor_names_each_live_workers_devices_and_warns_for_a_failed_probe(tmp_path):
+    import datetime as dt
+
+    from common.apps.doctor import FAIL, OK, WARN, check_workers
+    from common.store import WorkerBeat, make_engine, make_sessionmaker, transaction, upgrade, utcnow
+
+    url = f"sqlite:///{tmp_path / 'teacher.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    broken = Devices(cpus=4, error="RuntimeError: CUDA driver initialization failed")
+    with transaction(make_sessionmaker(engine)) as s:
+        s.add(WorkerBeat(name="big:1", queues="gpu", seen_at=utcnow(), devices=Devices((Gpu("H100", 81559),) * 2, cpus=32).to_json()))
+        s.add(WorkerBeat(name="fake:1", queues="gpu", seen_at=utcnow(), devices=Devices((Gpu("Fake H100", 1),), source=FAKE_ENV).to_json()))
+        s.add(WorkerBeat(name="old:1", queues="gpu", seen_at=utcnow(), devices=None))
+        s.add(WorkerBeat(name="broken:1", queues="default", seen_at=utcnow(), devices=broken.to_json()))
+        s.add(WorkerBeat(name="gone:1", queues="default", seen_at=utcnow() - dt.timedelta(hours=1), devices=broken.to_json()))
+    engine.dispose()
+    checks = {c.check: (c.status, c.message) for c in check_workers(url, ["default", "gpu"], 10.0, 5.0)}
+    assert checks["workers[gpu]"][0] == OK
+    message = checks["workers[gpu]"][1]
+    assert "big:1 (seen 0s ago; 2 × H100)" in message and "fake:1 (seen 0s ago; 1 × Fake H100 [TEACHER_FAKE_DEVICES])" in message
+    assert "old:1 (seen 0s ago; devices not reported)" in message
+    assert checks["workers[default]"] == (OK, "queue 'default': 1 live worker(s): broken:1 (seen 0s ago; CPU (4 cores))")
+    status, message = checks["devices[broken:1]"]
+    assert status == WARN and "device probe failed (RuntimeError: CUDA driver initialization failed)" in message
+    assert "devices[gone:1]" not in checks and FAIL not in {s for s, _ in checks.values()}  # gone: not its business
