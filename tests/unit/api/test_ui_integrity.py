@@ -26,7 +26,7 @@ def test_the_section_is_served_again_when_an_epoch_finishes_and_only_then(client
     job_id = submit_api(client, alice)
     signed_in(client, alice)
     page = client.get(f"/ui/jobs/{job_id}").text
-    etag = re.search(r'id="integrity" data-url="[^"]+"\s+data-etag="([0-9a-f]+)"', page).group(1)
+    etag = re.search(r'id="integrity" data-url="[^"]+"\s+data-etag="&#34;([0-9a-f]+)&#34;"', page).group(1)
     assert "Checked after the first finished epoch." in page
     before = integrity(client, job_id)
     assert before.status_code == 200 and before.headers["ETag"] == f'"{etag}"'  # the page's own ETag
