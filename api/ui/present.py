@@ -94,6 +94,11 @@ def resume_point(point: Any) -> str:
     return ", ".join(parts) + (f", from {point['checkpoint']}" if point.get("checkpoint") else "")
 
 
+# The metrics the job page's epoch charts draw (job.js: the loss and top-1/top-5 charts' series);
+# a flagged metric outside them is listed, not marked.
+CHARTED = ("train.loss", "val.loss", "train.top1", "val.top1", "val.top5")
+
+
 def flagged_points(report: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The checks that failed or warned about a metric at given epochs: the points the job
     page marks on its curves ({"id", "status", "metric", "epochs"}). One check run against
@@ -170,5 +175,5 @@ def config_differences(configs: list[dict[str, Any]]) -> list[tuple[str, list[st
     return rows
 
 
-__all__ = ["STATUSES", "BADGES", "num", "pct", "duration", "size", "val_top1", "as_yaml", "errors_with_lines", "resume_point", "flagged_points",
+__all__ = ["STATUSES", "BADGES", "num", "pct", "duration", "size", "val_top1", "as_yaml", "errors_with_lines", "resume_point", "flagged_points", "CHARTED",
            "best_epoch", "config_differences"]

@@ -93,3 +93,19 @@ def test_one_check_against_several_sources_is_one_mark_per_metric():
         {"id": "cross_source", "status": "fail", "metric": "train.loss", "epochs": [1, 2, 3]},
         {"id": "cross_source", "status": "fail", "metric": "train.top1", "epochs": [1]},
         {"id": "constant_series", "status": "warn", "metric": "val.loss", "epochs": [1, 2]}]
+
+
+def test_the_note_tells_marked_metrics_from_those_not_drawn(client, alice, monkeypatch):
+    from api.ui import views
+
+    report = {"verdict": "fail", "last_epoch": 1, "checks": [
+        {"id": "dead_metric", "status": "fail", "message": "zeros", "metric": "train.loss", "epochs": [1], "values": [0.0]},
+        {"id": "accuracy_range", "status": "fail", "message": "over 100", "metric": "train.top5", "epochs": [1], "values": [101.0]}]}
+    monkeypatch.setattr(views, "_report", lambda row, paths: report)
+    job_id = submit_api(client, alice)
+    signed_in(client, alice)
+    note = integrity(client, job_id).json["flag_note_html"]
+    marked, _, other = note.partition("Flagged on metrics not drawn here:")
+    assert "dead_metric" in marked and "accuracy_range" not in marked  # train.top5 has no curve on the page
+    assert "accuracy_range" in other and "train.top5" in other
+    assert note == client.get(f"/ui/jobs/{job_id}").text.split('<div id="flag-note-box">', 1)[1].split("</div>", 1)[0]
