@@ -18,7 +18,7 @@ from celery import signals
 
 from common import broker
 from common.logs import configure_logging, worker_id as worker_name  # hostname:pid, as on the log lines
-from common.devices import Devices, describe, probe
+from common.devices import FAKE_ENV, Devices, DevicesError, describe, host_cpus, probe
 from common.broker import CONTROL_QUEUE, RECONCILE, RUN_JOB, broker_priority, make_celery, publish, send_job  # noqa: F401 (re-exported)
 from common.settings import Settings
 
@@ -50,7 +50,10 @@ def worker_devices() -> Devices:
     global _devices
     with _devices_lock:
         if _devices is None:
-            _devices = probe(settings.python or sys.executable)
+            try:
+                _devices = probe(settings.python or sys.executable)
+            except DevicesError as exc:  # a bad test-only TEACHER_FAKE_DEVICES: shown, and no GPU jobs
+                _devices = Devices(cpus=host_cpus(), error=str(exc), source=FAKE_ENV)
             if _devices.error:
                 log.warning("device probe: %s; this worker takes no job that asks for GPUs", _devices.error)
             log.info("devices: %s (%s)", describe(_devices), _devices.source)

@@ -80,3 +80,21 @@ def test_a_duplicate_message_of_a_running_job_is_dropped_not_resent(app, client,
     sent = FakeBroker()
     assert Supervisor(settings, enqueue=sent, pause=_never, devices=lambda: CPU).claim(job_id) is None
     assert sent.sent == [] and _get(app, job_id).attempts == 1  # live elsewhere: nothing to pass on
+
+
+def test_the_worker_probes_once_and_a_bad_fake_report_means_no_gpus(monkeypatch):
+    import worker.celery_app as celery_app
+    from common.devices import FAKE_ENV
+
+    calls = []
+    monkeypatch.setattr(celery_app, "_devices", None)
+    monkeypatch.setattr(celery_app, "probe", lambda python: calls.append(python) or TWO)
+    assert celery_app.worker_devices() is TWO and celery_app.worker_devices() is TWO and len(calls) == 1
+
+    monkeypatch.undo()  # the real probe again, now reading a bad variable
+    monkeypatch.setattr(celery_app, "_devices", None)
+    monkeypatch.setenv(FAKE_ENV, "{bad")
+    devices = celery_app.worker_devices()
+    assert devices.gpu_count == 0 and devices.source == FAKE_ENV and devices.error.startswith(f"{FAKE_ENV} is not JSON")
+    assert placement_refusal({"resources": {"gpus": 1}}, celery_app.worker_devices).startswith(
+        "asks for 1 GPU; this worker has 0 (its device probe failed: TEACHER_FAKE_DEVICES is not JSON")
