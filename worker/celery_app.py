@@ -46,7 +46,8 @@ _devices_lock = threading.Lock()
 def worker_devices() -> Devices:
     """This worker's devices, probed once per process (common.devices: a subprocess with a
     timeout, so a broken CUDA driver cannot hang or crash the worker). The supervisor places
-    jobs by it; the beat reports it."""
+    jobs by it (a job asking for GPUs that arrives during the probe waits for it); the beat
+    reports it once known."""
     global _devices
     with _devices_lock:
         if _devices is None:
@@ -60,16 +61,26 @@ def worker_devices() -> Devices:
         return _devices
 
 
+def _probe_in_background() -> None:
+    # Off the worker's start: `ready` (and the first beat, so /health counts the worker alive)
+    # does not wait for a cold `import torch`; the beat right after the probe reports it.
+    worker_devices()
+    _beat_now.set()
+
+
 # ---------------------------------------------------------------- worker liveness for /health
 _beat_stop = threading.Event()
+_beat_now = threading.Event()  # beat at once (the probe is done, or the worker stops)
 
 
-def _beat_loop(name: str, queues: str, devices: dict[str, object]) -> None:
+def _beat_loop(name: str, queues: str) -> None:
     from common.store import WorkerBeat, transaction, utcnow
     from worker.store import sessions_for
 
     factory = sessions_for(settings.database_url)  # also applies pending migrations
     while not _beat_stop.is_set():
+        known = _devices  # None until the probe is done: "not reported" (the API's check skips it)
+        devices = known.to_json() if known is not None else None
         try:
             with transaction(factory) as s:
                 beat = s.get(WorkerBeat, name)
@@ -80,20 +91,19 @@ def _beat_loop(name: str, queues: str, devices: dict[str, object]) -> None:
                     beat.devices = devices
         except Exception:  # keep beating through a database blip; /health shows the gap
             log.exception("worker heartbeat failed")
-        _beat_stop.wait(settings.worker_beat_s)
+        _beat_now.wait(settings.worker_beat_s)
+        _beat_now.clear()
 
 
 @signals.worker_ready.connect
 def _start_worker_beat(sender: object = None, **_: object) -> None:
     app = getattr(sender, "app", celery_app)
     queues = ",".join(sorted(app.amqp.queues.consume_from or ()))
-    # Probed before the first beat and before the first job (this handler runs in the solo
-    # pool's thread): the API's submit check and the supervisor's placement both rely on it.
-    devices = worker_devices().to_json()
-    threading.Thread(target=_beat_loop, args=(worker_name(), queues, devices), name="teacher-worker-beat",
-                     daemon=True).start()
+    threading.Thread(target=_probe_in_background, name="teacher-device-probe", daemon=True).start()
+    threading.Thread(target=_beat_loop, args=(worker_name(), queues), name="teacher-worker-beat", daemon=True).start()
 
 
 @signals.worker_shutdown.connect
 def _stop_worker_beat(**_: object) -> None:
     _beat_stop.set()
+    _beat_now.set()

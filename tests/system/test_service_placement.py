@@ -65,8 +65,11 @@ def test_jobs_go_to_a_worker_with_the_gpus_they_ask_for(stack_factory, service_c
     big, big_name = start_worker(stack, TWO_GPUS)
     _, cpu_name = start_worker(stack, None)
 
-    workers = wait_until(lambda: (w := health_workers(stack, root)) and {big_name, cpu_name} <= set(w) and w,
-                         30, "both workers in /health")
+    def reported() -> dict[str, dict[str, Any]] | None:  # each worker probes after it is ready
+        w = health_workers(stack, root)
+        return w if all(w.get(n, {}).get("devices") for n in (big_name, cpu_name)) else None
+
+    workers = wait_until(reported, 60, "both workers' devices in /health")
     assert workers[big_name]["summary"] == "2 × Fake H100" and workers[big_name]["devices"]["source"] == FAKE_ENV
     assert workers[cpu_name]["devices"]["gpus"] == [] and workers[cpu_name]["summary"].startswith("CPU (")
     assert health_workers(stack, alice) == {} == health_workers(stack, {})
