@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -54,6 +56,42 @@ def refusals(stack: Stack, log_name: str, job_id: str) -> list[str]:
     return [ln for ln in text.splitlines() if job_id in ln and "asks for 2 GPUs; this worker has 0" in ln]
 
 
+def workers_page_devices(stack: Stack, admin: dict[str, str]) -> dict[str, str]:
+    """The admin Workers page's devices column, read in a real (headless) Chromium: worker
+    name -> the cell's text. Skipped without Debian's chromium and chromium-driver."""
+    chromium, driver_bin = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (chromium and driver_bin):
+        pytest.skip("needs chromium and chromium-driver (as tests/system/test_ui_browser.py)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"):
+        opts.add_argument(arg)
+    previous = os.environ.get("SE_OFFLINE")
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download anything
+    try:
+        driver = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    finally:
+        if previous is None:
+            os.environ.pop("SE_OFFLINE", None)
+        else:
+            os.environ["SE_OFFLINE"] = previous
+    try:
+        driver.set_page_load_timeout(30)
+        driver.get(stack.api_url + "/ui/signin")
+        driver.find_element(By.ID, "token").send_keys(admin["Authorization"].split(" ", 1)[1])
+        driver.find_element(By.ID, "signin-submit").click()
+        wait_until(lambda: driver.current_url.endswith("/ui/jobs"), 15, "the jobs list after sign-in")
+        driver.get(stack.api_url + "/ui/admin/workers")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#workers tr[data-worker]")
+        return {r.get_attribute("data-worker"): r.find_element(By.CSS_SELECTOR, "td.devices").text for r in rows}
+    finally:
+        driver.quit()
+
+
 def test_jobs_go_to_a_worker_with_the_gpus_they_ask_for(stack_factory, service_config):
     # Beats every 2 s (alive for 6 s): the 2-GPU worker still counts as alive for the submit
     # right after it is killed, so that the 0-GPU worker is the only one to take the message.
@@ -78,6 +116,8 @@ def test_jobs_go_to_a_worker_with_the_gpus_they_ask_for(stack_factory, service_c
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert f"{big_name} (seen " in doctor.stdout and "; 2 × Fake H100 [TEACHER_FAKE_DEVICES])" in doctor.stdout
     assert re.search(rf"{re.escape(cpu_name)} \(seen \d+s ago; CPU \(\d+ cores?\)\)", doctor.stdout), doctor.stdout
+    cells = workers_page_devices(stack, root)
+    assert cells[big_name] == "2 × Fake H100 (TEACHER_FAKE_DEVICES)" and re.fullmatch(r"CPU \(\d+ cores?\)", cells[cpu_name])
 
     cfg = copy.deepcopy(service_config)
     cfg["optim"]["epochs"] = 1
