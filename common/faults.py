@@ -28,6 +28,8 @@ KNOWN: dict[str, bool] = {
     "kill_in_checkpoint": True,      # write half of epoch N's file to its temp name, then SIGKILL
     "kill_after_manifest": True,     # SIGKILL after epoch N's manifest, before links and pruning
     "hold_stop": False,              # keep a requested stop open until a second signal came
+    "once": False,                   # each numbered fault fires once per working directory (a retry gets past it)
+    "only_rank": True,               # faults fire only in the training process of rank N (several processes)
     "zero_train_metrics": False,     # record train metrics as 0.0 (the original incident)
     "worker_exit": False,            # the worker process exits after claiming a job
     "worker_exit_after_child": False,  # ... after its training child has started
@@ -61,7 +63,11 @@ class Faults:
 
     @classmethod
     def from_env(cls) -> "Faults":
-        return cls.parse(os.environ.get("TEACHER_FAULT", ""))
+        faults = cls.parse(os.environ.get("TEACHER_FAULT", ""))
+        ranks = faults.at.get("only_rank")
+        if ranks and int(os.environ.get("RANK", "0")) not in ranks:
+            return cls()  # another rank's faults (RANK: set by torchrun for each process)
+        return faults
 
     def __bool__(self) -> bool:
         return bool(self.flags or self.at)
@@ -70,7 +76,14 @@ class Faults:
         return name in self.flags
 
     def fires(self, name: str, n: int) -> bool:
-        return n in self.at.get(name, ())
+        if n not in self.at.get(name, ()):
+            return False
+        if "once" in self.flags:
+            marker = f".fault-{name}-{n}"
+            if os.path.exists(marker):
+                return False
+            open(marker, "w").close()
+        return True
 
     # ---- the hooks, named by where they are called
     def after_step(self, step: int) -> None:

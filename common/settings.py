@@ -73,6 +73,13 @@ def stop_grace_s(env: Mapping[str, str] | None = None) -> float:
                                                               Settings.cancel_grace_s))
 
 
+def stall_timeout_s(env: Mapping[str, str] | None = None) -> float:
+    """``TEACHER_STALL_TIMEOUT_S`` as a training child sees it: a run of several processes sets
+    its collectives' timeout from it (a job's ``runtime.stall_timeout_s`` wins)."""
+    return float(_Env(os.environ if env is None else env).parse("number", "TEACHER_STALL_TIMEOUT_S",
+                                                              Settings.stall_timeout_s))
+
+
 def torch_home(env: Mapping[str, str] | None = None) -> Path:
     """``TORCH_HOME``: the local cache of pretrained weights (never downloaded into)."""
     return _env_path(os.environ if env is None else env, "TORCH_HOME", DEFAULT_TORCH_HOME)

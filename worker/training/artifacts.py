@@ -89,12 +89,19 @@ class RunFiles:
         return Progress.read(self.paths.progress)
 
 
-def setup_logging(run_dir: Path, *, debug: bool) -> logging.Logger:
-    """Console and ``train.log`` get the same lines, so the file is the console, as printed."""
+def setup_logging(run_dir: Path, *, debug: bool, rank: int = 0) -> logging.Logger:
+    """Console and ``train.log`` get the same lines, so the file is the console, as printed.
+    With several processes, rank 0 logs as one process does; the others write no file and say
+    only warnings and errors, on the console, prefixed with their rank."""
     teardown_logging()
     root = logging.getLogger()
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout), logging.FileHandler(rundir.RunPaths(run_dir).log, encoding="utf-8")]
+    prefix = f"[rank{rank}] " if rank else ""
+    fmt = logging.Formatter(prefix + "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if rank:
+        handlers[0].setLevel(logging.WARNING)
+    else:
+        handlers.append(logging.FileHandler(rundir.RunPaths(run_dir).log, encoding="utf-8"))
     for h in handlers:
         h.setFormatter(fmt)
         h._teacher = True  # type: ignore[attr-defined]

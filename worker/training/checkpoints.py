@@ -361,6 +361,13 @@ class CheckpointManager:
                       key=lambda e: (e.step, is_step_file(e.name), e.batch or 0, e.name == LAST, e.name != BEST),
                       reverse=True)
 
+    def load_named(self, name: str) -> tuple[dict[str, Any], CheckpointEntry]:
+        """The manifest's checkpoint ``name``, verified (the one another process chose)."""
+        for entry in self.candidates():
+            if entry.name == name:
+                return load_checkpoint_file(self.dir / name, expected_sha256=entry.sha256), entry
+        raise CheckpointError(f"checkpoint {name} is not in {self.dir}'s manifest")
+
     def load_latest(self) -> tuple[dict[str, Any], CheckpointEntry] | None:
         """The newest checkpoint that verifies and loads; warn about each one skipped."""
         for entry in self.candidates():

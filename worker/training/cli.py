@@ -10,6 +10,7 @@ always arrives: progress.json and train.log are on the full volume too.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,12 +92,25 @@ def train(config_path: str | None, run_dir: Path | None, resume_dir: Path | None
         cfg = resolve_config(config_path, resume_dir, sets, debug, max_samples)
     except ConfigError as exc:
         _fail(f"invalid config: {exc}", 2)
+    rank_of_several = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun, below
     if resume_dir is not None:
         run_dir = resume_dir
     elif run_dir is None:
         run_dir = default_run_dir(cfg.name)
-    elif (run_dir / "config.yaml").exists():
+    elif (run_dir / "config.yaml").exists() and not rank_of_several:  # (rank 0 may have written it)
         _fail(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir", 2)
+    if cfg.resources.world_size > 1 and not rank_of_several:
+        # Several processes: this one becomes torchrun's agent, and each rank runs this command
+        # again (with the run directory chosen here).
+        from .launch import exit_as, launch
+
+        args = ["--resume", str(run_dir)] if resume_dir is not None else \
+            ["--config", str(config_path), "--run-dir", str(run_dir), *(f"--set={item}" for item in sets),
+             *(["--debug"] if debug else []), *([f"--max-samples={max_samples}"] if max_samples else [])]
+        code = launch(cfg.resources.world_size, args)
+        if code == 0:
+            click.echo(f"run directory: {run_dir}")
+        exit_as(code)
 
     # Imported here so `teacher --help` and config errors do not pay for importing torch.
     from .checkpoints import CheckpointError
@@ -117,6 +131,8 @@ def train(config_path: str | None, run_dir: Path | None, resume_dir: Path | None
         if isinstance(exc, (TrainingError, CheckpointError, OSError)):
             _fail(f"training failed: {exc}", EXIT_FAILED)
         raise  # a bug: keep its traceback (exit 1)
+    if rank_of_several:
+        return  # the launcher says it, once
     try:
         click.echo(f"run directory: {result.run_dir}")
     except OSError:

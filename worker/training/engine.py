@@ -47,9 +47,11 @@ from common.config import (BEST_METRICS, CheckpointConfig, ConfigError, OptimCon
                            load_train_config)
 from common import rundir
 from common.rundir import CheckpointEntry, History, Integrity, ResumePoint, RunPaths, RunStatus
-from common.settings import data_root as default_data_root, runs_root as default_runs_root, stop_grace_s
+from common.settings import data_root as default_data_root, runs_root as default_runs_root, stall_timeout_s, stop_grace_s
 
 from . import data as data_mod
+from . import distributed
+from .distributed import Dist
 from .artifacts import RunFiles, setup_logging, teardown_logging
 from .checkpoints import CheckpointError, CheckpointManager, load_checkpoint_file, manifest_sha256, sha256_file
 from .metrics import AccumulationPlan, IntervalMeter, MetricSums, Totals
@@ -182,9 +184,13 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
 
-def resolve_runtime(rt: RuntimeConfig) -> Runtime:
+def resolve_runtime(rt: RuntimeConfig, dist: Dist = distributed.SINGLE) -> Runtime:
+    """The device and its settings. Several processes: rank r on GPU LOCAL_RANK (NCCL), or on the
+    CPU for gloo (``resources.processes``), whatever ``device: auto`` would pick."""
     if rt.device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("runtime.device is 'cuda' but no CUDA device is visible")
+    if dist.backend == "gloo":
+        return Runtime(torch.device("cpu"), None, channels_last=False, pin_memory=False, num_workers=rt.num_workers)
     cuda = rt.device == "cuda" or (rt.device == "auto" and torch.cuda.is_available())
     amp_dtype: torch.dtype | None = None
     if cuda and rt.amp != "off":
@@ -193,7 +199,8 @@ def resolve_runtime(rt: RuntimeConfig) -> Runtime:
         else:
             amp_dtype = torch.float16
     # AMP and channels_last pay off on tensor-core GPUs; on the CPU they are deliberate no-ops.
-    return Runtime(torch.device("cuda" if cuda else "cpu"), amp_dtype, channels_last=cuda and rt.channels_last != "off",
+    device = torch.device("cuda", dist.local_rank) if cuda and dist.active else torch.device("cuda" if cuda else "cpu")
+    return Runtime(device, amp_dtype, channels_last=cuda and rt.channels_last != "off",
                    pin_memory=cuda, num_workers=rt.num_workers)
 
 
@@ -295,6 +302,13 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     position: "EpochPosition | None" = None  # the epoch in progress (set while training one)
     alive: Liveness = dataclasses.field(default_factory=lambda: Liveness(None))
+    dist: Dist = distributed.SINGLE  # this process among the run's processes
+    ddp: nn.Module | None = None  # the DistributedDataParallel wrapper of ``model``, for training steps
+
+    @property
+    def net(self) -> nn.Module:
+        """What a training step runs: the DDP wrapper (gradients synchronised) or the model."""
+        return self.ddp if self.ddp is not None else self.model
 
     @property
     def steps_per_epoch(self) -> int:
@@ -340,60 +354,84 @@ class EpochPosition:
         st.optimizer.zero_grad(set_to_none=True)
         return cls(epoch, 0, MetricSums(st.run.device), IntervalMeter(), st.optimizer.param_groups[0]["lr"])
 
-    def to_state(self, model: nn.Module) -> dict[str, Any]:
+    def to_state(self, model: nn.Module, dist: Dist = distributed.SINGLE) -> dict[str, Any]:
+        """With several processes a collective (every rank calls it): the sums of all of them.
+        Their gradients are None: they stop only at optimizer steps."""
         # Gradients only in the middle of an accumulation window (between windows they are None).
         grads = [None if p.grad is None else p.grad.detach().cpu() for p in model.parameters()]
-        return {"epoch": self.epoch, "batch": self.batch, "sums": self.sums.state(), "meter": self.meter.state(),
+        sums = self.sums.state(dist.all_reduce_sum if dist.active else None)
+        return {"epoch": self.epoch, "batch": self.batch, "sums": sums, "meter": self.meter.state(),
                 "lr": self.lr, "grads": grads if any(g is not None for g in grads) else None}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], *, rng: dict[str, Any], model: nn.Module,
-                   device: torch.device) -> "EpochPosition":
+    def from_state(cls, state: dict[str, Any], *, rng: dict[str, Any] | None, model: nn.Module,
+                   device: torch.device, dist: Dist = distributed.SINGLE) -> "EpochPosition":
         for p, g in zip(model.parameters(), state["grads"] or itertools.repeat(None)):
             p.grad = None if g is None else g.to(p.device)
-        return cls(int(state["epoch"]), int(state["batch"]), MetricSums.from_state(state["sums"], device),
-                   IntervalMeter.from_state(state["meter"]), float(state["lr"]), rng)
+        # The checkpoint holds every rank's sums added up: rank 0 continues from them and the
+        # others from zero, so the next all-reduce gives the epoch's sums again.
+        sums = MetricSums.from_state(state["sums"], device) if dist.is_main else MetricSums(device)
+        return cls(int(state["epoch"]), int(state["batch"]), sums, IntervalMeter.from_state(state["meter"]),
+                   float(state["lr"]), rng)
 
 
-def train_one_epoch(st: TrainState, epoch: int, recorder: Recorder, stop: StopFlag,
+def train_one_epoch(st: TrainState, epoch: int, recorder: Recorder | None, stop: StopFlag,
                     steps: "StepCheckpoints") -> EpochTrain:
     """One pass over the training data, or the rest of it when ``st.position`` is this epoch
-    (a resume from a step checkpoint). A requested stop ends it after the current batch."""
+    (a resume from a step checkpoint). A requested stop ends it after the current batch (with
+    several processes: after the current optimizer step, which every rank agrees on).
+    ``recorder`` is None on the ranks that do not write (all but rank 0)."""
     optim, log_interval = st.cfg.optim, st.cfg.runtime.log_interval
-    plan = AccumulationPlan.for_sampler(st.train_loader.sampler, optim.batch_size, optim.grad_accum_steps)
-    st.model.train()
+    per_rank_batch = st.train_loader.batch_size
+    plan = AccumulationPlan.for_sampler(st.train_loader.sampler, per_rank_batch, optim.grad_accum_steps)
+    reduce = st.dist.all_reduce_sum if st.dist.active else None
+    st.net.train()
     if st.position is None or st.position.epoch != epoch:
         st.position = EpochPosition.start(st, epoch)
     pos = st.position
     for i, (images, targets) in enumerate(st.train_loader, start=pos.batch):
         images, targets = _move(images, targets, st.run)
-        with st.run.autocast():
-            logits = st.model(images)
-        per_sample = criterion(logits, targets, optim.label_smoothing)
-        weight = plan.weight(i, st.run.device)  # None unless the batch holds padding
-        st.scaler.scale(plan.loss(per_sample, i, weight)).backward()
+        # Inside an accumulation window the gradients stay local; the window's last backward
+        # all-reduces them (DDP), once per optimizer step.
+        with _no_sync(st) if not plan.ends_window(i) else nullcontext():
+            with st.run.autocast():
+                logits = st.net(images)
+            per_sample = criterion(logits, targets, optim.label_smoothing)
+            weight = plan.weight(i, st.run.device)  # None unless the batch holds padding
+            st.scaler.scale(plan.loss(per_sample, i, weight)).backward()
         pos.sums.update(per_sample, logits, targets, weight)
         pos.batch = i + 1
         st.alive()
+        periodic = False
         if plan.ends_window(i):
             pos.lr = optimizer_step(st)
             # log_interval counts optimizer steps, so every record sits on a step boundary.
             if plan.is_last(i) or st.step % log_interval == 0:
-                interval = pos.meter.lap(pos.sums.totals())  # the one synchronisation per interval
+                interval = pos.meter.lap(pos.sums.totals(reduce))  # the one synchronisation per interval
                 if not math.isfinite(interval.loss):
                     raise NonFiniteLossError(f"training loss became {interval.loss} at epoch {epoch}, step {st.step}")
-                recorder.on_interval(epoch=epoch, batch=i + 1, step=st.step, interval=interval, lr=pos.lr)
+                if recorder is not None:
+                    recorder.on_interval(epoch=epoch, batch=i + 1, step=st.step, interval=interval, lr=pos.lr)
             faults.current().after_step(st.step)  # test-only crash points
-            if steps.due(st.step) and not plan.is_last(i):  # the epoch checkpoint follows the last
-                steps.save(st, recorder.history, why="periodic")
+            periodic = steps.due(st.step) and not plan.is_last(i)  # the epoch checkpoint follows the last
         faults.current().after_batch((epoch - 1) * len(plan) + i + 1)
-        if stop.requested:
-            if steps.fits(stop):
-                steps.save(st, recorder.history, why="stop requested")
+        if st.dist.active and not plan.ends_window(i):
+            continue  # ranks stop and checkpoint only at optimizer steps, where they are in step
+        # Rank 0's clock decides a periodic checkpoint; a signal to any rank stops them all.
+        stopping, periodic = st.dist.agree([stop.requested, periodic and st.dist.is_main], st.run.device)
+        if stopping:
+            if st.dist.agree([st.dist.is_main and steps.fits(stop)], st.run.device)[0]:
+                steps.save(st, recorder, why="stop requested")
             faults.current().hold_stop(lambda: stop.count)
             raise StopRequested()
+        if periodic:
+            steps.save(st, recorder, why="periodic")
     st.position = None
-    return EpochTrain(pos.sums.totals(), pos.lr, pos.meter.elapsed())
+    return EpochTrain(pos.sums.totals(reduce), pos.lr, pos.meter.elapsed())
+
+
+def _no_sync(st: TrainState) -> Any:
+    return st.ddp.no_sync() if st.ddp is not None else nullcontext()
 
 
 def optimizer_step(st: TrainState) -> float:
@@ -412,8 +450,10 @@ def optimizer_step(st: TrainState) -> float:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, run: Runtime, label_smoothing: float,
-             alive: Liveness | None = None) -> Totals:
-    """Exact metrics over the loader's samples (unpadded: each sample counted once)."""
+             alive: Liveness | None = None, dist: Dist = distributed.SINGLE) -> Totals:
+    """Exact metrics over the loader's samples (unpadded: each sample counted once). With
+    several processes each evaluates its shard of the split (``model`` is the plain module, not
+    the DDP wrapper: no collective per batch) and the sums are added up."""
     model.eval()
     sums = MetricSums(run.device)
     for images, targets in loader:
@@ -423,7 +463,7 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, run: Runtime
         with run.autocast():
             logits = model(images)
         sums.update(criterion(logits, targets, label_smoothing), logits, targets)
-    return sums.totals()
+    return sums.totals(dist.all_reduce_sum if dist.active else None)
 
 
 def checkpoint_state(st: TrainState, history: History) -> dict[str, Any]:
@@ -476,15 +516,22 @@ class StepCheckpoints:
         self.write_s = max(seconds, self.write_s or 0.0)
         self.last_at = self.clock()
 
-    def save(self, st: TrainState, history: History, *, why: str) -> None:
+    def save(self, st: TrainState, recorder: Recorder | None, *, why: str) -> None:
+        """Every rank calls it (its collectives gather what only rank 0 writes: the metric
+        sums and each rank's RNG state), then waits until the file is written."""
         assert st.position is not None
         t0 = self.clock()
-        state = {**checkpoint_state(st, history), "position": st.position.to_state(st.model)}
-        name = self.ckpts.save_step(state, epoch=st.epoch, step=st.step, batch=st.position.batch)
-        seconds = self.clock() - t0
-        self.wrote(seconds)
-        log.info("step checkpoint %s (%s): epoch %d, batch %d, step %d, in %.1fs", name, why, st.position.epoch,
-                 st.position.batch, st.step, seconds)
+        position = st.position.to_state(st.model, st.dist)
+        ranks_rng = st.dist.gather(rng_state()) if st.dist.active else None
+        if recorder is not None:
+            state = {**checkpoint_state(st, recorder.history), "position": position}
+            if ranks_rng is not None:
+                state["rng_ranks"] = ranks_rng
+            name = self.ckpts.save_step(state, epoch=st.epoch, step=st.step, batch=st.position.batch)
+            log.info("step checkpoint %s (%s): epoch %d, batch %d, step %d, in %.1fs", name, why,
+                     st.position.epoch, st.position.batch, st.step, self.clock() - t0)
+        st.dist.barrier()
+        self.wrote(self.clock() - t0)
 
 
 def check_integrity(st: TrainState, run_dir: Path) -> Integrity:
@@ -502,34 +549,52 @@ def check_integrity(st: TrainState, run_dir: Path) -> Integrity:
     return summary
 
 
-def fit(st: TrainState, recorder: Recorder, ckpts: CheckpointManager, run_dir: Path, stop: StopFlag,
+RANK_SEED = 1_000_003  # rank r's epoch seed is rank 0's plus r * RANK_SEED
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of an epoch's randomness (dropout, ...) on a rank: a function of (seed, epoch,
+    rank) only, so a resume replays it exactly. The data order and each sample's augmentation
+    depend on (seed, epoch) alone, whatever the number of processes (data.py)."""
+    return seed * 10_007 + epoch + rank * RANK_SEED
+
+
+def fit(st: TrainState, recorder: Recorder | None, ckpts: CheckpointManager, run_dir: Path, stop: StopFlag,
         steps: StepCheckpoints) -> None:
     """The epochs from the one after ``st.epoch`` (continuing ``st.position`` when a step
-    checkpoint was resumed): train, validate, record, checkpoint, check."""
+    checkpoint was resumed): train, validate, record, checkpoint, check. Rank 0 records and
+    checkpoints (``recorder`` is None on the others); all wait for its checkpoint."""
     seed = st.cfg.optim.seed
     for epoch in range(st.epoch + 1, st.cfg.optim.epochs + 1):
-        # Each epoch's randomness depends only on (seed, epoch): resume replays it exactly. In
-        # the middle of an epoch the RNG is where the step checkpoint left it.
+        # Each epoch's randomness depends only on (seed, epoch, rank): resume replays it exactly.
+        # In the middle of an epoch the RNG is where the step checkpoint left it.
         resumed = st.position if st.position is not None and st.position.epoch == epoch else None
         if resumed is not None and resumed.rng is not None:
             set_rng_state(resumed.rng)
         else:
-            seed_everything(seed * 10_007 + epoch)
+            seed_everything(epoch_seed(seed, epoch, st.dist.rank))
         # A stop after the epoch's last (smaller) batch is a position past the last sample.
-        skip = min(resumed.batch * st.cfg.optim.batch_size, st.train_loader.sampler.epoch_length) if resumed else 0
+        per_rank_batch = st.train_loader.batch_size
+        skip = min(resumed.batch * per_rank_batch, st.train_loader.sampler.epoch_length) if resumed else 0
         st.train_loader.sampler.set_epoch(epoch, skip=skip)
         st.train_loader.generator.manual_seed(seed * 10_007 + epoch)
         t0 = time.perf_counter()
         trained = train_one_epoch(st, epoch, recorder, stop, steps)
-        recorder.on_validate(epoch=epoch, step=st.step, throughput=trained.throughput)
-        val = evaluate(st.model, st.val_loader, st.run, st.cfg.optim.label_smoothing, st.alive)
+        if recorder is not None:
+            recorder.on_validate(epoch=epoch, step=st.step, throughput=trained.throughput)
+        st.dist.broadcast_buffers(st.model)  # every rank evaluates the model rank 0 saves
+        val = evaluate(st.model, st.val_loader, st.run, st.cfg.optim.label_smoothing, st.alive, st.dist)
         st.epoch = epoch
-        rec = recorder.on_epoch(epoch=epoch, step=st.step, lr=trained.lr, train=trained.totals, val=val,
-                                train_s=trained.seconds, epoch_s=time.perf_counter() - t0)
-        t_save = time.perf_counter()
-        save_checkpoint(st, ckpts, recorder.history, rec.metrics())
-        steps.wrote(time.perf_counter() - t_save)  # the period restarts; what a write takes (for a stop's)
-        recorder.on_checked(rec=rec, integrity=check_integrity(st, run_dir))
+        if recorder is not None:
+            rec = recorder.on_epoch(epoch=epoch, step=st.step, lr=trained.lr, train=trained.totals, val=val,
+                                    train_s=trained.seconds, epoch_s=time.perf_counter() - t0)
+            t_save = time.perf_counter()
+            save_checkpoint(st, ckpts, recorder.history, rec.metrics())
+            steps.wrote(time.perf_counter() - t_save)  # the period restarts; what a write takes (for a stop's)
+            recorder.on_checked(rec=rec, integrity=check_integrity(st, run_dir))
+        else:
+            steps.wrote(0.0)  # the period restarts here too (rank 0's clock decides, but keep in step)
+        st.dist.barrier()  # no rank runs ahead of a checkpoint (or of a failed integrity check)
         faults.current().after_epoch(epoch)  # test-only: a crash between epochs
 
 
@@ -608,24 +673,45 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, debug: bool 
     """Train ``cfg`` into ``run_dir`` (a fresh directory, or an existing one with ``resume``)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with run_dir_lock(run_dir):
-        return _train_locked(cfg, run_dir, resume=resume, debug=debug, data_root=Path(data_root or default_data_root()),
-                             runs_root=Path(runs_root or default_runs_root()), handle_signals=handle_signals)
+    if cfg.resources.gpus is not None and torch.cuda.device_count() < cfg.resources.gpus:
+        # Placement keeps such a job off this host; never train on fewer devices than asked for.
+        raise TrainingError(f"resources.gpus asks for {cfg.resources.gpus} GPU(s); this host has "
+                            f"{torch.cuda.device_count()} visible")
+    dist = distributed.from_env(cfg.resources.backend, collective_timeout_s(cfg))  # SINGLE outside torchrun
+    try:
+        with run_dir_lock(run_dir) if dist.is_main else nullcontext():  # rank 0 owns the directory
+            return _train_locked(cfg, run_dir, resume=resume, debug=debug,
+                                 data_root=Path(data_root or default_data_root()),
+                                 runs_root=Path(runs_root or default_runs_root()), handle_signals=handle_signals,
+                                 dist=dist)
+    finally:
+        dist.close()
+
+
+def collective_timeout_s(cfg: TrainConfig) -> float:
+    """How long a collective may wait for the other ranks: longer than the stall watchdog's
+    timeout, so that a hang is the watchdog's to report (distributed.COLLECTIVE_MARGIN_S)."""
+    return float(cfg.runtime.stall_timeout_s or stall_timeout_s()) + distributed.COLLECTIVE_MARGIN_S
 
 
 def _train_locked(cfg: TrainConfig, run_dir: Path, *, resume: bool, debug: bool, data_root: Path,
-                  runs_root: Path, handle_signals: bool) -> RunResult:
+                  runs_root: Path, handle_signals: bool, dist: Dist = distributed.SINGLE) -> RunResult:
     files = RunFiles(run_dir)
-    setup_logging(run_dir, debug=debug)
-    files.reserve_space()
+    setup_logging(run_dir, debug=debug, rank=dist.rank)
+    if dist.is_main:
+        files.reserve_space()
     stop = StopFlag().install() if handle_signals else StopFlag()
     try:
-        return _train(cfg, files, resume=resume, data_root=data_root, runs_root=runs_root, stop=stop)
+        return _train(cfg, files, resume=resume, data_root=data_root, runs_root=runs_root, stop=stop, dist=dist)
     except StopRequested:
-        log.warning("stopped by signal; resume with: teacher train --resume %s", run_dir)
-        record_outcome(files, run_dir, RunStatus.STOPPED)
+        if dist.is_main:
+            log.warning("stopped by signal; resume with: teacher train --resume %s", run_dir)
+            record_outcome(files, run_dir, RunStatus.STOPPED)
         raise
     except BaseException as exc:
+        if not dist.is_main:
+            log.error("failed: %s: %s", type(exc).__name__, exc)
+            raise
         nospace = find_no_space(exc)
         if nospace is not None:
             files.release_reserve()  # room to write why, below
@@ -638,7 +724,8 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, *, resume: bool, debug: bool,
                        integrity=exc.summary if isinstance(exc, IntegrityFailure) else None)
         raise
     finally:
-        files.release_reserve()
+        if dist.is_main:
+            files.release_reserve()
         stop.restore()
         teardown_logging()
 
@@ -655,61 +742,92 @@ def write_export(paths: RunPaths, ckpts: CheckpointManager) -> None:
     log.info("exported best.pt (epoch %d) to %s", info.meta["epoch"], info.out_dir)
 
 
-def build_state(cfg: TrainConfig, run_dir: Path, *, data_root: Path, runs_root: Path) -> TrainState:
-    """Data, model and optimisation state for a fresh start (a resume then loads a checkpoint)."""
-    run = resolve_runtime(cfg.runtime)
+def build_state(cfg: TrainConfig, run_dir: Path, *, data_root: Path, runs_root: Path,
+                dist: Dist = distributed.SINGLE) -> TrainState:
+    """Data, model and optimisation state for a fresh start (a resume then loads a checkpoint).
+    With several processes each gets its shard of both splits, ``optim.batch_size`` / world size
+    samples per batch, and the model wrapped in DistributedDataParallel."""
+    run = resolve_runtime(cfg.runtime, dist)
     seed, optim = cfg.optim.seed, cfg.optim
     seed_everything(seed)
     bundle = data_mod.load_data(cfg.data, data_root, seed=seed, num_classes=cfg.model.num_classes)
-    log.info("run %s: %s on %s, %d classes, %d train / %d val samples, device %s, amp %s, channels_last %s",
+    log.info("run %s: %s on %s, %d classes, %d train / %d val samples, device %s, amp %s, channels_last %s%s",
              run_dir, cfg.model.arch, cfg.data.root, len(bundle.class_names), *bundle.sizes.values(),
-             run.device, run.amp_dtype, run.channels_last)
+             run.device, run.amp_dtype, run.channels_last,
+             f", {dist.world_size} processes ({dist.backend}), {optim.batch_size // dist.world_size} samples per "
+             f"process and batch" if dist.active else "")
     loaders = []
     for split, train in ((bundle.train, True), (bundle.val, False)):
         transform = data_mod.build_transforms(cfg.data.image_size, train=train, augment=train and cfg.data.augment)
         ds = data_mod.ImageListDataset(split.samples, transform)
-        sampler = data_mod.EpochSampler(len(ds), shuffle=train, seed=seed)
-        loaders.append(data_mod.build_loader(ds, sampler, batch_size=optim.batch_size, num_workers=run.num_workers,
-                                             pin_memory=run.pin_memory, seed=seed))
+        # Training shards are padded to equal length (every rank takes the same steps; padding
+        # weighs 0); evaluation shards are not (each sample counted once).
+        sampler = data_mod.EpochSampler(len(ds), shuffle=train, seed=seed, world_size=dist.world_size,
+                                        rank=dist.rank, pad=train)
+        loaders.append(data_mod.build_loader(ds, sampler, batch_size=optim.batch_size // dist.world_size,
+                                             num_workers=run.num_workers, pin_memory=run.pin_memory, seed=seed))
     model = build_model(cfg.model.arch, len(bundle.class_names))
     if cfg.model.pretrained:
         load_pretrained(model, cfg.model.arch)
     if cfg.init_from:
         init_from_checkpoint(model, cfg.init_from, runs_root)
+    if dist.active and cfg.runtime.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(run.device, memory_format=run.memory_format)
+    ddp = None
+    if dist.active:
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda"
+                                                  else None)
     optimizer = build_optimizer(model, optim)
     steps_per_epoch = math.ceil(len(loaders[0]) / optim.grad_accum_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, optim=optim, steps_per_epoch=steps_per_epoch))
     return TrainState(cfg=cfg, run=run, data=bundle, train_loader=loaders[0], val_loader=loaders[1], model=model,
                       optimizer=optimizer, scheduler=scheduler,
-                      scaler=torch.amp.GradScaler(run.device.type, enabled=run.use_scaler))
+                      scaler=torch.amp.GradScaler(run.device.type, enabled=run.use_scaler), dist=dist, ddp=ddp)
 
 
 def restore(st: TrainState, ckpts: CheckpointManager, files: RunFiles) -> tuple[History | None, ResumePoint | None]:
     """Load the latest usable checkpoint into ``st``; returns its history and where it resumes
     (None, None: start afresh). Step records written after it are dropped."""
-    loaded = ckpts.load_latest()
+    # Every rank loads the checkpoint rank 0 chose (it may have skipped a damaged newer one).
+    loaded = ckpts.load_latest() if st.dist.is_main else None
+    name = st.dist.broadcast(loaded[1].name if loaded is not None else None)
+    if not st.dist.is_main and name is not None:
+        loaded = ckpts.load_named(name)
     history, point = None, None
     if loaded is None:
         log.warning("no usable checkpoint in %s: starting from epoch 1", ckpts.dir)
     else:
         state, entry = loaded
-        for name in ("model", "optimizer", "scheduler", "scaler"):
-            getattr(st, name).load_state_dict(state[name])
-        set_rng_state(state["rng"])
+        for key in ("model", "optimizer", "scheduler", "scaler"):
+            getattr(st, key).load_state_dict(state[key])
+        rng = own_rng(state, st.dist)
+        if rng is not None:
+            set_rng_state(rng)
         history = History.from_json(state["history"])
         st.epoch, st.step = state["epoch"], state["step"]
         if "position" in state:  # a step checkpoint: continue its epoch
-            st.position = EpochPosition.from_state(state["position"], rng=state["rng"], model=st.model,
-                                                   device=st.run.device)
+            st.position = EpochPosition.from_state(state["position"], rng=rng, model=st.model,
+                                                   device=st.run.device, dist=st.dist)
         point = resume_point(st, entry)
         log.info("resumed from %s (epoch %d, step %d%s)", entry.name, st.epoch, st.step,
                  f", batch {point.batch} of epoch {st.epoch + 1}" if point.batch else "")
-    dropped = files.truncate_steps(st.step, st.epoch + (1 if st.position is not None else 0))
-    if dropped:
-        log.info("dropped %d step record(s) written after that checkpoint", dropped)
+    if st.dist.is_main:
+        dropped = files.truncate_steps(st.step, st.epoch + (1 if st.position is not None else 0))
+        if dropped:
+            log.info("dropped %d step record(s) written after that checkpoint", dropped)
     return history, point
+
+
+def own_rng(state: dict[str, Any], dist: Dist) -> dict[str, Any] | None:
+    """This rank's RNG state in a checkpoint: its own when the checkpoint was written by as many
+    ranks (a step checkpoint of a run of several processes), rank 0's for rank 0, else None (the
+    epoch's seed then stands in: only per-rank randomness such as dropout differs)."""
+    ranks = state.get("rng_ranks")
+    if ranks is not None and len(ranks) == dist.world_size:
+        return ranks[dist.rank]
+    return state["rng"] if dist.is_main else None
 
 
 def resume_point(st: TrainState, entry: CheckpointEntry) -> ResumePoint:
@@ -718,19 +836,28 @@ def resume_point(st: TrainState, entry: CheckpointEntry) -> ResumePoint:
 
 
 def _train(cfg: TrainConfig, files: RunFiles, *, resume: bool, data_root: Path, runs_root: Path,
-           stop: StopFlag) -> RunResult:
+           stop: StopFlag, dist: Dist = distributed.SINGLE) -> RunResult:
     paths = RunPaths(files.dir)
     # Before anything else: a save that a crash cut short (after the manifest, before the
     # links and pruning) is finished, so what follows sees a consistent checkpoint directory.
     ckpts = CheckpointManager(paths.checkpoints, keep_last=cfg.checkpoint.keep_last,
                               every_epochs=cfg.checkpoint.every_epochs, best_metric=cfg.checkpoint.best_metric,
                               best_mode=BEST_METRICS[cfg.checkpoint.best_metric])
-    ckpts.complete_interrupted_save()
-    st = build_state(cfg, files.dir, data_root=data_root, runs_root=runs_root)
-    integrity = previous_integrity(files.dir) if resume else None
-    st.alive = Liveness(paths.alive)
-    st.alive()  # set up: the watchdog's clock starts from here, not from the child's start
+    alive = Liveness(paths.alive if dist.is_main else None)
+    alive()  # started: the watchdog's clock restarts here, not at the child's start
+    if dist.is_main:
+        ckpts.complete_interrupted_save()
+    st = build_state(cfg, files.dir, data_root=data_root, runs_root=runs_root, dist=dist)
+    integrity = previous_integrity(files.dir) if resume and dist.is_main else None
+    st.alive = alive
+    alive._next = 0.0
+    alive()  # set up (data listed, model built)
     history, resumed_from = restore(st, ckpts, files) if resume else (None, None)
+    steps = StepCheckpoints(ckpts, cfg.checkpoint, grace_s=stop_grace_s())
+    if not dist.is_main:  # trains in step with rank 0, which writes everything
+        fit(st, None, ckpts, files.dir, stop, steps)
+        return RunResult("succeeded", st.epoch, History(len(st.data.class_names), st.data.class_names,
+                                                        st.data.sizes), files.dir)
     history = history or History(len(st.data.class_names), st.data.class_names, st.data.sizes)
     files.write_config(cfg.to_dict())
     files.write_history(history.to_json())
@@ -740,7 +867,6 @@ def _train(cfg: TrainConfig, files: RunFiles, *, resume: bool, data_root: Path, 
                         steps_per_epoch=st.steps_per_epoch,
                         batches=len(st.train_loader), val_batches=len(st.val_loader),
                         integrity=integrity if st.epoch else None, resumed_from=resumed_from)
-    steps = StepCheckpoints(ckpts, cfg.checkpoint, grace_s=stop_grace_s())
     try:
         fit(st, recorder, ckpts, files.dir, stop, steps)
     finally:

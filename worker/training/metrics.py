@@ -89,9 +89,14 @@ class MetricSums:
             update = torch.stack([(loss * w).sum(), (c1 * w).sum(), (c5 * w).sum(), w.sum()])
         self._sums += update
 
-    def state(self) -> torch.Tensor:
-        """The running sums, exactly (float64, on the CPU), for a mid-epoch checkpoint."""
-        return self._sums.detach().cpu().clone()
+    def state(self, all_reduce: AllReduce | None = None) -> torch.Tensor:
+        """The running sums, exactly (float64, on the CPU), for a mid-epoch checkpoint; with
+        ``all_reduce``, every process's sums added up (what the one process that writes the
+        checkpoint keeps)."""
+        sums = self._sums.detach().clone()
+        if all_reduce is not None:
+            sums = all_reduce(sums)
+        return sums.cpu()
 
     @classmethod
     def from_state(cls, sums: torch.Tensor, device: torch.device | str = "cpu") -> "MetricSums":
@@ -197,22 +202,33 @@ class AccumulationPlan:
     window's loss is Σ loss / (samples in the window), so a smaller last batch or last window is
     weighted exactly, not as a full one. Positions from ``num_real`` on are a sharded sampler's
     padding (several processes, see :func:`shard_indices`): they weigh 0, in the loss and in the
-    metric sums. With one process there is none, and :meth:`weight` is always None."""
+    metric sums. With one process there is none, and :meth:`weight` is always None.
 
-    batch_size: int
+    With ``world_size`` processes, ``windows`` counts the samples of the whole step across all
+    of them (rank r's micro-batch i holds every world_size-th of the global batch i, so the
+    global micro-batch i is the one a single process would see), and each process's loss is
+    scaled by ``world_size``: DistributedDataParallel averages gradients over the processes, and
+    ``world_size * Σ_rank / N_step`` averaged is ``Σ_all / N_step`` — the same gradient as on one
+    process, also for a smaller, unevenly sharded last batch."""
+
+    batch_size: int  # per process
     accum: int
     num_real: int
     positions: tuple[int, ...]  # per batch, as the loader yields them (padding included)
-    windows: tuple[int, ...]  # real samples per optimizer step (at least 1)
+    windows: tuple[int, ...]  # real samples per optimizer step, over all processes (at least 1)
+    world_size: int = 1
 
     @classmethod
     def for_sampler(cls, sampler: Sized, batch_size: int, accum: int) -> "AccumulationPlan":
         length = getattr(sampler, "epoch_length", len(sampler))  # the whole epoch, also when resumed mid-way
         num_real = getattr(sampler, "num_real", length)
+        world = getattr(sampler, "world_size", 1)
+        total = getattr(sampler, "n", num_real) if world > 1 else num_real  # samples over all processes
         positions = batch_sizes(length, batch_size)
-        real = [max(0, min(size, num_real - i * batch_size)) for i, size in enumerate(positions)]
+        step = batch_size * world  # the global micro-batch
+        real = [max(0, min(step, total - i * step)) for i in range(len(positions))]
         windows = [max(1, w) for w in accumulation_windows(real, accum)]
-        return cls(batch_size, accum, num_real, tuple(positions), tuple(windows))
+        return cls(batch_size, accum, num_real, tuple(positions), tuple(windows), world)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -234,4 +250,4 @@ class AccumulationPlan:
     def loss(self, per_sample: torch.Tensor, batch: int, weight: torch.Tensor | None) -> torch.Tensor:
         """The micro-batch's share of its window's mean loss (what ``backward`` is called on)."""
         terms = per_sample if weight is None else per_sample * weight
-        return terms.sum() / self.windows[batch // self.accum]
+        return terms.sum() * self.world_size / self.windows[batch // self.accum]

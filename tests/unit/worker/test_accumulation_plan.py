@@ -23,9 +23,12 @@ def test_padding_weighs_zero_in_the_loss_and_the_window():
     sampler = EpochSampler(7, shuffle=False, seed=0, world_size=3, rank=2, pad=True)  # 2 real, 1 padded
     assert (len(sampler), sampler.num_real) == (3, 2)
     plan = AccumulationPlan.for_sampler(sampler, batch_size=2, accum=1)
-    assert plan.positions == (2, 1) and plan.windows == (2, 1)  # the all-padding window counts as 1
+    # windows count the step's samples over all 3 processes: global micro-batches of 6, then 1
+    assert plan.positions == (2, 1) and plan.windows == (6, 1) and plan.world_size == 3
     assert plan.weight(0, "cpu") is None and plan.weight(1, "cpu").tolist() == [0.0]
     assert plan.loss(torch.tensor([5.0]), 1, plan.weight(1, "cpu")).item() == 0.0
+    # each process's share is scaled by the world size: DDP averages the 3 gradients
+    assert plan.loss(torch.tensor([1.0, 2.0]), 0, None).item() == 3.0 * 3 / 6
 
 
 def test_intervals_are_differences_of_the_running_sums():
