@@ -266,6 +266,7 @@ class Supervisor:
         """Take the job if it may run now. Returns None (and changes nothing) for a finished,
         waiting or live job, so duplicate deliveries are harmless; also None when the job ends
         at the claim instead (its run on disk already finished, a cap reached: no new attempt)."""
+        refusal = self._placement_refusal(job_id)  # outside the lock: it may wait for the device probe
         finished = self._run_finished_on_disk(job_id)  # outside the lock: it hashes checkpoints
         run = RunView.read(self.settings.jobs_root, job_id)  # for the attempt rows (files: outside the lock too)
         with transaction(self.sessions) as s:
@@ -275,7 +276,6 @@ class Supervisor:
                 return None
             if not self._may_take(job):
                 return None
-            refusal = placement_refusal(job.config, self.devices)
             if refusal is None:
                 if job.job_status == JobStatus.running:  # its worker is gone (no reconciler pass yet)
                     lifecycle.worker_lost(job, "worker lost (stale heartbeat); will resume from the last checkpoint", run)
@@ -290,6 +290,13 @@ class Supervisor:
         else:
             self._send(sends)
         return None
+
+    def _placement_refusal(self, job_id: str) -> str | None:
+        """Why this worker may not run the job (placement_refusal), read without the lock: a
+        job's config never changes after its submission."""
+        with self.sessions() as s:
+            config = s.scalar(select(Job.config).where(Job.id == job_id))
+        return placement_refusal(config, self.devices) if isinstance(config, dict) else None
 
     def _defer(self, send: Send, refusal: str) -> None:
         """Leave the job as it is (no attempt, nothing changed) and send its message again a
