@@ -27,6 +27,11 @@ lived (the OOM killer, a crash); at the job's ``max_attempts`` (TEACHER_MAX_ATTE
 (:func:`run_finished`: its worker died after "done" but before recording it) and records
 success without training again. Each attempt's row (common.store.attempts) records its cause,
 what the supervisor stopped it for (``StopCause``), where it resumed from and the work it lost.
+
+Placement (:func:`placement_refusal`): a job never runs with fewer GPUs than its
+``resources.gpus``. A worker with fewer (as its device probe found them, worker.celery_app)
+does not claim it: the job stays as it is, and its message goes back to the queue DEFER_S later
+for another worker (:meth:`Supervisor._defer`).
 """
 from __future__ import annotations
 
