@@ -18,6 +18,13 @@ for variant in bf16:auto fp16:auto off:auto bf16:off; do
       --run-dir "$TEACHER_RUNS_ROOT/amp-$amp-cl-$cl" > "$OUT/train-$amp-$cl.log" 2>&1 || { tail -30 "$OUT/train-$amp-$cl.log"; exit 1; }
   grep -E "device cuda|Epoch 4/4" "$OUT/train-$amp-$cl.log" | cut -c21-
 done
+# Every GPU of the host in one job (torchrun, NCCL, DDP), with SyncBatchNorm, same global batch.
+NGPU=$($PY -c 'import torch; print(torch.cuda.device_count())')
+$PY -m common.apps.cli train "${common[@]}" --set resources.gpus=$NGPU --set runtime.sync_bn=true \
+    --run-dir "$TEACHER_RUNS_ROOT/ddp-$NGPU-gpus" > "$OUT/train-ddp-$NGPU.log" 2>&1 || { tail -30 "$OUT/train-ddp-$NGPU.log"; exit 1; }
+grep -E "processes \(nccl\)|Epoch 4/4" "$OUT/train-ddp-$NGPU.log" | cut -c21-
+# its recorded validation against a fresh single-GPU evaluation of its last epoch's checkpoint
+$PY -m common.apps.cli evaluate "$TEACHER_RUNS_ROOT/ddp-$NGPU-gpus/checkpoints/epoch_0004.pt" --device cuda | tee "$OUT/evaluate-ddp.json"
 $PY -m common.apps.cli evaluate "$TEACHER_RUNS_ROOT/amp-bf16-cl-auto/checkpoints/best.pt" --device cuda | tee "$OUT/evaluate.json"
 $PY - <<'PY' | tee "$OUT/cuda_summary.json"
 import json, os, pathlib
@@ -34,6 +41,7 @@ for run in sorted(root.iterdir()):
         "integrity": p.get("integrity"), "status": p["status"],
     }
 base = out["amp-off-cl-auto"]["train_img_per_s_last_epoch"]
+
 for k, v in out.items():
     v["throughput_ratio_vs_amp_off"] = v["train_img_per_s_last_epoch"] / base
 print(json.dumps(out, indent=2))
