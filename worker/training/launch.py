@@ -35,19 +35,29 @@ def torchrun_args(nproc: int, train_args: list[str]) -> list[str]:
             "--monitor-interval", "0.2", "--module", "common.apps.cli", "train", *train_args]
 
 
+# What torchrun sends the other ranks when one fails (or a stop reached it): a rank that died
+# of one of these was stopped, it is not why the run ended.
+_STOP_SIGNALS = (-signal.SIGTERM, -signal.SIGINT)
+
+
 def exit_code(failures: dict[int, int]) -> int:
     """The run's exit code from the failed ranks' exit codes (negative: killed by that signal).
-    A rank killed by a signal is the root cause whatever the others did afterwards (a peer's
-    collective fails when it dies); pure, unit-tested."""
-    killed = [code for code in failures.values() if code < 0]
+    A rank killed by another signal (SIGKILL: the OOM killer; SIGSEGV) is the root cause
+    whatever the others did afterwards (a peer's collective fails when it dies); then the
+    trainer's own codes; a rank stopped by SIGTERM before it could handle it comes last.
+    Pure, unit-tested."""
+    killed = [code for code in failures.values() if code < 0 and code not in _STOP_SIGNALS]
     if killed:
         return killed[0]
+    own = {rank: code for rank, code in failures.items() if code > 0}
     for code in _PRECEDENCE:
-        if code in failures.values():
+        if code in own.values():
             return code
-    if 0 in failures:
-        return failures[0]
-    return failures[min(failures)] if failures else EXIT_FAILED
+    if 0 in own:
+        return own[0]
+    if own:
+        return own[min(own)]
+    return next(iter(failures.values()), EXIT_FAILED)
 
 
 def launch(nproc: int, train_args: list[str]) -> int:

@@ -22,6 +22,9 @@ from worker.training.launch import exit_code, torchrun_args
     ({0: EXIT_FAILED, 2: EXIT_BAD_INPUT}, EXIT_BAD_INPUT),
     ({0: EXIT_STOPPED, 1: EXIT_FAILED}, EXIT_STOPPED),
     ({2: 7, 1: 5}, 5),
+    # rank 0 failed at set-up and torchrun SIGTERMed rank 1 before it had a handler: rank 0's code
+    ({0: EXIT_FAILED, 1: -15}, EXIT_FAILED),
+    ({0: -15, 1: -15}, -15),
     ({}, EXIT_FAILED),
 ])
 def test_exit_code_of_a_run_of_several_processes(failures, code):
