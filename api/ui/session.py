@@ -1,9 +1,15 @@
-"""Dashboard sessions: an API token pasted once becomes a signed session cookie.
+"""Dashboard sessions: an API token pasted once becomes a server-side session.
 
-The cookie (Flask's signed session) holds the token's sha256 hash and the sign-in time, never
-the token. Every request looks the hash up through common.auth (the code that authenticates
-the API's bearer tokens), so a revoked token ends its sessions at the next request; a session
-also ends ``TEACHER_UI_SESSION_HOURS`` (app config, default 12) after sign-in, however active.
+Sign-in checks the token as the API would (common.auth) and makes a ``ui_sessions`` row
+(common/store/ui_sessions.py) ending ``TEACHER_UI_SESSION_HOURS`` (app config, default 12)
+later, however active. The browser's cookie carries only that session's random secret (the
+store keeps its hash) and Flask-WTF's CSRF secret. The carrier is Flask's signed session cookie
+because Flask-WTF keeps its CSRF secret in ``session``: one cookie, signed, holds both; the
+authority is the row, so sign-out (which deletes it) ends every copy of the cookie, and revoking
+the token ends its sessions at their next request.
+
+Each request reads the row (joined with its token and user, one query) in a read session: no
+write lock. Writes: sign-in, sign-out, and ``last_seen_at`` at most once a minute.
 Cookie flags: HttpOnly, SameSite=Lax, Secure whenever the request came over HTTPS.
 """
 from __future__ import annotations
@@ -17,10 +23,12 @@ from pathlib import Path
 
 from flask import Flask, request, session
 from flask.sessions import SecureCookieSessionInterface
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
 
-from common.auth import AuthError, hash_token, user_for_token_hash
-from common.store import User
+from common.auth import AuthError, hash_token, token_for_hash
+from common.store import User, transaction, ui_sessions, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -83,34 +91,65 @@ def _wait_written(path: Path) -> str:
     raise RuntimeError(f"{path} stays empty: remove it, or set SECRET_KEY")
 
 
-def sign_in(db: DbSession, token: str) -> User:
+SESSION_KEY = "sid"  # the session's secret, in the signed cookie
+
+
+def sign_in(factory: sessionmaker[DbSession], token: str, *, lifetime_hours: float,
+            user_agent: str | None = None) -> User:
     """Check a pasted token as the API would and start a session for it (AuthError if bad)."""
     token = token.strip()
     if not token or len(token) > 512:
         raise AuthError("paste a token made by 'teacher tokens create'")
-    user = user_for_token_hash(db, hash_token(token))
+    # A wrong token is refused on a read: guessing takes no write lock.
+    with factory() as s:
+        token_for_hash(s, hash_token(token))
+    previous = session.get(SESSION_KEY)
+    now = utcnow()
+    with transaction(factory) as s:
+        row = token_for_hash(s, hash_token(token))  # again under the lock: not revoked meanwhile
+        if isinstance(previous, str):
+            ui_sessions.delete_session(s, previous)  # the browser's previous session ends here
+        ui_sessions.purge_expired(s, now=now)  # opportunistic: keeps the table to the live sessions
+        secret = ui_sessions.create_session(s, row.id, lifetime=dt.timedelta(hours=lifetime_hours),
+                                            user_agent=user_agent, now=now)
+        user = row.user
     session.clear()  # nothing of a previous session (or its CSRF secret) carries over
     session.permanent = True
-    session["th"] = hash_token(token)
-    session["iat"] = int(time.time())
+    session[SESSION_KEY] = secret
     return user
 
 
-def sign_out() -> None:
+def sign_out(factory: sessionmaker[DbSession]) -> None:
+    """End the session for every copy of its cookie (the row goes), then clear this browser's."""
+    secret = session.get(SESSION_KEY)
+    if isinstance(secret, str):
+        with transaction(factory) as s:
+            ui_sessions.delete_session(s, secret)
     session.clear()
 
 
-def session_user(db: DbSession, lifetime_hours: float) -> User | None:
-    """The signed-in user; None (and the session cleared) when not signed in, expired, or the
-    token was revoked."""
-    token_hash, issued = session.get("th"), session.get("iat")
-    if not isinstance(token_hash, str) or not isinstance(issued, int):
+def session_user(factory: sessionmaker[DbSession], lifetime_hours: float) -> User | None:
+    """The signed-in user (detached, loaded); None (and the cookie cleared) when not signed in,
+    signed out elsewhere, expired, or the token was revoked."""
+    secret = session.get(SESSION_KEY)
+    if not isinstance(secret, str):
         return None
-    if time.time() - issued > lifetime_hours * 3600:
+    now = utcnow()
+    with factory() as s:
+        live = ui_sessions.live_session(s, secret, now=now, max_age=dt.timedelta(hours=lifetime_hours))
+    if live is None:
         session.clear()
         return None
+    if live.due_for_touch(now):
+        _touch(factory, live.id, now)
+    return live.user
+
+
+def _touch(factory: sessionmaker[DbSession], session_id: str, now: dt.datetime) -> None:
+    # Best effort: last_seen_at is information for operators, not a check; a store busy past its
+    # timeout must not fail the page.
     try:
-        return user_for_token_hash(db, token_hash)
-    except AuthError:
-        session.clear()
-        return None
+        with transaction(factory) as s:
+            ui_sessions.touch(s, session_id, now=now)
+    except OperationalError as exc:
+        log.warning("dashboard session %s…: last_seen_at not recorded (%s)", session_id[:8], exc)

@@ -68,11 +68,7 @@ def _guard() -> Any:
         csrf.protect()
     if request.endpoint in OPEN_ENDPOINTS:
         return None
-    svc = services()
-    with svc.sessions() as s:
-        user = session_user(s, float(current_app.config["TEACHER_UI_SESSION_HOURS"]))
-        if user is not None:
-            s.expunge(user)
+    user = session_user(services().sessions, _session_hours())
     if user is None:
         if request.endpoint in POLLED_ENDPOINTS:  # a script's poll: never the sign-in page in its place
             return jsonify({"code": 401, "message": "signed out", "errors": {}}), 401
@@ -127,13 +123,17 @@ def signin() -> Any:
     error = None
     if form.validate_on_submit():
         try:
-            with services().sessions() as s:
-                sign_in(s, form.token.data or "")
+            sign_in(services().sessions, form.token.data or "", lifetime_hours=_session_hours(),
+                    user_agent=request.user_agent.string)
             return redirect(_safe_next(request.args.get("next")))
         except AuthError as exc:
             error = f"{exc}: paste a live token (teacher tokens create --user NAME)"
     status = 401 if error else 200
     return render_template("ui/signin.html", form=form, error=error), status
+
+
+def _session_hours() -> float:
+    return float(current_app.config["TEACHER_UI_SESSION_HOURS"])
 
 
 def _safe_next(target: str | None) -> str:
@@ -145,7 +145,7 @@ def _safe_next(target: str | None) -> str:
 
 @blp.route("/signout", methods=["POST"], endpoint="signout")
 def signout() -> Any:
-    sign_out()
+    sign_out(services().sessions)
     return redirect(url_for("ui.signin"))
 
 

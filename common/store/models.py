@@ -248,6 +248,29 @@ class IdempotencyKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class UiSession(Base):
+    """A web dashboard sign-in (api/ui/session.py; access in common/store/ui_sessions.py).
+
+    The browser's cookie holds a random secret; the row is keyed by its sha256, so a copy of
+    the store signs no one in. Deleting the row (sign-out) ends the session for every copy of
+    the cookie; so does revoking (or deleting) its token."""
+
+    __tablename__ = "ui_sessions"
+    __table_args__ = (Index("ix_ui_sessions_token", "token_id"), Index("ix_ui_sessions_expires", "expires_at"))
+
+    USER_AGENT_MAX = 255
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the cookie's secret
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    # Written at most once a minute (common.store.ui_sessions.TOUCH_INTERVAL), not per request.
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    user_agent: Mapped[str | None] = mapped_column(String(USER_AGENT_MAX), nullable=True)
+
+    token: Mapped[Token] = relationship()
+
+
 class WorkerBeat(Base):
     """Liveness of Celery worker processes, for /health and `teacher doctor`."""
 

@@ -69,7 +69,7 @@ def insert_job(conn) -> None:
 
 
 def test_the_revisions_are_the_old_versions_in_order():
-    assert REVISIONS == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"] and LATEST_VERSION == 7
+    assert REVISIONS == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"] and LATEST_VERSION == 8
 
 
 def test_an_empty_store_upgrades_to_head_and_matches_the_models(engine):
@@ -227,3 +227,21 @@ def test_0007_adds_worker_devices_to_a_store_at_0006_keeping_its_beats(engine):
     with engine.begin() as conn:
         command.downgrade(alembic_config(conn), "0006")
         assert "devices" not in {c["name"] for c in inspect(conn).get_columns("worker_beats")}
+
+
+def test_0008_adds_ui_sessions_whose_rows_go_with_their_token(engine):
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0007")
+        insert_job(conn)
+        conn.exec_driver_sql("INSERT INTO tokens (id, user_id, token_hash, created_at, revoked) "
+                             "VALUES (1, 1, 'h', '2025-01-01', false)")
+    assert upgrade(engine) == LATEST_VERSION
+    assert schema_diff(engine) == []
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO ui_sessions (id, token_id, created_at, expires_at, last_seen_at) "
+                             "VALUES ('s', 1, '2025-01-01', '2025-01-02', '2025-01-01')")
+        conn.exec_driver_sql("DELETE FROM tokens WHERE id = 1")  # ON DELETE CASCADE
+        assert conn.exec_driver_sql("SELECT count(*) FROM ui_sessions").scalar() == 0
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0007")
+    assert "ui_sessions" not in tables(engine)
