@@ -41,6 +41,7 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None  # None: a single process, nothing initialised
+    control: Any = None  # the process group for decisions (gloo, on the CPU); None: the default group
 
     @property
     def active(self) -> bool:
@@ -60,12 +61,13 @@ class Dist:
         if self.active:
             torch.distributed.barrier()
 
-    def agree(self, flags: list[bool], device: torch.device) -> list[bool]:
-        """Each flag true on every rank if it is true on any (one small all-reduce)."""
+    def agree(self, flags: list[bool]) -> list[bool]:
+        """Each flag true on every rank if it is true on any: one small all-reduce, on the CPU
+        (the control group), so that asking every step never waits for the GPU to finish it."""
         if not self.active:
             return flags
-        t = torch.tensor([float(f) for f in flags], device=device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        t = torch.tensor([float(f) for f in flags])
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=self.control)
         return [bool(v) for v in t.tolist()]
 
     def broadcast(self, obj: Any) -> Any:
@@ -73,7 +75,7 @@ class Dist:
         if not self.active:
             return obj
         box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
+        torch.distributed.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
     def gather(self, obj: Any) -> list[Any]:
@@ -81,7 +83,7 @@ class Dist:
         if not self.active:
             return [obj]
         out: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(out, obj)
+        torch.distributed.all_gather_object(out, obj, group=self.control)
         return out
 
     def broadcast_buffers(self, module: torch.nn.Module) -> None:
@@ -112,8 +114,12 @@ def from_env(backend: str, collective_timeout_s: float) -> Dist:
         # and the process, instead of leaving it blocked (then torchrun ends the others).
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         torch.cuda.set_device(local_rank)
-    torch.distributed.init_process_group(backend, timeout=dt.timedelta(seconds=collective_timeout_s))
-    return Dist(rank, world, local_rank, backend)
+    timeout = dt.timedelta(seconds=collective_timeout_s)
+    torch.distributed.init_process_group(backend, timeout=timeout)
+    # Decisions (stop? checkpoint?) travel as CPU tensors: with NCCL, a GPU tensor read back
+    # every step would make the host wait for each step's kernels.
+    control = torch.distributed.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
+    return Dist(rank, world, local_rank, backend, control)
 
 
 def _die_with_launcher() -> None:

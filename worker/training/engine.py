@@ -418,9 +418,9 @@ def train_one_epoch(st: TrainState, epoch: int, recorder: Recorder | None, stop:
         if st.dist.active and not plan.ends_window(i):
             continue  # ranks stop and checkpoint only at optimizer steps, where they are in step
         # Rank 0's clock decides a periodic checkpoint; a signal to any rank stops them all.
-        stopping, periodic = st.dist.agree([stop.requested, periodic and st.dist.is_main], st.run.device)
+        stopping, periodic = st.dist.agree([stop.requested, periodic and st.dist.is_main])
         if stopping:
-            if st.dist.agree([st.dist.is_main and steps.fits(stop)], st.run.device)[0]:
+            if st.dist.agree([st.dist.is_main and steps.fits(stop)])[0]:
                 steps.save(st, recorder, why="stop requested")
             faults.current().hold_stop(lambda: stop.count)
             raise StopRequested()
