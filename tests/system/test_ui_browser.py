@@ -380,7 +380,12 @@ def test_admin_sees_the_workers_and_queue_depths(stack, browser, shots):
 
 
 def test_sign_out_and_be_refused(stack, browser, state):
+    copied = browser.get_cookie("teacher_session")
     sign_out(browser)
+    browser.get(stack.api_url + f"/ui/jobs/{state['job']}")
+    assert "/ui/signin" in browser.current_url
+    # The session ended on the server: putting the signed-out cookie back signs no one in.
+    browser.add_cookie({"name": copied["name"], "value": copied["value"], "path": copied["path"]})
     browser.get(stack.api_url + f"/ui/jobs/{state['job']}")
     assert "/ui/signin" in browser.current_url
     status = browser.execute_script(
