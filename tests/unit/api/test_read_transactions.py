@@ -152,6 +152,30 @@ def test_an_admin_reading_another_users_running_job_is_two_queries(quiet_app, st
     assert [s for s in statements if not s.startswith("BEGIN")] == ["SELECT", "SELECT"]
 
 
+@pytest.mark.parametrize("caller", ["alice", "root"])
+def test_a_page_of_jobs_is_four_queries_whatever_its_size_and_takes_no_write_lock(quiet_app, statements, caller):
+    """The token with its user; the page with each job's owner joined in (common/store/jobs.py
+    list_jobs); the page's attempts; its tags. An admin's page of several users' jobs too."""
+    from common.store import lifecycle
+    from common.store.jobs import lock_job
+
+    client = quiet_app.test_client()
+    owners = {"alice": mint(quiet_app, "alice"), "bob": mint(quiet_app, "bob")}
+    ids = [client.post("/api/v1/jobs", json={**CFG, "tags": [f"t{i}", "x"]}, headers=owners[name]).json["id"]
+           for i, name in enumerate(["alice", "bob", "alice", "bob", "alice"])]
+    with transaction(quiet_app.extensions["teacher"].sessions) as s:  # attempts: a timeline to dump for each
+        for job_id in ids:
+            lifecycle.claim(lock_job(s, job_id), "host:1")
+    headers = owners["alice"] if caller == "alice" else mint(quiet_app, "root", admin=True)
+    statements.clear()
+    r = client.get("/api/v1/jobs", headers=headers)
+    expected_owners = ["alice", "alice", "alice"] if caller == "alice" else ["alice", "bob", "alice", "bob", "alice"]
+    assert r.status_code == 200 and [j["user"] for j in r.json["jobs"]] == expected_owners[::-1]
+    assert all(len(j["timeline"]) == 1 and j["tags"][1] == "x" for j in r.json["jobs"])
+    assert [s for s in statements if not s.startswith("BEGIN")] == ["SELECT"] * 4
+    assert "BEGIN IMMEDIATE" not in statements and statements.count("BEGIN") == 2
+
+
 def test_a_revoked_token_is_refused_on_its_next_request(quiet_app):
     """Nothing about a token is kept between requests: the request's read session is closed at the
     end of each request, and the token is looked up again on the next one."""
