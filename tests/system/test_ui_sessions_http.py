@@ -1,5 +1,5 @@
-"""Dashboard sessions are server-side, over real HTTP against gunicorn (two worker processes, so
-a session made by one is read by the other): a copy of a signed-out cookie is refused, revoking
+"""Dashboard sessions are server-side, over real HTTP against gunicorn (two worker processes
+sharing the store): a copy of a signed-out cookie is refused, revoking
 the token (`teacher tokens revoke`) refuses its session at the next request, and an expired row
 is refused. The in-process counterparts: tests/unit/api/test_ui_pages.py."""
 from __future__ import annotations
@@ -64,14 +64,15 @@ def copy_of(stack: Stack, client: requests.Session) -> requests.Session:
 def test_a_copied_cookie_is_refused_after_sign_out(stack):
     client, _ = signed_in(stack, "alice")
     copy = copy_of(stack, client)
-    # Several requests: both gunicorn processes serve the copy while the session is live.
+    # Several requests, so that both gunicorn processes most likely serve the copy (which one
+    # takes a connection is the kernel's choice): no process keeps a session of its own.
     assert [jobs_page(stack, copy) for _ in range(4)] == [200] * 4
     page = client.get(stack.api_url + "/ui/jobs", timeout=30)
     r = client.post(stack.api_url + "/ui/signout", data={"csrf_token": csrf_of(page.text)},
                     allow_redirects=False, timeout=30)
     assert r.status_code == 302 and "/ui/signin" in r.headers["Location"]
     assert jobs_page(stack, client) == 302
-    assert [jobs_page(stack, copy) for _ in range(4)] == [302] * 4  # every process refuses the copy
+    assert [jobs_page(stack, copy) for _ in range(4)] == [302] * 4  # the row is gone for every process
     poll = copy.get(stack.api_url + "/ui/jobs/rows", timeout=30, allow_redirects=False)
     assert poll.status_code == 401  # a page script's poll: 401, not the sign-in page
 
