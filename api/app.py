@@ -53,7 +53,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.before_request
     def _authenticate() -> None:
         if request.endpoint in PUBLIC_ENDPOINTS or is_ui_request():
-            return  # the dashboard checks its session cookie itself (api/ui/views.py), by the same token lookup
+            return  # the dashboard checks its session cookie itself (api/ui/session.py: a ui_sessions row of a live token)
         svc = services()
         with svc.reads() as s:
             token = authenticate_token(s, request.headers.get("Authorization"))

@@ -69,13 +69,6 @@ def authenticate_token(session: Session, authorization: str | None) -> Token:
     return token_for_hash(session, hash_token(token))
 
 
-def user_for_token_hash(session: Session, token_hash: str) -> User:
-    """The user of the live token with this hash, or :class:`AuthError`. The web dashboard's
-    sessions (api/ui) keep only the hash and are checked here on every request, so revoking a
-    token ends them as it ends the token's API use."""
-    return token_for_hash(session, token_hash).user
-
-
 def token_for_hash(session: Session, token_hash: str) -> Token:
     """The live token with this hash (one query, its user joined), or :class:`AuthError`."""
     row = session.scalar(_LIVE_TOKEN, {"token_hash": token_hash})
