@@ -12,11 +12,13 @@ with pre/post-dump hooks, is dumped by marshmallow itself.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import marshmallow as ma
 from marshmallow import fields, utils
 from marshmallow.decorators import POST_DUMP, PRE_DUMP
+from sqlalchemy.orm.attributes import InstrumentedAttribute
 
 Convert = Callable[[Any], Any]  # a dumped value from a present, non-missing value
 Dump = Callable[[Any], Any]     # a schema's dump of one object
@@ -25,6 +27,7 @@ _MISSING = ma.missing
 # Whether a type has __getitem__ (marshmallow asks each object; the answer is its type's, since
 # obj[key] looks the method up on the type).
 _SUBSCRIPTABLE: dict[type, bool] = {}
+_DIRECT: dict[tuple[type, frozenset[str]], frozenset[str]] = {}  # _direct_attributes
 
 
 def _text(value: Any) -> Any:
@@ -105,6 +108,22 @@ def _plain_field_dump(field: fields.Field, name: str, schema: ma.Schema) -> Call
     return lambda obj: field.serialize(name, obj, accessor=schema.get_attribute)
 
 
+def _direct_attributes(kind: type, attrs: frozenset[str]) -> frozenset[str]:
+    """Those of ``attrs`` that ``getattr(obj, attr)`` reads from the instance's ``__dict__`` when
+    they are there: a mapped column or relationship (SQLAlchemy's descriptor returns the loaded
+    value from it, else loads it), or no class attribute at all. Reading the dict skips the
+    descriptor call (~a fifth of a dump of ORM rows); anything else (a property) goes by getattr."""
+    known = _DIRECT.get((kind, attrs))
+    if known is None:
+        if kind.__getattribute__ is not object.__getattribute__ or not hasattr(kind, "__dict__"):
+            known = frozenset()
+        else:
+            known = frozenset(a for a in attrs if isinstance(
+                inspect.getattr_static(kind, a, None), (type(None), InstrumentedAttribute)))
+        _DIRECT[(kind, attrs)] = known
+    return known
+
+
 def _subscriptable(kind: type) -> bool:
     known = _SUBSCRIPTABLE.get(kind)
     if known is None:
@@ -139,18 +158,23 @@ def compile_dump(schema: ma.Schema) -> Dump:
             plans.append((key, None if derived else _attribute(field, name), _general_getter(field, name), convert,
                           field.dump_default))
 
+    attrs = frozenset(plan[1] for plan in plans if plan[1] is not None)
+
     def dump(obj: Any) -> dict[str, Any]:
         # How marshmallow reads ``attr`` (utils._get_value_for_key), decided once per object: a
         # row (no __getitem__: obj[attr] would raise) by getattr, a dict by key, others as it does.
         kind = type(obj)
         is_dict = kind is dict
         by_attribute = not is_dict and not _subscriptable(kind)
+        if by_attribute:
+            direct = _direct_attributes(kind, attrs)
+            loaded = obj.__dict__ if direct else {}
         out: dict[str, Any] = {}
         for key, attr, get, convert, default in plans:
             if attr is None:
                 value = get(obj)
             elif by_attribute:
-                value = getattr(obj, attr, _MISSING)
+                value = loaded[attr] if attr in direct and attr in loaded else getattr(obj, attr, _MISSING)
             elif is_dict:
                 value = obj[attr] if attr in obj else getattr(obj, attr, _MISSING)
             else:

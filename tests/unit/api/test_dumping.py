@@ -153,3 +153,20 @@ def test_each_job_of_the_list_is_the_jobs_own_response(app, client, alice):
     assert listed[running]["resumed_from"]["checkpoint"] == "step_00000040.pt"
     assert listed[running]["progress"]["latest"] == {"loss": 0.5, "x": None}
     assert listed[failed]["progress"]["status"] == "failed" and listed[failed]["failure_reason"] == "boom"
+
+
+def test_a_property_is_read_through_it_even_with_a_same_named_instance_entry():
+    """The compiled dump reads a row's loaded columns from its __dict__ (api.dumping
+    _direct_attributes); anything else on the class, like a property, through getattr."""
+
+    class Row:
+        @property
+        def text(self) -> str:
+            return "from the property"
+
+    row = Row()
+    row.__dict__.update(text="shadowed", number=4)
+    schema = FromDict()
+    ours = compile_dump(Outer())(row)
+    assert ours == Outer().dump(row) and ours["text"] == "from the property" and ours["number"] == 4
+    assert compile_dump(schema)(row) == schema.dump(row)
