@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -33,6 +34,10 @@ METRICS_FILES = (rundir.HISTORY, rundir.STEPS)
 ANALYSIS_DIR = "analysis"  # in a run directory: its cached report and plots (docs/run-directory.md)
 REPORT = "report.json"
 SIGNATURE = "inputs.json"
+SERIES = "series.json"  # beside report.json for an upload: its per-epoch curves (epoch_series)
+# The per-epoch metrics the dashboard's curves draw, as in a job's history.json epochs.
+SERIES_METRICS = ("train.loss", "train.top1", "train.top5", "val.loss", "val.top1", "val.top5",
+                  "lr", "train.throughput")
 
 
 class NoMetrics(LookupError):
@@ -42,8 +47,9 @@ class NoMetrics(LookupError):
 def write_analysis(paths: Sequence[Path], out: Path, *, num_classes: int | None = None,
                    patterns: tuple[str, ...] = (), plots: bool = True,
                    display_names: Mapping[str, str] | None = None,
-                   hints: Hints | None = None) -> tuple[Report, dict[str, Path]]:
-    """Read ``paths``, run every check, write ``out/report.json`` (atomically) and the PNGs.
+                   hints: Hints | None = None, series: bool = False) -> tuple[Report, dict[str, Path]]:
+    """Read ``paths``, run every check, write ``out/report.json`` (atomically) and the PNGs;
+    with ``series``, also ``out/series.json`` (:func:`epoch_series`, atomically).
     ``display_names`` (file name -> name to show) renames sources before the checks and plots
     run, so messages and legends say "console.log", not the stored name. Raises
     :class:`AnalysisInputError` on bad input."""
@@ -56,6 +62,8 @@ def write_analysis(paths: Sequence[Path], out: Path, *, num_classes: int | None 
         rename_in_hints(run, display_names)
     report = run_checks(run)
     out.mkdir(parents=True, exist_ok=True)
+    if series:  # before the report: a report never stands without the curves it was made with
+        atomic_write_text(out / SERIES, json.dumps(epoch_series(run), allow_nan=False) + "\n")
     atomic_write_text(out / REPORT, report.to_json() + "\n")
     written: dict[str, Path] = {}
     if plots:
@@ -63,6 +71,34 @@ def write_analysis(paths: Sequence[Path], out: Path, *, num_classes: int | None 
 
         written = write_plots(run, report, out)
     return report, written
+
+
+def epoch_series(run: RunData) -> list[dict[str, Any]]:
+    """The per-epoch curves of ``run`` in the shape of a job's history.json epochs, so one
+    chart code draws both: ``[{"epoch": 1, "train": {"loss", "top1", "top5", "throughput"},
+    "val": {"loss", "top1", "top5"}, "lr"}, ...]``, ascending, one entry per epoch any metric
+    has. Each metric is the run's primary series (the one the checks and PNG plots use; the
+    last value of a repeated epoch, as :meth:`EpochSeries.by_epoch`); a non-finite value or a
+    metric the epoch lacks is None (JSON null: no point drawn)."""
+    values: dict[str, dict[int, float]] = {}
+    for name in SERIES_METRICS:
+        primary = run.primary(name)
+        if primary is not None:
+            values[name] = primary.by_epoch()
+    epochs = sorted({e for by_epoch in values.values() for e in by_epoch})
+    out = []
+    for epoch in epochs:
+        entry: dict[str, Any] = {"epoch": epoch, "train": {}, "val": {}}
+        for name in SERIES_METRICS:
+            value = values.get(name, {}).get(epoch)
+            value = value if value is not None and math.isfinite(value) else None
+            split, _, key = name.partition(".")
+            if key:
+                entry[split][key] = value
+            else:
+                entry[name] = value
+        out.append(entry)
+    return out
 
 
 def rename_in_hints(run: RunData, shown: Mapping[str, str]) -> None:

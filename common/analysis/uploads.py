@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Iterable
 
 from common.analysis.hints import Hints
 from common.analysis.formats import SNIFF_BYTES, FileKind, UnknownFormat, check_stored, sniff
-from common.analysis.service import PLOT_NAMES, public_report, strip_base, write_analysis
+from common.analysis.service import PLOT_NAMES, SERIES, public_report, strip_base, write_analysis
 from common.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ class StoredAnalysis:
     record: AnalysisRecord
     report: dict[str, Any]  # without server paths
     plots: list[str]
+    # Per-epoch curves (service.epoch_series), stored when the analysis was made: the report
+    # page draws them without reading the uploads again. None: made before series were stored.
+    series: list[dict[str, Any]] | None = None
 
 
 def is_complete(folder: Path) -> bool:
@@ -100,7 +103,15 @@ def load_analysis(folder: Path) -> StoredAnalysis:
     out = folder / OUT
     report = json.loads((out / "report.json").read_text())
     return StoredAnalysis(AnalysisRecord.read(folder), public_report(report, folder / INPUTS),
-                          [name for name in PLOT_NAMES if (out / f"{name}.png").is_file()])
+                          [name for name in PLOT_NAMES if (out / f"{name}.png").is_file()], _read_series(out))
+
+
+def _read_series(out: Path) -> list[dict[str, Any]] | None:
+    try:
+        series = json.loads((out / SERIES).read_text())
+    except FileNotFoundError:
+        return None  # an analysis made before the series were stored: its page shows the PNGs
+    return series if isinstance(series, list) else None
 
 
 def create_analysis(folder: Path, incoming: Iterable[IncomingFile], *, analysis_id: str, user: str, user_id: int,
@@ -169,7 +180,7 @@ def _analyse(inputs: Path, files: list[UploadedFile], out: Path, num_classes: in
              patterns: tuple[str, ...], analysis_id: str, hints: Hints | None = None) -> None:
     try:
         write_analysis([inputs / f.stored_as for f in files], out, num_classes=num_classes, patterns=patterns,
-                       display_names=display_names(files), hints=hints)
+                       display_names=display_names(files), hints=hints, series=True)
     except READER_ERRORS as exc:
         from common.analysis.series import AnalysisInputError
 
