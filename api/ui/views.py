@@ -442,6 +442,7 @@ def _devices_cell(raw: Any) -> dict[str, Any] | None:
 ANALYSIS_FIELDS = tuple(analysis_api.AnalysisFormSchema().fields)  # what POST /api/v1/analyses takes
 HINT_CHOICES = ("mixup", "ema", "pretrained")  # yes / no / not said (then detected from the files)
 ANALYSIS_LIST_MAX = 100
+ANALYSIS_CHARTED_PLOTS = ("loss", "accuracy")  # PNGs the curves replace when scripts run (the others stay)
 
 
 @blp.route("/analyses", endpoint="analyses")
@@ -487,9 +488,14 @@ def analysis_new() -> Any:
 
 @blp.route("/analyses/<string:analysis_id>", endpoint="analysis")
 def analysis(analysis_id: str) -> Any:
+    """The report, with the job page's interactive curves drawn from the per-epoch series stored
+    beside report.json when the analysis was made (StoredAnalysis.series). Stored, not computed
+    here: that would parse every upload again (TensorBoard files, long logs, NumPy) on each
+    view of a report that never changes. They go in the page as a JSON data block, checked by
+    the same lookup as the page (another user's analysis is a 404 before anything is read)."""
     stored = analysis_api.find_analysis(analysis_id)  # 404 for another user's, as GET /api/v1/analyses/{id}
-    return render_template("ui/analysis.html", a=stored, report=stored.report,
-                           flags=present.flagged_points(stored.report))
+    return render_template("ui/analysis.html", a=stored, report=stored.report, series=stored.series or None,
+                           flags=present.flagged_points(stored.report), CHARTED_PLOTS=ANALYSIS_CHARTED_PLOTS)
 
 
 @blp.route("/analyses/<string:analysis_id>/plots/<string:name>.png", endpoint="analysis_plot")

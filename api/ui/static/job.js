@@ -10,17 +10,12 @@
   var U = window.teacherUI, el = U.el;
   var state = window.teacherJob = { epochs: 0, status: null, updates: 0, charts: {} };
 
-  function chartWidth(box) { return Math.max(280, Math.min(box.clientWidth || 600, 900)); }
+  var C = window.teacherCurves, value = C.value, chartWidth = C.chartWidth;
 
   // Checks that failed or warned at given epochs of a metric (the integrity report's evidence);
   // replaced when integrity.json brings a newer report.
-  state.flags = JSON.parse((document.getElementById("job-flags") || {}).textContent || "[]");
+  state.flags = C.dataBlock("job-flags", []);
   state.lastEpochs = [];
-
-  function flaggedFor(series) {
-    var keys = series.map(function (s) { return s.key; });
-    return state.flags.filter(function (f) { return keys.indexOf(f.metric) >= 0; });
-  }
 
   // Two y axes: the first series on the left ("y"), the others on the right ("y2").
   function makeDualChart(id, xLabel, left, right) {
@@ -58,54 +53,9 @@
                      epochs.map(function (e) { return value(e, "train.throughput"); })]);
   }
 
-  function makeChart(id, series, yLabel) {
-    var box = document.getElementById(id);
-    var marked = flaggedFor(series);
-    series = series.concat(marked.map(function (f) {  // one series of dots per flagged check and metric
-      var twice = marked.filter(function (g) { return g.id === f.id && g.status === f.status; }).length > 1;
-      return { label: f.id + " (" + f.status + (twice ? ", " + f.metric : "") + ")", flags: [f],
-               color: f.status === "fail" ? "#c62828" : "#b7791f" };
-    }));
-    var opts = {
-      width: chartWidth(box), height: 260,
-      scales: { x: { time: false } },
-      axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100] }, { label: yLabel, size: 56 }],
-      series: [{ label: "epoch" }].concat(series.map(function (s) {
-        if (s.flags) {  // points only: a red dot on each flagged epoch's value
-          return { label: s.label, stroke: s.color, fill: s.color, width: 0, paths: function () { return null; },
-                   points: { show: true, size: 12, fill: s.color, stroke: s.color } };
-        }
-        return { label: s.label, stroke: s.color, width: 2, points: { show: true, size: 6 }, dash: s.dash };
-      })),
-      legend: { live: false },
-    };
-    var chart = new window.uPlot(opts, [[]].concat(series.map(function () { return []; })), box);
-    U.keyboardLegend(chart);
-    return { chart: chart, series: series, box: box, flagged: marked.length };
-  }
-
-  function value(epoch, path) {
-    var v = epoch;
-    path.split(".").forEach(function (k) { v = v && typeof v === "object" ? v[k] : null; });
-    return typeof v === "number" && isFinite(v) ? v : null;
-  }
-
   function drawCharts(epochs) {
     state.lastEpochs = epochs;
-    ["loss", "acc"].forEach(function (name) {
-      var c = state.charts[name];
-      if (!c) return;
-      var data = [epochs.map(function (e) { return e.epoch; })];
-      c.series.forEach(function (s) {
-        data.push(epochs.map(function (e) {
-          if (!s.flags) return value(e, s.key);
-          var hit = s.flags.filter(function (f) { return f.epochs.indexOf(e.epoch) >= 0; })[0];
-          return hit ? value(e, hit.metric) : null;
-        }));
-      });
-      c.chart.setData(data);
-      c.box.setAttribute("data-points", String(epochs.length));
-    });
+    C.draw(state.charts, epochs);
     state.epochs = epochs.length;
   }
 
@@ -272,16 +222,7 @@
 
   // The epoch charts, built for the current flags: a new set of flagged checks rebuilds them
   // (uPlot's series are fixed at creation), in their boxes, which keep their height meanwhile.
-  function epochCharts() {
-    ["loss", "acc"].forEach(function (name) { if (state.charts[name]) state.charts[name].chart.destroy(); });
-    state.charts.loss = makeChart("chart-loss", [
-      { label: "train loss", key: "train.loss", color: "#1f77b4" },
-      { label: "val loss", key: "val.loss", color: "#d62728" }], "loss");
-    state.charts.acc = makeChart("chart-acc", [
-      { label: "train top-1", key: "train.top1", color: "#1f77b4" },
-      { label: "val top-1", key: "val.top1", color: "#d62728" },
-      { label: "val top-5", key: "val.top5", color: "#2ca02c", dash: [6, 4] }], "%");
-  }
+  function epochCharts() { C.build(state.charts, state.flags); }
 
   function flagKey(list) {
     return JSON.stringify(list.map(function (f) { return [f.id, f.status, f.metric, f.epochs]; }));
@@ -342,12 +283,7 @@
     state.charts.lr = makeDualChart("chart-lr", "epoch", { label: "lr", color: "#9467bd" },
                                     { label: "img/s", color: "#ff7f0e" });
   }
-  window.addEventListener("resize", function () {
-    Object.keys(state.charts).forEach(function (name) {
-      var c = state.charts[name];
-      c.chart.setSize({ width: chartWidth(c.box), height: 260 });
-    });
-  });
+  C.followWidth(state.charts);
   var log = document.getElementById("log");
   log.scrollTop = log.scrollHeight;
 
