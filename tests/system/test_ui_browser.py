@@ -328,6 +328,36 @@ def test_upload_a_log_for_analysis_and_read_its_report(stack, browser, shots):
     assert analysis_id[:8] in by_id(browser, "analyses").text
 
 
+def test_an_uploaded_incident_history_is_charted_with_its_failing_check_marked(browser, shots, tmp_path):
+    """The analysis report draws the job page's curves (curves.js) from the series stored with
+    the analysis: one point per epoch of the uploaded file, and the dead_metric failure (train
+    loss 0.0 throughout: the original incident) as dots on the loss chart."""
+    incident_history(tmp_path / "run")
+    browser.find_element("link text", "Analyses").click()
+    browser.find_element("id", "new-analysis").click()
+    wait_until(lambda: browser.current_url.endswith("/ui/analyses/new"), 15, "the upload form")
+    by_id(browser, "files").send_keys(str(tmp_path / "run" / "history.json"))
+    by_id(browser, "num_classes").send_keys("12")
+    by_id(browser, "analyse").click()
+    wait_until(lambda: "/ui/analyses/new" not in browser.current_url, 30, "the report page")
+    assert by_id(browser, "analysis-verdict").text == "fail"
+    wait_until(lambda: browser.execute_script("return !!window.teacherAnalysis"), 15, "the curves drawn")
+    charts = browser.execute_script(
+        "var out = {}, charts = window.teacherAnalysis.charts;"
+        "Object.keys(charts).forEach(function (name) { var c = charts[name].chart, d = {};"
+        "  c.series.forEach(function (s, i) { d[s.label] = c.data[i]; }); out[name] = d; });"
+        "return out")
+    assert charts["loss"]["epoch"] == [1, 2, 3, 4]  # one point per epoch of the uploaded history
+    assert charts["loss"]["train loss"] == [0.0] * 4
+    assert charts["loss"]["val loss"] == pytest.approx([9.5393] * 4)
+    assert charts["loss"]["dead_metric (fail)"] == [0.0] * 4  # the failing check, marked at its epochs
+    assert charts["acc"]["train top-1"] == pytest.approx([11.0, 12.0, 13.0, 14.0])
+    assert browser.execute_script(  # the curves replace the loss PNG; its image is the no-script fallback
+        "return getComputedStyle(document.querySelector('#analysis-plots img.fallback')).display") == "none"
+    assert "dead_metric" in by_id(browser, "flag-note").text
+    shoot(browser, shots, "analysis-curves")
+
+
 def test_inline_scripts_are_blocked_by_the_csp_and_the_cookie_is_hardened(stack, browser):
     browser.get(stack.api_url + "/ui/jobs")
     ran = browser.execute_script(
