@@ -1,5 +1,5 @@
 """Helpers for the dashboard's tests (tests/unit/api/test_ui_*.py, tests/system/test_ui_browser.py)
-and scripts/bench_ui.py: a page's CSRF token, and the original incident's history.json."""
+and bench/ui_pages.py: a page's CSRF token, and the original incident's history.json."""
 from __future__ import annotations
 
 import re
