@@ -19,6 +19,8 @@ writes start differently:
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,8 +72,8 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            _journal_mode_wal(cur)
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
@@ -84,6 +86,23 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))  # psycopg 3 is what we ship
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _journal_mode_wal(cur: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting out other connections. Switching a new database to
+    WAL needs it to itself, and SQLite answers "database is locked" at once instead of calling
+    the busy handler: two gunicorn workers booting on a fresh volume (one of them migrating)
+    failed a worker's boot, and gunicorn then stops altogether. Once the file is in WAL mode
+    the pragma is a no-op that never locks."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
