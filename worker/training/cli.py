@@ -102,14 +102,13 @@ def train(config_path: str | None, run_dir: Path | None, resume_dir: Path | None
     if cfg.resources.world_size > 1 and not rank_of_several:
         # Several processes: this one becomes torchrun's agent, and each rank runs this command
         # again (with the run directory chosen here).
+        from .engine import TrainingError, require_gpus
         from .launch import exit_as, launch
 
-        if cfg.resources.gpus is not None:
-            import torch
-
-            if torch.cuda.device_count() < cfg.resources.gpus:  # before starting any rank
-                _fail(f"training failed: resources.gpus asks for {cfg.resources.gpus} GPU(s); this host has "
-                      f"{torch.cuda.device_count()} visible", 1)
+        try:
+            require_gpus(cfg)  # before starting any rank
+        except TrainingError as exc:
+            _fail(f"training failed: {exc}", 1)
 
         args = ["--resume", str(run_dir)] if resume_dir is not None else \
             ["--config", str(config_path), "--run-dir", str(run_dir), *(f"--set={item}" for item in sets),

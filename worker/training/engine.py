@@ -271,9 +271,10 @@ class Liveness:
     def __init__(self, path: Path | None) -> None:
         self.path, self._next = path, 0.0
 
-    def __call__(self) -> None:
+    def __call__(self, *, now_anyway: bool = False) -> None:
+        """Touch, unless touched less than a second ago (``now_anyway``: touch regardless)."""
         now = time.monotonic()
-        if self.path is None or now < self._next:
+        if self.path is None or (now < self._next and not now_anyway):
             return
         self._next = now + 1.0
         try:
@@ -673,10 +674,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, debug: bool 
     """Train ``cfg`` into ``run_dir`` (a fresh directory, or an existing one with ``resume``)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.resources.gpus is not None and torch.cuda.device_count() < cfg.resources.gpus:
-        # Placement keeps such a job off this host; never train on fewer devices than asked for.
-        raise TrainingError(f"resources.gpus asks for {cfg.resources.gpus} GPU(s); this host has "
-                            f"{torch.cuda.device_count()} visible")
+    require_gpus(cfg)
     dist = distributed.from_env(cfg.resources.backend, collective_timeout_s(cfg))  # SINGLE outside torchrun
     try:
         with run_dir_lock(run_dir) if dist.is_main else nullcontext():  # rank 0 owns the directory
@@ -686,6 +684,14 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, debug: bool 
                                  dist=dist)
     finally:
         dist.close()
+
+
+def require_gpus(cfg: TrainConfig) -> None:
+    """Never train on fewer GPUs than ``resources.gpus`` asks for (placement keeps such a job
+    off this host; this is the last word): TrainingError."""
+    if cfg.resources.gpus is not None and torch.cuda.device_count() < cfg.resources.gpus:
+        raise TrainingError(f"resources.gpus asks for {cfg.resources.gpus} GPU(s); this host has "
+                            f"{torch.cuda.device_count()} visible")
 
 
 def collective_timeout_s(cfg: TrainConfig) -> float:
@@ -850,15 +856,13 @@ def _train(cfg: TrainConfig, files: RunFiles, *, resume: bool, data_root: Path, 
     st = build_state(cfg, files.dir, data_root=data_root, runs_root=runs_root, dist=dist)
     integrity = previous_integrity(files.dir) if resume and dist.is_main else None
     st.alive = alive
-    alive._next = 0.0
-    alive()  # set up (data listed, model built)
+    alive(now_anyway=True)  # set up (data listed, model built)
     history, resumed_from = restore(st, ckpts, files) if resume else (None, None)
     steps = StepCheckpoints(ckpts, cfg.checkpoint, grace_s=stop_grace_s())
+    history = history or History(len(st.data.class_names), st.data.class_names, st.data.sizes)
     if not dist.is_main:  # trains in step with rank 0, which writes everything
         fit(st, None, ckpts, files.dir, stop, steps)
-        return RunResult("succeeded", st.epoch, History(len(st.data.class_names), st.data.class_names,
-                                                        st.data.sizes), files.dir)
-    history = history or History(len(st.data.class_names), st.data.class_names, st.data.sizes)
+        return RunResult("succeeded", st.epoch, history, files.dir)
     files.write_config(cfg.to_dict())
     files.write_history(history.to_json())
     # purge_step: TensorBoard readers discard events from the interrupted epoch.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from common.config import load_train_config
+from tests.support.procs import free_port
 from worker.training import data as data_mod
 from worker.training import distributed
 from worker.training.engine import (EpochPosition, StepCheckpoints, StopFlag, TrainState, build_optimizer, evaluate,
@@ -95,18 +95,12 @@ def _rank_main(rank: int, port: int, queue) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs() -> tuple[dict, dict]:
     single = _run(distributed.SINGLE)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_rank_main, args=(r, port, queue)) for port in [_free_port()] for r in range(2)]
+    procs = [ctx.Process(target=_rank_main, args=(r, port, queue)) for port in [free_port()] for r in range(2)]
     for p in procs:
         p.start()
     two = queue.get(timeout=120)
