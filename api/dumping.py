@@ -143,7 +143,9 @@ def compile_dump(schema: ma.Schema) -> Dump:
         return cached
     if schema._hooks[PRE_DUMP] or schema._hooks[POST_DUMP] or schema.dict_class is not dict \
             or type(schema).get_attribute is not ma.Schema.get_attribute:
-        dump: Dump = lambda obj: schema.dump(obj, many=False)  # noqa: E731
+        # marshmallow's own dump (ma.Schema.dump, not schema.dump: a CompiledDump schema's dump
+        # comes back here)
+        dump: Dump = lambda obj: ma.Schema.dump(schema, obj, many=False)  # noqa: E731
         schema._compiled_dump = dump  # type: ignore[attr-defined]
         return dump
     plans: list[_Plan] = []
@@ -192,6 +194,17 @@ def compile_dump(schema: ma.Schema) -> Dump:
 
     schema._compiled_dump = dump  # type: ignore[attr-defined]
     return dump
+
+
+class CompiledDump:
+    """A schema mixin: ``dump`` of one object goes through :func:`compile_dump` (the same JSON,
+    the same OpenAPI document); ``many`` dumps stay marshmallow's. For a response dumped on every
+    request, like a job's status poll."""
+
+    def dump(self, obj: Any, *, many: bool | None = None) -> Any:
+        if many or (many is None and self.many):  # type: ignore[attr-defined]
+            return super().dump(obj, many=many)  # type: ignore[misc]
+        return compile_dump(self)(obj)  # type: ignore[arg-type]
 
 
 class CompiledList(fields.List):

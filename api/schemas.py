@@ -15,7 +15,7 @@ import marshmallow as ma
 from flask import g, url_for
 from marshmallow import fields, post_load, pre_load, validate
 
-from api.dumping import CompiledList
+from api.dumping import CompiledDump, CompiledList
 from api.redact import scrub, server_roots
 from common.config import ConfigError, StrictInteger, TrainConfigSchema, apply_overrides
 from common.analysis.formats import FileKind
@@ -333,8 +333,9 @@ class AttemptSchema(ma.Schema):
                        "which are done again (null when it finished the job, or could not be read)"})
 
 
-class JobSchema(ma.Schema):
-    """A job response, dumped from the job's row (common.store.Job)."""
+class JobSchema(CompiledDump, ma.Schema):
+    """A job response, dumped from the job's row (common.store.Job); through api.dumping's
+    compiled dump, since every status poll dumps one."""
 
     id = fields.String(required=True)
     name = fields.String(required=True)

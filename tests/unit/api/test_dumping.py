@@ -12,8 +12,8 @@ import marshmallow as ma
 import pytest
 from marshmallow import fields
 
-from api.dumping import CompiledList, compile_dump
-from api.schemas import DerivedInteger
+from api.dumping import CompiledDump, CompiledList, compile_dump
+from api.schemas import DerivedInteger, JobSchema
 from common.rundir import CheckpointEntry
 from common.store import transaction
 from common.store import lifecycle as lc
@@ -106,6 +106,19 @@ def test_a_schema_with_dump_hooks_is_dumped_by_marshmallow():
     assert compile_dump(WithHook())({"x": "2"}) == {"x": 2, "hooked": True}
 
 
+def test_a_compiled_dump_schema_dumps_one_object_compiled_and_many_as_marshmallow():
+    class Compiled(CompiledDump, Outer):
+        pass
+
+    class Hooked(CompiledDump, WithHook):  # falls back to marshmallow's dump, without recursing
+        pass
+
+    objs = _objects()
+    assert Compiled().dump(objs[0]) == Outer().dump(objs[0])
+    assert Compiled(many=True).dump(objs) == Compiled().dump(objs, many=True) == Outer(many=True).dump(objs)
+    assert Hooked().dump({"x": "2"}) == {"x": 2, "hooked": True}
+
+
 def test_a_compiled_list_dumps_each_item_as_the_nested_schema_does():
     class Page(ma.Schema):
         items = CompiledList(fields.Nested(Outer))
@@ -120,10 +133,10 @@ def _event(app, job_id: str, act) -> None:  # type: ignore[no-untyped-def]
         act(lock_job(s, job_id))
 
 
-def test_each_job_of_the_list_is_the_jobs_own_response(app, client, alice):
-    """GET /jobs dumps through the compiled JobSchema, GET /jobs/{id} through marshmallow: the
-    same JSON for jobs in every shape (attempts, resume point, live progress, failure, tags,
-    after, init_from)."""
+def test_each_job_of_the_list_is_the_jobs_own_response(app, client, alice, monkeypatch):
+    """GET /jobs and GET /jobs/{id} dump through the compiled JobSchema; here the single job goes
+    through marshmallow's own dump instead (the oracle): the same JSON for jobs in every shape
+    (attempts, resume point, live progress, failure, tags, after, init_from)."""
     post = lambda body: client.post("/api/v1/jobs", json=body, headers=alice).json["id"]  # noqa: E731
     plain = post(CFG)
     tagged = post({**CFG, "tags": ["b", "a"], "priority": 7})
@@ -147,8 +160,10 @@ def test_each_job_of_the_list_is_the_jobs_own_response(app, client, alice):
     assert listing.status_code == 200
     listed = {job["id"]: job for job in listing.json["jobs"]}
     assert list(listed) == [failed, running, later, tagged, plain]  # newest first
+    compiled = {job_id: client.get(f"/api/v1/jobs/{job_id}", headers=alice).json for job_id in listed}
+    monkeypatch.setattr(JobSchema, "dump", ma.Schema.dump)  # marshmallow's own, field by field
     for job_id, job in listed.items():
-        assert job == client.get(f"/api/v1/jobs/{job_id}", headers=alice).json, job_id
+        assert job == client.get(f"/api/v1/jobs/{job_id}", headers=alice).json == compiled[job_id], job_id
     assert listed[tagged]["tags"] == ["b", "a"] and listed[later]["after"] == plain
     assert listed[running]["resumed_from"]["checkpoint"] == "step_00000040.pt"
     assert listed[running]["progress"]["latest"] == {"loss": 0.5, "x": None}
