@@ -8,9 +8,11 @@
   `teacher analyze --no-plots` alone (there is no standard loader to compare with).
 
 Each side runs in its own process (peak RSS is that process's ``ru_maxrss``), alternating,
-``--reps`` times; median wall time and peak memory.
+``--reps`` times; median wall time and peak memory. ``--only console`` (or ``tensorboard``) writes and
+measures one part only (the console part needs no TensorBoard install). The 1-minute load average
+before and after is printed and saved: the machine may be shared.
 
-    python -m bench.analyze_big [--steps 1000000] [--console-mb 200] [--reps 2]
+    python -m bench.analyze_big [--steps 1000000] [--console-mb 200] [--reps 2] [--only console|tensorboard]
 """
 from __future__ import annotations
 
@@ -94,41 +96,67 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=1_000_000)
     ap.add_argument("--console-mb", type=int, default=200)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--only", choices=PARTS, help="run one part (default: both)")
     args = ap.parse_args()
-    py = sys.executable
+    parts = (args.only,) if args.only else PARTS
     out: dict[str, object] = {"bench": "analyze_big", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-                              "steps": args.steps, "console_mb": args.console_mb}
+                              "loadavg_before": os.getloadavg()[0], "parts": list(parts)}
     with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
-        work = Path(tmp)
-        tb = work / "tb"
-        tb.mkdir()
-        write_events(tb / "events.out.tfevents.1700000000.bench", args.steps)
-        console = work / "console.log"
-        write_console(console, args.console_mb)
-        out["event_file_mb"] = (tb / "events.out.tfevents.1700000000.bench").stat().st_size / 1e6
-        script = work / "accumulator.py"
-        script.write_text(_ACCUMULATOR)
-        runs: dict[str, list[dict[str, float]]] = {"teacher_tb": [], "event_accumulator": [], "teacher_console": []}
-        for n in range(args.reps):
-            runs["teacher_tb"].append(measure([py, "-c", PEAK_MODULE, "common.apps.cli", "analyze", "--no-plots",
-                                               "--num-classes", "1000", "--out", str(work / f"a{n}"), str(tb)]))
-            runs["event_accumulator"].append(measure([py, "-c", PEAK_SCRIPT, str(script), str(tb)]))
-            runs["teacher_console"].append(measure([py, "-c", PEAK_MODULE, "common.apps.cli", "analyze", "--no-plots",
-                                                    "--num-classes", "1000", "--out", str(work / f"c{n}"), str(console)]))
+        runs = run_parts(Path(tmp), parts, args, out)
     out["runs"] = runs
+    out["loadavg_after"] = os.getloadavg()[0]
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("wall_s", "peak_mb")} for k, v in runs.items()}
     out["median"] = med
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "analyze_big.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / f"analyze_big{'_' + args.only if args.only else ''}.json").write_text(json.dumps(out, indent=2))
+    print_table(out, med, args)
+    return 0
+
+
+PARTS = ("tensorboard", "console")
+
+
+def run_parts(work: Path, parts: tuple[str, ...], args: argparse.Namespace,
+              out: dict[str, object]) -> dict[str, list[dict[str, float]]]:
+    """Writes the inputs of the chosen parts, then measures each side ``args.reps`` times, alternating."""
+    py = sys.executable
+    sides: dict[str, list[str]] = {}
+    if "tensorboard" in parts:
+        tb = work / "tb"
+        tb.mkdir()
+        write_events(tb / "events.out.tfevents.1700000000.bench", args.steps)
+        out["steps"] = args.steps
+        out["event_file_mb"] = (tb / "events.out.tfevents.1700000000.bench").stat().st_size / 1e6
+        script = work / "accumulator.py"
+        script.write_text(_ACCUMULATOR)
+        sides["teacher_tb"] = [py, "-c", PEAK_MODULE, "common.apps.cli", "analyze", "--no-plots",
+                               "--num-classes", "1000", "--out", str(work / "a"), str(tb)]
+        sides["event_accumulator"] = [py, "-c", PEAK_SCRIPT, str(script), str(tb)]
+    if "console" in parts:
+        console = work / "console.log"
+        write_console(console, args.console_mb)
+        out["console_mb"] = args.console_mb
+        sides["teacher_console"] = [py, "-c", PEAK_MODULE, "common.apps.cli", "analyze", "--no-plots",
+                                    "--num-classes", "1000", "--out", str(work / "c"), str(console)]
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
+    for _ in range(args.reps):
+        for key, argv in sides.items():
+            runs[key].append(measure(argv))
+    return runs
+
+
+def print_table(out: dict[str, object], med: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     print(f"| input | reader | wall s (median of {args.reps}) | peak RSS MB |")
     print("|---|---|---|---|")
-    print(f"| TensorBoard, {args.steps:,} steps ({out['event_file_mb']:.0f} MB) | teacher analyze | "
-          f"{med['teacher_tb']['wall_s']:.1f} | {med['teacher_tb']['peak_mb']:.0f} |")
-    print(f"| same | EventAccumulator (baseline) | {med['event_accumulator']['wall_s']:.1f} | "
-          f"{med['event_accumulator']['peak_mb']:.0f} |")
-    print(f"| console log, {args.console_mb} MB | teacher analyze | {med['teacher_console']['wall_s']:.1f} | "
-          f"{med['teacher_console']['peak_mb']:.0f} |")
-    return 0
+    if "teacher_tb" in med:
+        print(f"| TensorBoard, {args.steps:,} steps ({out['event_file_mb']:.0f} MB) | teacher analyze | "
+              f"{med['teacher_tb']['wall_s']:.1f} | {med['teacher_tb']['peak_mb']:.0f} |")
+        print(f"| same | EventAccumulator (baseline) | {med['event_accumulator']['wall_s']:.1f} | "
+              f"{med['event_accumulator']['peak_mb']:.0f} |")
+    if "teacher_console" in med:
+        print(f"| console log, {args.console_mb} MB | teacher analyze | {med['teacher_console']['wall_s']:.1f} | "
+              f"{med['teacher_console']['peak_mb']:.0f} |")
+    print(f"load average (1 min) before {out['loadavg_before']:.2f}, after {out['loadavg_after']:.2f}")
 
 
 if __name__ == "__main__":

@@ -11,16 +11,25 @@ A pattern is a regex with optional named groups:
 Lines are split on ``\\r`` too, so progress bars (tqdm, Lightning) yield their last state.
 When a (epoch, metric) appears more than once the last line wins: progress bars print running
 values, and a resumed run re-prints the epochs it repeats.
+
+A log file is read one line at a time (:func:`read_console_lines`), never whole: a run's console
+log can be far larger than what it says, and what the reader keeps per printed line is a few
+numbers in arrays (the per-iteration loss, the values printed inside an epoch), not the text.
 """
 from __future__ import annotations
 
+import codecs
 import math
 import re
+from array import array
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
 
 from common.analysis.series import (
     AnalysisInputError,
+    PrintedValues,
     Source,
     StepSeries,
     decimals_resolution,
@@ -133,12 +142,15 @@ FORMAT_NAMES = ("teacher_log", "timm_console", "swin_console", "pt_examples_cons
 # both; "loss" there includes weight decay).
 _EXPLICIT_CE = {"cross_entropy", "ce", "xent", "nll", "ce_loss"}
 # What loggers put before the message; stripped (repeatedly) before patterns are tried again.
-_PREFIXES = (
-    re.compile(r"^\[\d+,mpirank:\d+,[^\]]*\]<std(?:out|err)>:"),  # mpirun --tag-output (SageMaker)
-    re.compile(r"^[IWEF]\d{4}\s+\d\d:\d\d:\d\d\.\d+\s+\d+\s+[\w.]+:\d+\]\s*"),  # absl/glog
-    re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[^\]]*\]\s*(?:\([\w.]+ \d+\)\s*:)?\s*(?:INFO|WARNING|DEBUG)?\s*"),
-    re.compile(r"^.*?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - [\w.]+ - (?:INFO|WARNING|DEBUG) - "),  # mmcv
-    re.compile(r"^\s*\d\d:\d\d:\d\d(?=[A-Za-z])"),  # a time glued to the message ("00:43:58train Loss")
+# Each with a substring it cannot match without ("": none), tested first: the mmcv prefix scans
+# the whole line for its date, the costliest regex per line of a big log without that prefix.
+_PREFIXES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^\[\d+,mpirank:\d+,[^\]]*\]<std(?:out|err)>:"), ""),  # mpirun --tag-output (SageMaker)
+    (re.compile(r"^[IWEF]\d{4}\s+\d\d:\d\d:\d\d\.\d+\s+\d+\s+[\w.]+:\d+\]\s*"), ""),  # absl/glog
+    (re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[^\]]*\]\s*(?:\([\w.]+ \d+\)\s*:)?\s*(?:INFO|WARNING|DEBUG)?\s*"),
+     ""),
+    (re.compile(r"^.*?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - [\w.]+ - (?:INFO|WARNING|DEBUG) - "), " - "),  # mmcv
+    (re.compile(r"^\s*\d\d:\d\d:\d\d(?=[A-Za-z])"), ""),  # a time glued to the message ("00:43:58train Loss")
 )
 _ESCAPES = re.compile(r"(?:#033|\x1b)\[[0-9;?]*[A-Za-z]")
 
@@ -159,6 +171,28 @@ def compile_user_patterns(patterns: list[str] | tuple[str, ...] | None) -> list[
 
 
 @dataclass
+class _StepLosses:
+    """Per-iteration losses of progress lines: (epoch, iteration, value) in parallel arrays, and
+    which of them were printed as an exact zero in scientific notation (``0.0000e+00``)."""
+
+    epochs: array = field(default_factory=lambda: array("q"))
+    iters: array = field(default_factory=lambda: array("d"))  # float64: the global steps are computed in it
+    values: array = field(default_factory=lambda: array("d"))
+    exact_zero: list[int] = field(default_factory=list)  # indices into the arrays
+
+    def append(self, epoch: int, it: int, text: str) -> None:
+        value = _number(text)
+        if value == 0.0 and "e" in text.lower():
+            self.exact_zero.append(len(self.values))
+        self.epochs.append(epoch)
+        self.iters.append(it)
+        self.values.append(value)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass
 class _Collected:
     # (epoch, name) -> (value, resolution, raw key, priority)
     values: dict[tuple[int, str], tuple[float, float, str, int]] = field(default_factory=dict)
@@ -168,23 +202,26 @@ class _Collected:
     approximate: bool = False
     zero_based: bool = False
     key_rank: dict[str, int] = field(default_factory=dict)  # canonical -> best key rank seen
-    steps: list[tuple[int, int, float, str]] = field(default_factory=list)  # (epoch, step, instant loss, text)
+    # The instant loss of each progress line, in arrays: a big log has millions of them.
+    steps: _StepLosses = field(default_factory=_StepLosses)
     record: int = 0  # pseudo-epoch of key=value records without epoch numbers
     record_keys: set[str] = field(default_factory=set)
     used_records: bool = False
     unprefixed_split: str | None = None
-    # (epoch, name) -> every value stored there, in write order (Source.within_epoch)
-    repeats: dict[tuple[int, str], list[float]] = field(default_factory=dict)
+    # (epoch, name) -> every value stored there, in write order (Source.within_epoch); arrays, as
+    # a progress line stores its running averages at every iteration
+    repeats: dict[tuple[int, str], array] = field(default_factory=dict)
     restarts: list[dict] = field(default_factory=list)  # epoch counters that restarted in a table
 
 
 def read_console_log(path: Path, patterns: list[str] | tuple[str, ...] | None = None,
                      *, require_metrics: bool = True) -> Source:
+    compiled = compile_user_patterns(patterns) + list(DEFAULT_PATTERNS)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with path.open("rb") as handle:
+            source = parse_console_lines(read_console_lines(handle), path.name, str(path), compiled)
     except OSError as exc:
         raise AnalysisInputError(f"{path}: cannot read ({exc.strerror})") from None
-    source = parse_console_text(text, path.name, str(path), compile_user_patterns(patterns) + list(DEFAULT_PATTERNS))
     if require_metrics and not source.series:
         raise AnalysisInputError(f"{path}: {NOT_RECOGNISED}")
     return source
@@ -204,18 +241,60 @@ def clean_text(text: str) -> list[str]:
     """Lines, with carriage returns (real, or syslog's '#015') splitting progress-bar redraws and
     terminal escapes removed."""
     text = _ESCAPES.sub("", text.replace("#015", "\r"))
-    lines = re.split(r"[\r\n]+", text)
+    lines = _LINE_BREAKS.split(text)
     if text and not text.endswith(("\n", "\r")):
         lines = lines[:-1]  # the writer may be mid-line; a partial number would be wrong
     return lines
+
+
+_LINE_BREAKS = re.compile(r"[\r\n]+")
+
+
+def read_console_lines(handle: BinaryIO) -> Iterator[str]:
+    """The lines :func:`clean_text` gives for the file's whole text (UTF-8, errors replaced),
+    read one ``\\n``-ended line at a time: only the longest line is ever held."""
+    return clean_lines(_decoded(handle))
+
+
+def _decoded(handle: BinaryIO) -> Iterator[str]:
+    # Incremental decoding gives what decoding the whole file gives; a b"\n" is never part of a
+    # UTF-8 sequence, so no character is cut between lines.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for raw in handle:
+        yield decoder.decode(raw)
+    yield decoder.decode(b"", final=True)  # an incomplete sequence at the very end: U+FFFD
+
+
+def clean_lines(segments: Iterable[str]) -> Iterator[str]:
+    """:func:`clean_text` of the segments joined, cleaning one segment at a time. Every segment
+    but the last must end with ``\\n``: neither the ``#015`` replacement nor an escape sequence
+    spans a newline, so cleaning each segment is cleaning the whole; what differs is only where
+    line breaks merge (``re.split`` on ``[\\r\\n]+`` yields an empty line only at the very start
+    and the very end of the text), which ``carry`` and ``fresh`` account for."""
+    carry = ""  # the text after the last line break: a line not ended yet
+    fresh = True  # no line yielded: an empty first line is still the text's own
+    for segment in segments:
+        text = _ESCAPES.sub("", segment.replace("#015", "\r"))
+        if not text:
+            continue
+        pieces = _LINE_BREAKS.split(carry + text if carry else text)
+        for piece in pieces[:-1]:
+            if piece or fresh:
+                yield piece
+            fresh = False
+        carry = pieces[-1]
+    if not carry:
+        yield ""  # text ending in a line break (or none at all), as clean_text's split gives
+    # else: the writer may be mid-line; a partial number would be wrong (dropped, as clean_text does)
 
 
 def strip_prefixes(line: str) -> str:
     """The message without logger prefixes (timestamps, levels, MPI tags), several stacked included."""
     for _ in range(4):
         bare = line
-        for prefix in _PREFIXES:
-            bare = prefix.sub("", bare, count=1)
+        for prefix, needs in _PREFIXES:
+            if needs in bare:  # a substring the prefix cannot match without: the regex is skipped cheaply
+                bare = prefix.sub("", bare, count=1)
         bare = _PREFIX.sub("", bare, count=1)
         if bare == line:
             return line
@@ -224,11 +303,16 @@ def strip_prefixes(line: str) -> str:
 
 
 def parse_console_text(text: str, name: str, path: str, patterns: list[LogPattern]) -> Source:
+    """A console log held as text (what :func:`read_console_log` reads from a file)."""
+    return parse_console_lines(clean_text(text), name, path, patterns)
+
+
+def parse_console_lines(lines: Iterable[str], name: str, path: str, patterns: list[LogPattern]) -> Source:
     got = _Collected()
     epoch: int | None = None
     table: _Table | None = None
     names: list[str] | None = None  # a "train_loss,train_acc,..." line whose values follow on the next line
-    for line in clean_text(text):
+    for line in lines:
         bare = strip_prefixes(line)
         if table is not None:
             row = table.row(bare)
@@ -312,11 +396,12 @@ def collect_line(match: re.Match[str], pattern: LogPattern, epoch: int, got: _Co
             pairs.append((key, value.strip().rstrip("%"), value.strip().endswith("%"), None))
     rest = groups.get("rest") or ""
     for kv in _KV.finditer(rest):
-        use_avg = pattern.prefer_average and kv.group("avg") is not None
-        value = kv.group("avg") if use_avg else kv.group("val")
-        pct = bool(kv.group("avgpct") if use_avg else kv.group("pct"))
-        key = "_".join(kv.group("kpre").split() + [kv.group("key")])  # "val acc: 0.5" is val_acc
-        pairs.append((key, value, pct, kv.group("val") if use_avg else None))
+        kpre, raw_key, instant, instant_pct, avg, avg_pct = kv.group("kpre", "key", "val", "pct", "avg", "avgpct")
+        use_avg = pattern.prefer_average and avg is not None
+        value = avg if use_avg else instant
+        pct = bool(avg_pct if use_avg else instant_pct)
+        key = "_".join(kpre.split() + [raw_key]) if kpre else raw_key  # "val acc: 0.5" is val_acc
+        pairs.append((key, value, pct, instant if use_avg else None))
     found = False
     for key, value, pct, instant in pairs:
         canonical = canonical_for_line(key, split)
@@ -329,9 +414,10 @@ def collect_line(match: re.Match[str], pattern: LogPattern, epoch: int, got: _Co
         at = record_epoch(got, canonical) if epoch == -1 else epoch
         store(got, at, canonical, key, value, pct, pattern.priority)
         if instant is not None and canonical == "train.loss" and groups.get("it") is not None:
-            got.steps.append((at, int(groups["it"]), _number(instant), instant))
+            got.steps.append(at, int(groups["it"]), instant)
         found = True
-    tp = _THROUGHPUT.search(rest)
+    # "/s" first: a cheap test that skips the regex on the lines that cannot match it
+    tp = _THROUGHPUT.search(rest) if "/s" in rest or "/S" in rest else None
     if tp and split in (None, "train") and epoch != -1:
         store(got, epoch, "train.throughput", "img/s", tp.group("val"), False, pattern.priority)
         found = True
@@ -348,7 +434,10 @@ def record_epoch(got: _Collected, canonical: str) -> int:
     return got.record
 
 
+@lru_cache(maxsize=4096)
 def canonical_for_line(key: str, split: str | None) -> str | None:
+    # Cached: a log repeats the same few keys on every line, and the mapping is a pure function
+    # of them (it was most of the reader's time on a big log).
     mapped = map_metric_name(key)
     if split is not None and (mapped is None or not mapped[1]):
         with_split = map_metric_name(f"{split}_{key}")
@@ -368,10 +457,14 @@ def store(got: _Collected, epoch: int, canonical: str, key: str, value: str, pct
     held = got.values.get((epoch, canonical))
     if held is not None and held[3] > priority:
         return
-    got.values[(epoch, canonical)] = (_number(value), decimals_resolution(value), key, priority)
+    number = _number(value)
+    got.values[(epoch, canonical)] = (number, decimals_resolution(value), key, priority)
     if held is not None and held[3] < priority:
         got.repeats.pop((epoch, canonical), None)  # a better line replaces the lesser ones
-    got.repeats.setdefault((epoch, canonical), []).append(_number(value))
+    repeats = got.repeats.get((epoch, canonical))
+    if repeats is None:
+        repeats = got.repeats[(epoch, canonical)] = array("d")
+    repeats.append(number)
     if pct:
         got.percent.add(canonical)
 
@@ -490,7 +583,7 @@ def build_source(got: _Collected, name: str, path: str) -> Source:
         raw[canonical] = key
     for canonical, pairs in by_name.items():
         source.add(series_from_pairs(canonical, pairs, name, raw[canonical], resolution[canonical]))
-    if got.steps:
+    if len(got.steps):
         add_step_losses(source, got.steps)
     first = {n: int(s.epochs.min()) for n, s in source.series.items() if len(s)}
     source.restarts = list(got.restarts)
@@ -532,19 +625,20 @@ def keep_within_epoch(source: Source, got: _Collected, first: dict[str, int]) ->
         series = source.series.get(canonical)
         if len(values) > 1 and epoch >= 0 and series is not None and len(series):
             shifted = epoch + int(series.epochs.min()) - first[canonical]
-            source.within_epoch.setdefault(canonical, {})[shifted] = values
+            source.within_epoch.setdefault(canonical, PrintedValues())[shifted] = values
 
 
-def add_step_losses(source: Source, steps: list[tuple[int, int, float, str]]) -> None:
-    """The instant (per-iteration) training loss of progress lines, as a step stream; ``exact_zero``
-    in the notes marks values printed as an exact 0 (scientific notation: not a rounding)."""
+def add_step_losses(source: Source, steps: _StepLosses) -> None:
+    """The instant (per-iteration) training loss of progress lines, as a step stream;
+    ``source.exact_zero_steps`` the steps whose value was printed as an exact 0 (scientific
+    notation: not a rounding)."""
     import numpy as np
 
-    epochs = np.asarray([s[0] for s in steps], dtype=np.int64)
-    iters = np.asarray([s[1] for s in steps], dtype=np.float64)
+    # Views of the arrays' buffers, not copies: a big log's per-line numbers are held once.
+    epochs = np.frombuffer(steps.epochs, dtype=np.int64)
+    iters = np.frombuffer(steps.iters, dtype=np.float64)
     per_epoch = max(int(iters.max()) + 1, 1)
     global_steps = epochs * per_epoch + iters
-    values = np.asarray([s[2] for s in steps], dtype=np.float64)
+    values = np.frombuffer(steps.values, dtype=np.float64)
     source.steps["step.train_loss"] = StepSeries("step.train_loss", global_steps, values, source.name, epochs)
-    source.exact_zero_steps = [int(g) for g, (_, _, v, text) in zip(global_steps, steps)
-                               if v == 0.0 and "e" in text.lower()]
+    source.exact_zero_steps = [int(global_steps[i]) for i in steps.exact_zero]

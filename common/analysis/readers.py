@@ -5,6 +5,7 @@ Each reader returns a :class:`Source`; nothing here judges the numbers (that is 
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -192,7 +193,8 @@ def read_path(path: Path, patterns: Sequence[str] | None = None) -> Source:
             return read_tensorboard(path)
         raise AnalysisInputError(f"{path}: a directory without TensorBoard event files")
     try:
-        head = path.read_bytes()[:65536]
+        with path.open("rb") as handle:
+            head = handle.read(HEAD_BYTES)
     except OSError as exc:
         raise AnalysisInputError(f"{path}: cannot read ({exc.strerror})") from None
     if "tfevents" in path.name.lower() or _is_tfrecord(path, head):
@@ -202,9 +204,64 @@ def read_path(path: Path, patterns: Sequence[str] | None = None) -> Source:
     if b"\x00" in head:
         raise AnalysisInputError(f"{path}: unknown file format (binary, and not a TensorBoard event file); "
                                  + NOT_RECOGNISED.split(". ", 1)[1])
+    if surely_console_log(path, head):
+        return read_console_log(path, patterns)  # streamed: a big log's text is never held whole
     text = path.read_bytes().decode("utf-8", errors="replace")
     source = read_text(path, text, patterns)
     return source
+
+
+HEAD_BYTES = 65536
+
+
+def surely_console_log(path: Path, head: bytes) -> bool:
+    """Whether :func:`read_text` of the whole file would surely end in :func:`read_console_log`,
+    decided from ``head`` (the file's first bytes) and one streamed pass: so a big console log
+    is read line by line instead of whole. False where in doubt (the whole text is read then);
+    a file that fits in the head is read whole anyway (small)."""
+    if len(head) < HEAD_BYTES:
+        return False
+    # Not final: an incomplete sequence at the end is held back, so this is an exact prefix of the text.
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(head)
+    stripped = text.lstrip()
+    if not stripped:
+        return False
+    if stripped[0] in ("{", "[") and not _json_ruled_out(stripped):
+        return False
+    if len(text.splitlines()) <= 3 or looks_like_csv(text):
+        return False  # looks_like_csv reads the first 3 lines: complete here only if a 4th begins
+    return not _python_repr_anywhere(path)
+
+
+def _json_ruled_out(stripped: str) -> bool:
+    """read_json_text gives None (console log next) when the first line fails as JSON; a failure
+    before the line's end also fails the whole text (``json.loads(text)``, tried first), as no
+    JSON token spans a newline (strings may not hold one). A failure at the line's end may be
+    the text going on on the next line: not ruled out."""
+    end = stripped.find("\n")
+    if end < 0:
+        return False
+    first = stripped[:end]
+    try:
+        json.loads(first)
+    except json.JSONDecodeError as exc:
+        return exc.pos < len(first)
+    except (ValueError, RecursionError):
+        return False
+    return False  # a JSON first line: JSON lines, maybe
+
+
+def _python_repr_anywhere(path: Path) -> bool:
+    """looks_like_python_repr of the whole text, a chunk (ending at a newline) at a time: its
+    pattern never spans a newline."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with path.open("rb") as handle:
+        while True:
+            block = handle.read(1 << 20)
+            if not block:
+                return False
+            if looks_like_python_repr(decoder.decode(block + handle.readline())):
+                return True
 
 
 def _is_tfrecord(path: Path, head: bytes) -> bool:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import re
+from array import array
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -82,6 +83,31 @@ class StepSeries:
         return int(self.values.size)
 
 
+class PrintedValues(Mapping[int, list[float]]):
+    """Epoch -> the values printed inside it, in write order, read as a list per epoch. Held as
+    float64 arrays (8 bytes a value, not a float object's 32): a progress line prints its running
+    averages at every iteration, millions of values in a big log, and the checks read one epoch
+    at a time."""
+
+    def __init__(self) -> None:
+        self._values: dict[int, array] = {}
+
+    def __setitem__(self, epoch: int, values: Iterable[float]) -> None:
+        self._values[epoch] = values if isinstance(values, array) and values.typecode == "d" else array("d", values)
+
+    def __getitem__(self, epoch: int) -> list[float]:
+        return self._values[epoch].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"PrintedValues({ {e: len(v) for e, v in self._values.items()} } values per epoch)"
+
+
 @dataclass
 class Source:
     """Everything one input contributed. ``approximate`` marks running averages printed
@@ -109,7 +135,7 @@ class Source:
     # A metric printed several times inside one epoch (evaluation every N steps): canonical name ->
     # epoch -> every value in write order, as printed (before unit conversion). The epoch series
     # keeps one value per epoch; checks that need the evaluations in between read these.
-    within_epoch: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    within_epoch: dict[str, Mapping[int, list[float]]] = field(default_factory=dict)
 
     def add(self, series: EpochSeries) -> None:
         self.series[series.name] = series
