@@ -12,7 +12,7 @@ from api.extensions import Enqueue, init_services, services
 from api.limits import enforce_rate_limits
 from api.smorest import Api
 from api.ui import init_ui, is_ui_request
-from common.auth import authenticate_token
+from common.auth import authenticate
 
 # Endpoints reachable without a token; everything else (including unknown URLs) needs one.
 PUBLIC_ENDPOINTS = frozenset({"health.health", "api-docs.openapi_json"})
@@ -56,10 +56,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             return  # the dashboard checks its session cookie itself (api/ui/session.py: a ui_sessions row of a live token)
         svc = services()
         with svc.reads() as s:
-            token = authenticate_token(s, request.headers.get("Authorization"))
-            g.user = token.user
+            g.user = caller = authenticate(s, request.headers.get("Authorization"))
         if request.path.startswith("/api/v1/"):  # per-token rate limits (429 + Retry-After)
-            enforce_rate_limits(svc.limiter, svc.settings, token.id, submit=request.endpoint == "jobs.submit")
+            enforce_rate_limits(svc.limiter, svc.settings, caller.token_id, submit=request.endpoint == "jobs.submit")
 
     @app.after_request
     def _security_headers(resp):  # type: ignore[no-untyped-def]

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.settings import Settings
 from api.limits import RateLimiter, limiter_redis_client
-from common.store import User, make_engine, make_sessionmaker, transaction, upgrade
+from common.auth import Caller
+from common.store import make_engine, make_sessionmaker, transaction, upgrade
 from common.store.jobs import mark_enqueued
 
 log = logging.getLogger(__name__)
@@ -114,5 +115,6 @@ def services() -> Services:
     return current_app.extensions["teacher"]
 
 
-def current_user() -> User:
+def current_user() -> Caller:
+    """Who the API request is (common.auth.authenticate, in the app's ``before_request``)."""
     return g.user

@@ -32,7 +32,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from common.settings import RateLimit, Settings
-from common.store import Job, JobStatus, User
+from common.store import Job, JobStatus
+from common.store.jobs import Principal
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def limiter_redis_client(settings: Settings) -> Any:
 
 def enforce_rate_limits(limiter: RateLimiter, settings: Settings, ident: int, *, submit: bool) -> None:
     """Count this request against its token's limits (``ident``: the authenticated token's
-    database id, as common.auth.authenticate_token found it); raise RateLimited when over one."""
+    database id, as common.auth.authenticate found it); raise RateLimited when over one."""
     scopes = [("api", settings.rate_limit, "requests")]
     if submit:
         scopes.append(("submit", settings.submit_rate_limit, "job submissions"))
@@ -155,7 +156,7 @@ def enforce_rate_limits(limiter: RateLimiter, settings: Settings, ident: int, *,
                               f"with this token; retry in {hit.retry_after} s", hit.retry_after)
 
 
-def check_queued_cap(session: Session, user: User, cap: int) -> None:
+def check_queued_cap(session: Session, user: Principal, cap: int) -> None:
     """Inside the transaction that will insert a job for ``user``: refuse it when the user
     already has ``cap`` jobs that are not running yet (0: no cap)."""
     if cap <= 0:

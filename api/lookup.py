@@ -9,8 +9,8 @@ from sqlalchemy import Boolean, bindparam, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from api.extensions import current_user, services
-from common.store import Job, User
-from common.store.jobs import JobNotFound, visible_job
+from common.store import Job
+from common.store.jobs import JobNotFound, Principal, visible_job
 
 MIN_PREFIX = 6
 MAX_LISTED_MATCHES = 10
@@ -38,7 +38,7 @@ class BadJobRef(ValueError):
         self.errors = {field: [detail]}
 
 
-def resolve_job(session: Session, user: User, ref: str, *, field: str = "job_id", for_update: bool = False) -> Job:
+def resolve_job(session: Session, user: Principal, ref: str, *, field: str = "job_id", for_update: bool = False) -> Job:
     """The job a full id or a unique prefix (at least 6 hex digits) names. Only jobs the
     caller may see are candidates (their own; every job for an admin), so a prefix never tells
     one user anything about another's jobs. JobNotFound (404) when none matches; BadJobRef

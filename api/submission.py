@@ -33,9 +33,9 @@ from api.precheck import check_data
 from api.schemas import InitFrom, JobSpec, JobSpecSchema, NamedConfigSpecSchema
 from common.config import CONFIGS_DIR, ConfigError, PathEscapeError, confine, flatten_errors, parse_yaml
 from common.devices import gpus_asked, stored
-from common.store import Job, JobStatus, User, WorkerBeat, transaction, utcnow
+from common.store import Job, JobStatus, WorkerBeat, transaction, utcnow
 from common.rundir import JobPaths
-from common.store.jobs import JobNotFound, create_job, find_idempotent, init_from_path
+from common.store.jobs import JobNotFound, Principal, create_job, find_idempotent, init_from_path
 
 # How often a submission that lost an Idempotency-Key race to a concurrent one is retried.
 ATTEMPTS = 3
@@ -67,7 +67,7 @@ class Submission:
     created: bool  # False: an earlier job with this Idempotency-Key and body (a replay)
 
 
-def submit(svc: Services, user: User, body: Any, idempotency_key: str | None = None) -> Submission:
+def submit(svc: Services, user: Principal, body: Any, idempotency_key: str | None = None) -> Submission:
     """Validate ``body`` (a parsed JSON or YAML document) and create its job, or replay the
     job an earlier request with the same key and body created."""
     spec = load_spec(body, svc.settings.queues, svc.settings.configs_dir or CONFIGS_DIR)
@@ -144,7 +144,7 @@ def body_hash(body: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _submit_once(svc: Services, user: User, spec: JobSpec, idempotency: tuple[str, str] | None) -> Submission:
+def _submit_once(svc: Services, user: Principal, spec: JobSpec, idempotency: tuple[str, str] | None) -> Submission:
     settings = svc.settings
     with transaction(svc.sessions) as s:
         job = find_idempotent(s, user, *idempotency) if idempotency else None
@@ -211,7 +211,7 @@ def most_gpus(s: Session, queue: str, beat_s: float) -> int | None:
     return max(counts) if counts else None
 
 
-def _resolve_ref(s: Session, user: User, field: str, ref: str | None) -> str | None:
+def _resolve_ref(s: Session, user: Principal, field: str, ref: str | None) -> str | None:
     """The full id of the caller's job that ``ref`` (an id or a unique prefix) names."""
     if not ref:
         return None
@@ -221,7 +221,7 @@ def _resolve_ref(s: Session, user: User, field: str, ref: str | None) -> str | N
         raise UnknownJobRef(field, ref) from None
 
 
-def _resolve_init_from(s: Session, user: User, ref: InitFrom | None, jobs_root: Path) -> InitFrom | None:
+def _resolve_init_from(s: Session, user: Principal, ref: InitFrom | None, jobs_root: Path) -> InitFrom | None:
     """``ref`` with the caller's job resolved to its full id. A checkpoint that can never
     exist is refused now: a finished job must already have it (a job still to run may write it
     later; ``after`` then waits for it)."""

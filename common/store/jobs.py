@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +19,7 @@ from common import rundir
 from common.rundir import JobPaths  # noqa: F401 (re-exported: the job directory's layout is common.rundir's)
 from common.store.lifecycle import (JobConflict, attempt_started_training, lost_attempts, mark_enqueued,
                                     request_cancel, submit_status)
-from common.store.models import FINISHED, IdempotencyKey, Job, JobTag, User, utcnow
+from common.store.models import FINISHED, IdempotencyKey, Job, JobTag, utcnow
 
 
 class JobNotFound(LookupError):
@@ -38,7 +38,18 @@ def lock_job(session: Session, job_id: str) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id).with_for_update())
 
 
-def visible_job(session: Session, user: User, job_id: str, *, for_update: bool = False) -> Job:
+class Principal(Protocol):
+    """Whoever asks for jobs: a ``User`` row, or the API's authenticated caller
+    (``common.auth.Caller``, a value read without the ORM). Only these two are read."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def is_admin(self) -> bool: ...
+
+
+def visible_job(session: Session, user: Principal, job_id: str, *, for_update: bool = False) -> Job:
     stmt = select(Job).where(Job.id == job_id, Job.deleted_at.is_(None))
     if not user.is_admin:
         stmt = stmt.where(Job.user_id == user.id)
@@ -50,7 +61,7 @@ def visible_job(session: Session, user: User, job_id: str, *, for_update: bool =
     return job
 
 
-def find_idempotent(session: Session, user: User, key: str, body_hash: str) -> Job | None:
+def find_idempotent(session: Session, user: Principal, key: str, body_hash: str) -> Job | None:
     row = session.scalar(select(IdempotencyKey).where(IdempotencyKey.user_id == user.id, IdempotencyKey.key == key))
     if row is None:
         return None
@@ -62,7 +73,7 @@ def find_idempotent(session: Session, user: User, key: str, body_hash: str) -> J
 def create_job(
     session: Session,
     *,
-    user: User,
+    user: Principal,
     config: dict[str, Any],
     name: str,
     queue: str,
@@ -101,7 +112,7 @@ def create_job(
 
 
 def list_jobs(
-    session: Session, user: User, *, statuses: Sequence[str] = (), before_pk: int | None = None, limit: int = 50,
+    session: Session, user: Principal, *, statuses: Sequence[str] = (), before_pk: int | None = None, limit: int = 50,
     name: str | None = None, tags: Sequence[str] = (),
 ) -> list[Job]:
     """The caller's jobs (everyone's for an admin), newest first. ``name``: the exact name, or a

@@ -203,3 +203,40 @@ def test_other_users_and_deleted_jobs_stay_invisible_to_the_prebuilt_lookup(quie
         s.scalar(select(Job).where(Job.id == job_id)).deleted_at = utcnow()
     assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).status_code == 404
     assert client.get(f"/api/v1/jobs/{job_id}", headers=mint(quiet_app, "root", admin=True)).status_code == 404
+
+
+def test_a_promotion_to_admin_takes_effect_on_the_next_request(quiet_app):
+    """The caller is read afresh on each request (one Core query, common.auth.authenticate), not
+    kept: a user made admin sees another user's job on the very next poll, and the caller is a
+    plain value, not a row of the request's session that a write could go through."""
+    from common.auth import Caller, authenticate
+
+    client = quiet_app.test_client()
+    alice, bob = mint(quiet_app, "alice"), mint(quiet_app, "bob")
+    job_id = client.post("/api/v1/jobs", json=CFG, headers=alice).json["id"]
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=bob).status_code == 404
+    with transaction(quiet_app.extensions["teacher"].sessions) as s:
+        s.scalar(select(User).where(User.name == "bob")).is_admin = True
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=bob).status_code == 200
+    with quiet_app.extensions["teacher"].sessions() as s:
+        caller = authenticate(s, bob["Authorization"])
+        assert isinstance(caller, Caller) and caller.is_admin is True and caller.name == "bob"
+        assert not list(s.identity_map.values())  # no ORM row was loaded
+
+
+def test_links_follow_the_mount_point_of_each_request(quiet_app):
+    """url_for runs once per mount point (SCRIPT_NAME) and the id is substituted after
+    (api/schemas.py _link_templates): a job's links are still the URLs Flask builds for the
+    request's own mount point, whichever point was asked for first."""
+    from flask import url_for
+
+    client = quiet_app.test_client()
+    alice = mint(quiet_app, "alice")
+    job_id = client.post("/api/v1/jobs", json=CFG, headers=alice).json["id"]
+    for root in ("", "/teacher", "", "/other/mount", "/teacher"):
+        r = client.get(f"/api/v1/jobs/{job_id}", headers=alice, base_url=f"http://localhost{root}")
+        assert r.status_code == 200, r.json
+        with quiet_app.test_request_context(base_url=f"http://localhost{root}"):
+            assert r.json["links"]["self"] == url_for("jobs.job", job_id=job_id)
+            assert r.json["links"]["cancel"] == url_for("jobs.cancel", job_id=job_id)
+        assert r.json["links"]["self"] == f"{root}/api/v1/jobs/{job_id}"
