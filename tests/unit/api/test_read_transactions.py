@@ -240,3 +240,42 @@ def test_links_follow_the_mount_point_of_each_request(quiet_app):
             assert r.json["links"]["self"] == url_for("jobs.job", job_id=job_id)
             assert r.json["links"]["cancel"] == url_for("jobs.cancel", job_id=job_id)
         assert r.json["links"]["self"] == f"{root}/api/v1/jobs/{job_id}"
+
+
+def test_a_poll_reads_the_job_its_attempts_and_tags_not_its_owners_tokens(quiet_app):
+    """One SELECT for the job, with its owner, attempts and tags, and none of the owner's token
+    rows: a user with many tokens (one per CI runner, say) pays nothing for them on a poll, and
+    the poll never loads token hashes it does not need."""
+    from common.store.models import JobAttempt
+
+    client = quiet_app.test_client()
+    alice = mint(quiet_app, "alice")
+    for _ in range(5):
+        mint(quiet_app, "alice")
+    job_id = client.post("/api/v1/jobs", json={**CFG, "tags": ["a", "b", "c"]}, headers=alice).json["id"]
+    with transaction(quiet_app.extensions["teacher"].sessions) as s:
+        for n in (1, 2, 3, 4):
+            s.add(JobAttempt(job_id=job_id, number=n))
+        s.scalar(select(Job).where(Job.id == job_id)).attempts = 4
+    engine = quiet_app.extensions["teacher"].engine
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        r = client.get(f"/api/v1/jobs/{job_id}", headers=alice)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert r.status_code == 200 and r.json["tags"] == ["a", "b", "c"] and r.json["attempts"] == 4
+    selects = [stmt for stmt in sent if stmt.lstrip().upper().startswith("SELECT")]
+    job_select = [stmt for stmt in selects if "FROM jobs" in stmt]
+    assert len(selects) == 2 and len(job_select) == 1, selects
+    assert "tokens" not in job_select[0], job_select[0]
+    with engine.connect() as conn:  # the rows that one SELECT returns: attempts x tags, no tokens
+        from api.lookup import _VISIBLE_BY_ID
+
+        user_id = conn.execute(select(User.id).where(User.name == "alice")).scalar_one()
+        returned = conn.execute(_VISIBLE_BY_ID, {"job_id": job_id, "user_id": user_id, "admin": False}).all()
+    assert len(returned) == 4 * 3
