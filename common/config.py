@@ -243,6 +243,10 @@ class OnOffString(fields.String):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+# torch.compile's modes (runtime.compile_mode).
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune")
+
+
 class RuntimeSchema(_Strict):
     device = fields.String(load_default="auto", validate=validate.OneOf(["auto", "cpu", "cuda"]))
     amp = OnOffString(load_default="auto", validate=validate.OneOf(["auto", "bf16", "fp16", "off"]))
@@ -255,6 +259,19 @@ class RuntimeSchema(_Strict):
     sync_bn = fields.Boolean(load_default=False, metadata={
         "description": "several processes: convert BatchNorm layers to SyncBatchNorm (statistics over the global "
                        "batch, as on one device; costs a collective per BatchNorm layer)"})
+    compile = fields.Boolean(load_default=False, error_messages={
+        "invalid": "Not a valid boolean: use true or false (a torch.compile mode goes in runtime.compile_mode)"},
+        metadata={"description": "torch.compile the model (TorchInductor): the first steps of training and of "
+                                 "evaluation compile (minutes), later ones may run faster; checkpoints, exports and "
+                                 "metrics are the same as without it"})
+    compile_mode = fields.String(load_default="default", validate=validate.OneOf(COMPILE_MODES), metadata={
+        "description": "with runtime.compile: torch.compile's mode (reduce-overhead adds CUDA graphs on a GPU, "
+                       "max-autotune benchmarks kernels while compiling: longer compiles)"})
+
+    @validates_schema
+    def _mode_needs_compile(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("compile_mode", "default") != "default" and not data.get("compile"):
+            raise ValidationError("a compile mode needs runtime.compile: true", "compile_mode")
 
 
 class CheckpointSchema(_Strict):
@@ -394,6 +411,8 @@ class RuntimeConfig:
     log_interval: int
     stall_timeout_s: int | None = None
     sync_bn: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ Design notes (the *why*):
 * SIGTERM/SIGINT set a flag that is checked after every batch: the run writes a step
   checkpoint if it fits in the grace period before the SIGKILL (``TEACHER_CANCEL_GRACE_S``),
   stops, and exits with :data:`EXIT_STOPPED` so a supervisor can requeue it.
+* ``runtime.compile``: the training step and evaluation run torch.compile'd views of the model
+  (:class:`Compiled`); everything that is saved or loaded uses the plain module, so checkpoints,
+  exports and resumes are the same with and without it, and a run crosses between the two on
+  resume. The metric sums are taken from the logits outside the compiled graph, as always.
 * A full disk (ENOSPC/EDQUOT anywhere in the failure's cause chain) is its own outcome,
   :data:`EXIT_NO_SPACE`: progress.json and train.log live on the full volume too, so the exit
   code is the one channel that always reaches a supervisor. Retrying does not fix it.
@@ -285,6 +289,65 @@ class Liveness:
             pass  # a full disk is reported by the writes that matter, not by this
 
 
+class CompileFailed(TrainingError):
+    """torch.compile could not compile the model (no working C++ compiler, an operator it cannot
+    trace, ...). The run fails with the reason; there is no silent fallback to eager mode: a run
+    asked to be compiled either is or says why not."""
+
+
+@dataclass
+class Compiled:
+    """``runtime.compile``: torch.compile'd views of the model. They share its parameters and
+    buffers, and nothing is ever saved from them: checkpoints, exports and resumes use the plain
+    module (``TrainState.model``), so their ``state_dict`` keys never gain ``_orig_mod.`` and a
+    checkpoint is the same with and without compile.
+
+    ``train`` is the DDP wrapper compiled, as PyTorch recommends for DDP (DDPOptimizer splits the
+    graph at the gradient buckets, so the all-reduce still overlaps the backward), or the model
+    compiled for one process; ``eval`` is the model compiled (evaluation never runs the DDP
+    wrapper): for one process the same object. Eval mode and inference_mode guard differently
+    from training, so the first evaluation compiles again, once; a batch of another size (the
+    last, smaller one) recompiles once more, with a dynamic batch dimension."""
+
+    train: nn.Module
+    eval: nn.Module
+    mode: str
+    pending: set[str] = dataclasses.field(default_factory=lambda: {"training step", "evaluation batch"})
+
+    @classmethod
+    def build(cls, model: nn.Module, ddp: nn.Module | None, mode: str) -> "Compiled":
+        eval_net = torch.compile(model, mode=mode)
+        return cls(torch.compile(ddp, mode=mode) if ddp is not None else eval_net, eval_net, mode)
+
+    @contextmanager
+    def first(self, what: str) -> Iterator[None]:
+        """Time the first ``what`` (it compiles: logged once) and turn a torch.compile failure in
+        it, or in any later recompile inside the loop, into :class:`CompileFailed`."""
+        t0 = time.perf_counter()
+        with compile_errors(self.mode):
+            yield
+        if what in self.pending:
+            self.pending.discard(what)
+            log.info("torch.compile (runtime.compile, mode %s): the first %s took %.1fs (compiling)", self.mode, what,
+                     time.perf_counter() - t0)
+
+
+@contextmanager
+def compile_errors(mode: str) -> Iterator[None]:
+    from torch._dynamo.exc import TorchDynamoException  # imported only by a compiled run
+
+    try:
+        yield
+    except TorchDynamoException as exc:  # BackendCompilerFailed (InductorError: no C++ compiler...), Unsupported...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompileFailed(f"runtime.compile: torch.compile (mode {mode}) failed: {reason}; set runtime.compile: "
+                            f"false to train without it") from exc
+
+
+def _compiling(st: "TrainState | None", what: str) -> Any:
+    return st.compiled.first(what) if st is not None and st.compiled is not None else nullcontext()
+
+
 @dataclass(kw_only=True)
 class TrainState:
     """What the loop's functions share. The model, its optimisation state and the position
@@ -305,11 +368,20 @@ class TrainState:
     alive: Liveness = dataclasses.field(default_factory=lambda: Liveness(None))
     dist: Dist = distributed.SINGLE  # this process among the run's processes
     ddp: nn.Module | None = None  # the DistributedDataParallel wrapper of ``model``, for training steps
+    compiled: "Compiled | None" = None  # runtime.compile: the torch.compile'd modules (the model stays plain)
 
     @property
     def net(self) -> nn.Module:
-        """What a training step runs: the DDP wrapper (gradients synchronised) or the model."""
+        """What a training step runs: the DDP wrapper (gradients synchronised) or the model,
+        compiled with ``runtime.compile``."""
+        if self.compiled is not None:
+            return self.compiled.train
         return self.ddp if self.ddp is not None else self.model
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """What evaluation runs: the model (never the DDP wrapper), compiled with ``runtime.compile``."""
+        return self.compiled.eval if self.compiled is not None else self.model
 
     @property
     def steps_per_epoch(self) -> int:
@@ -394,7 +466,7 @@ def train_one_epoch(st: TrainState, epoch: int, recorder: Recorder | None, stop:
         images, targets = _move(images, targets, st.run)
         # Inside an accumulation window the gradients stay local; the window's last backward
         # all-reduces them (DDP), once per optimizer step.
-        with _no_sync(st) if not plan.ends_window(i) else nullcontext():
+        with _no_sync(st) if not plan.ends_window(i) else nullcontext(), _compiling(st, "training step"):
             with st.run.autocast():
                 logits = st.net(images)
             per_sample = criterion(logits, targets, optim.label_smoothing)
@@ -451,17 +523,18 @@ def optimizer_step(st: TrainState) -> float:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, run: Runtime, label_smoothing: float,
-             alive: Liveness | None = None, dist: Dist = distributed.SINGLE) -> Totals:
+             alive: Liveness | None = None, dist: Dist = distributed.SINGLE, compiled: Compiled | None = None) -> Totals:
     """Exact metrics over the loader's samples (unpadded: each sample counted once). With
     several processes each evaluates its shard of the split (``model`` is the plain module, not
-    the DDP wrapper: no collective per batch) and the sums are added up."""
+    the DDP wrapper: no collective per batch) and the sums are added up. ``compiled``: ``model``
+    is its ``eval`` (timed and its failures reported as runtime.compile's)."""
     model.eval()
     sums = MetricSums(run.device)
     for images, targets in loader:
         if alive is not None:
             alive()
         images, targets = _move(images, targets, run)
-        with run.autocast():
+        with run.autocast(), compiled.first("evaluation batch") if compiled is not None else nullcontext():
             logits = model(images)
         sums.update(criterion(logits, targets, label_smoothing), logits, targets)
     return sums.totals(dist.all_reduce_sum if dist.active else None)
@@ -584,7 +657,8 @@ def fit(st: TrainState, recorder: Recorder | None, ckpts: CheckpointManager, run
         if recorder is not None:
             recorder.on_validate(epoch=epoch, step=st.step, throughput=trained.throughput)
         st.dist.broadcast_buffers(st.model)  # every rank evaluates the model rank 0 saves
-        val = evaluate(st.model, st.val_loader, st.run, st.cfg.optim.label_smoothing, st.alive, st.dist)
+        val = evaluate(st.eval_net, st.val_loader, st.run, st.cfg.optim.label_smoothing, st.alive, st.dist,
+                       compiled=st.compiled)
         st.epoch = epoch
         if recorder is not None:
             rec = recorder.on_epoch(epoch=epoch, step=st.step, lr=trained.lr, train=trained.totals, val=val,
@@ -784,13 +858,19 @@ def build_state(cfg: TrainConfig, run_dir: Path, *, data_root: Path, runs_root: 
     if dist.active:
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda"
                                                   else None)
+    compiled = None
+    if cfg.runtime.compile:  # after the move to the device (and channels_last) and the DDP wrapper
+        compiled = Compiled.build(model, ddp, cfg.runtime.compile_mode)
+        log.info("runtime.compile: torch.compile on (mode %s, backend inductor); the first training step and the "
+                 "first evaluation compile", cfg.runtime.compile_mode)
     optimizer = build_optimizer(model, optim)
     steps_per_epoch = math.ceil(len(loaders[0]) / optim.grad_accum_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, optim=optim, steps_per_epoch=steps_per_epoch))
     return TrainState(cfg=cfg, run=run, data=bundle, train_loader=loaders[0], val_loader=loaders[1], model=model,
                       optimizer=optimizer, scheduler=scheduler,
-                      scaler=torch.amp.GradScaler(run.device.type, enabled=run.use_scaler), dist=dist, ddp=ddp)
+                      scaler=torch.amp.GradScaler(run.device.type, enabled=run.use_scaler), dist=dist, ddp=ddp,
+                      compiled=compiled)
 
 
 def restore(st: TrainState, ckpts: CheckpointManager, files: RunFiles) -> tuple[History | None, ResumePoint | None]:
