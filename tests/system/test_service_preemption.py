@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from common.rundir import JobPaths, Manifest, is_step_file
+from common.rundir import PROGRESS, JobPaths, Manifest, is_step_file, read_object
 from tests.support.procs import wait_until
 from tests.support.stack import Stack, db_job, deployed_worker_argv
 
@@ -39,11 +39,13 @@ def start_deployed_worker(stack: Stack) -> subprocess.Popen[Any]:
     return stack.start_worker(deployed_worker_argv())
 
 
-def trained_mid_epoch(stack: Stack, job_id: str, attempt: int, min_batch: int = 1) -> bool:
+def trained_mid_epoch(stack: Stack, job_id: str, attempt: int, min_batch: int = 1, paths: JobPaths | None = None) -> bool:
     """Attempt ``attempt`` runs, has trained since its claim (its own progress), and is inside an
-    epoch, at least ``min_batch`` batches in."""
+    epoch, at least ``min_batch`` batches in. With ``paths``, the progress is read from the run's
+    own progress.json (written every step here) rather than the row's copy, which the supervisor
+    refreshes once per heartbeat (0.5 s: dozens of steps on a fast machine)."""
     job = db_job(stack, job_id)
-    p = job.progress or {}
+    p = (read_object(paths.run / PROGRESS) if paths is not None else job.progress) or {}
     fresh = job.claimed_at is not None and (p.get("updated_at") or 0) >= job.claimed_at.timestamp()
     return (job.status == "running" and job.attempts == attempt and job.child_pid is not None and fresh
             and p.get("phase") == "train" and min_batch <= (p.get("batch") or 0) < (p.get("batches") or 0))
@@ -181,11 +183,16 @@ def test_a_job_preempted_six_times_in_a_row_still_succeeds(stack_factory, servic
     stack.headers = stack.token("alice")
     start_deployed_worker(stack)
     start_deployed_worker(stack)  # a spare: takes each re-sent message while the stopped one exits
-    job_id = stack.submit(preemptible_config(service_config, epochs=3))
+    # Four epochs (64 steps) and each stop caught a step or two into its attempt (progress.json):
+    # six short attempts cannot finish the run, so the seventh is the one that succeeds. (With
+    # three epochs and the row's progress, a fast machine once finished the run in the sixth.)
+    epochs = 4
+    job_id = stack.submit(preemptible_config(service_config, epochs=epochs))
     paths = JobPaths.of(stack.settings.jobs_root, job_id)
 
     for attempt in range(1, 7):
-        wait_until(lambda: trained_mid_epoch(stack, job_id, attempt), 180, f"attempt {attempt} training", interval=0.1)
+        wait_until(lambda: trained_mid_epoch(stack, job_id, attempt, paths=paths), 180, f"attempt {attempt} training",
+                   interval=0.05)
         sigterm_worker(stack, worker_of(stack, job_id))
         start_deployed_worker(stack)  # the next spare (compose's restart: policy)
 
@@ -196,9 +203,9 @@ def test_a_job_preempted_six_times_in_a_row_still_succeeds(stack_factory, servic
     assert causes == ["preempted"] * 6 + ["succeeded"], job["timeline"]
     assert all(a["stop"] == "worker_shutdown" for a in job["timeline"][:6])
     assert all(a["resumed_from"] is not None and a["resumed_from"]["step"] > 0 for a in job["timeline"][1:])
-    assert history_epochs(paths) == [1, 2, 3]  # every epoch exactly once
+    assert history_epochs(paths) == list(range(1, epochs + 1))  # every epoch exactly once
     finals = sorted((r["epoch"], r["split"]) for r in step_records(paths) if r["final"])
-    assert finals == sorted((e, s) for e in (1, 2, 3) for s in ("train", "val"))
+    assert finals == sorted((e, s) for e in range(1, epochs + 1) for s in ("train", "val"))
 
 
 # ----------------------------------------------------------------------------- d. training fails
