@@ -21,20 +21,20 @@ TOKEN_PREFIX = "tch_"
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+# What makes a token live: its hash, not revoked. Both lookups below use it.
+_IS_LIVE = (Token.token_hash == bindparam("token_hash"), Token.revoked.is_(False))
+
 # The live token joined with its user (no lazy load of the user afterwards), built once
 # (building a select and its cache key per request costs about as much as running it).
-_LIVE_TOKEN = (select(Token).join(Token.user).options(contains_eager(Token.user))
-               .where(Token.token_hash == bindparam("token_hash"), Token.revoked.is_(False)))
+_LIVE_TOKEN = select(Token).join(Token.user).options(contains_eager(Token.user)).where(*_IS_LIVE)
 
-# The same lookup as plain columns, for every API request (authenticate_caller): one Core query
-# on the session's connection, no ORM objects built (materialising the token and its user was
-# a fifth of a status poll's CPU). Nothing is cached across requests: a revoked token is refused
-# on its very next request.
-_TOKENS, _USERS = Token.__table__, User.__table__
-_LIVE_CALLER = (select(_TOKENS.c.id.label("token_id"), _TOKENS.c.token_hash, _USERS.c.id.label("user_id"),
-                       _USERS.c.name, _USERS.c.is_admin)
-                .join_from(_TOKENS, _USERS, _TOKENS.c.user_id == _USERS.c.id)
-                .where(_TOKENS.c.token_hash == bindparam("token_hash"), _TOKENS.c.revoked.is_(False)))
+# The same lookup as plain columns, for every API request (authenticate): one Core query on the
+# session's connection, no ORM objects built (materialising the token and its user was a fifth
+# of a status poll's CPU). Nothing is cached across requests: a revoked token is refused on its
+# very next request.
+_LIVE_CALLER = (select(Token.id.label("token_id"), Token.token_hash, User.id.label("user_id"), User.name,
+                       User.is_admin)
+                .join_from(Token, User, Token.user_id == User.id).where(*_IS_LIVE))
 
 
 @dataclass(frozen=True, slots=True)
