@@ -9,6 +9,7 @@ from flask import Flask, g, request
 from api import analysis, errors, health, jobs, metrics
 from common.settings import Settings
 from api.extensions import Enqueue, init_services, services
+from api.json_provider import OrjsonProvider
 from api.limits import enforce_rate_limits
 from api.smorest import Api
 from api.ui import init_ui, is_ui_request
@@ -26,6 +27,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     enqueue: Enqueue | None = config.pop("TEACHER_ENQUEUE", None)
 
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)  # Flask's JSON, encoded by orjson (api/json_provider.py)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_content_length,
         API_TITLE="teacher job service",
