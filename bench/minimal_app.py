@@ -5,7 +5,7 @@ It hashes the bearer token, looks the hash up joined with its user (one query, i
 BEGIN), reads the job row(s) joined with the owner's name (one query) and their attempts (one
 query, for the timeline), and returns the same JSON
 as the service (tests/unit/api/test_minimal_app.py compares the two), built by hand instead of by
-marshmallow. No ORM, no schemas, no rate limits, no per-request session. It reads the service's
+marshmallow, and encoded as the service encodes (orjson). No ORM, no schemas, no rate limits, no per-request session. It reads the service's
 store (the same SQLite file or PostgreSQL database) and runs under the same gunicorn settings, so
 the ratio of the service's req/s to this app's is what the service's own layers cost.
 
@@ -25,6 +25,8 @@ from typing import Any
 from flask import Flask, request
 from sqlalchemy import Engine, bindparam, create_engine, event, text
 from sqlalchemy.engine import make_url
+
+from api.json_provider import OrjsonProvider
 
 # Every column the service's JobSchema dumps from (plus the owner's name).
 _JOB_COLUMNS = ("j.pk, j.id, j.name, u.name AS owner, j.status, j.queue, j.priority, j.attempts, j.max_attempts, "
@@ -114,6 +116,9 @@ def job_json(row: Any, timeline: list[dict[str, Any]]) -> dict[str, Any]:
 def create_app(database_url: str | None = None) -> Flask:
     engine = make_engine(database_url or os.environ["TEACHER_DATABASE_URL"])
     app = Flask(__name__)
+    # The service's JSON encoder (orjson): the limit encodes as fast as the service can, so the
+    # ratio does not credit the service for its encoder.
+    app.json = OrjsonProvider(app)
 
     def caller(conn: Any) -> Any:
         _, _, token = request.headers.get("Authorization", "").partition(" ")
