@@ -262,6 +262,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 
 def build_loader(dataset: Dataset, sampler: EpochSampler, *, batch_size: int, num_workers: int, pin_memory: bool, seed: int) -> DataLoader:
+    """With workers, they persist from epoch to epoch: each ``iter()`` still asks the sampler
+    afresh in this process (so the order starts where ``set_epoch`` says, skip included), and a
+    sample's augmentation is seeded from its key, not from the worker's RNG (which a persistent
+    worker does not re-seed per epoch); so the batches are the same as with fresh workers, and
+    an epoch starts without forking and importing a new set (tests/unit/worker/test_loader_persistent.py;
+    figures in docs/performance.md)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -270,6 +276,6 @@ def build_loader(dataset: Dataset, sampler: EpochSampler, *, batch_size: int, nu
         pin_memory=pin_memory,
         drop_last=False,  # every sample counts; the smaller last batch is handled exactly
         generator=torch.Generator().manual_seed(seed),
-        persistent_workers=False,  # a fresh iterator per epoch (its sampler starts where set_epoch says)
+        persistent_workers=num_workers > 0,
     )
 
