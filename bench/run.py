@@ -13,7 +13,8 @@ from pathlib import Path
 
 # Modules that are not present (yet) are skipped with a note.
 BENCHES: tuple[str, ...] = ("bench.plot_stream", "bench.metrics_sync", "bench.polls", "bench.train_throughput",
-                             "bench.step_checkpoints", "bench.analyze_big", "bench.processes", "bench.ui_pages")
+                             "bench.step_checkpoints", "bench.analyze_big", "bench.processes", "bench.ui_pages",
+                             "bench.decode_options")
 ROOT = Path(__file__).resolve().parent.parent
 
 
