@@ -8,8 +8,8 @@ CPU of each side. Two configs:
 * ``small``: resnet18 at 32 px, 1,200 training images, 3 epochs, AdamW, batch 64 (issue 14's);
 * ``big-checkpoint``: resnet50 at 32 px, 240 training images, 3 epochs: a ~95 MB checkpoint
   each epoch against a few seconds of training, where checkpoint I/O weighs most;
-* ``resnet50-224``: resnet50 at 224 px (generated at 256 px), 24 classes x 256 training images
-  (6,144: 48 full batches of 128, and 384 validation images, 3 batches, so that a compiled run
+* ``resnet50-224``: resnet50 at 224 px (generated at 256 px), 24 classes x 192 training images
+  (4,608: 36 full batches of 128, and 384 validation images, 3 batches, so that a compiled run
   has no smaller last batch to recompile for), 3 epochs, DataLoader workers: every CPU but two, at
   most 12. Meant for a GPU (``--device cuda``); runs only when ``--only resnet50-224`` names it.
 
@@ -59,7 +59,7 @@ BASE = {"classes": 12, "val_per_class": 15, "data_size": 32, "image_size": 32, "
 CONFIGS = {
     "small": {"arch": "resnet18", "train_per_class": 100, "epochs": 3},
     "big-checkpoint": {"arch": "resnet50", "train_per_class": 20, "epochs": 3},
-    "resnet50-224": {"arch": "resnet50", "train_per_class": 256, "epochs": 3, "classes": 24, "val_per_class": 16,
+    "resnet50-224": {"arch": "resnet50", "train_per_class": 192, "epochs": 3, "classes": 24, "val_per_class": 16,
                      "data_size": 256, "image_size": 224, "batch": 128, "workers": "auto"},
 }
 DEFAULT_CONFIGS = ("small", "big-checkpoint")  # what runs without --only (resnet50-224 is for a GPU)
