@@ -195,19 +195,19 @@ def check_database(url: str, timeout: float) -> tuple[Check, bool]:
     return Check("database", OK, f"{shown}, schema version {version} (latest)"), True
 
 
-_STORE_TABLES = ("jobs", "attempts", "job_tags")
-
-
 def _without_autovacuum(conn: Any) -> str | None:
     """What keeps autovacuum from analysing the job store's tables (it is off on the server, or
     for some of them), or None. Without statistics the planner takes the list's page query for
     one row and scans and sorts every job of the user (docs/performance.md, GET /api/v1/jobs)."""
     from sqlalchemy import text
 
+    from common.store.models import Job, JobAttempt, JobTag
+
+    tables = [model.__tablename__ for model in (Job, JobAttempt, JobTag)]  # what the list reads
     reasons = [] if conn.exec_driver_sql("SHOW autovacuum").scalar() == "on" else ["autovacuum is off on the server"]
     off = [name for name, options in conn.execute(
                text("SELECT relname, reloptions FROM pg_class WHERE relname = ANY(:names) AND relkind = 'r'"),
-               {"names": list(_STORE_TABLES)})
+               {"names": tables})
            if any(_disables_autovacuum(option) for option in options or ())]
     if off:
         reasons.append(f"autovacuum is off for the table(s) {', '.join(sorted(off))}")
