@@ -63,13 +63,9 @@ def main() -> None:
     val_tf = T.Compose([T.Resize(args.size, antialias=True), T.CenterCrop(args.size), *tail])
     train_ds = torchvision.datasets.ImageFolder(str(args.data / "train"), train_tf)
     val_ds = torchvision.datasets.ImageFolder(str(args.data / "val"), val_tf)
-    loader_kw: dict = {"num_workers": args.workers}
-    if args.pin_memory:
-        loader_kw["pin_memory"] = True
-    if args.persistent_workers:
-        loader_kw["persistent_workers"] = True
-    if args.prefetch is not None:
-        loader_kw["prefetch_factor"] = args.prefetch
+    # DataLoader's own defaults when the flags are not given (prefetch_factor None: its default)
+    loader_kw = {"num_workers": args.workers, "pin_memory": args.pin_memory,
+                 "persistent_workers": args.persistent_workers, "prefetch_factor": args.prefetch}
     train = DataLoader(train_ds, batch_size=args.batch, shuffle=True, **loader_kw)
     val = DataLoader(val_ds, batch_size=args.batch, **loader_kw)
     model = getattr(torchvision.models, args.arch)(num_classes=len(train_ds.classes))
