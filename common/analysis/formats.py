@@ -111,9 +111,9 @@ def _json_lines(text: str) -> bool:
 
 
 def _masked_crc32c(data: bytes) -> int:
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    from common.analysis.tb_events import masked_crc32c  # lazily: it loads TensorBoard's protos
 
-    return int(masked_crc32c(data))
+    return masked_crc32c(data)
 
 
 def _text_prefix(head: bytes, size: int) -> str:
