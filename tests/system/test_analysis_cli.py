@@ -81,3 +81,46 @@ def test_real_subprocess_exit_codes(tmp_path: Path, healthy: Path) -> None:
     assert run(str(healthy), "--no-plots").returncode == 0
     missing = run(str(tmp_path / "missing.json"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_a_keras_tensorboard_log_is_analysed_as_a_user_runs_it(tmp_path: Path) -> None:
+    """TF2's Keras callback writes ``train/`` and ``validation/`` event files of tensor-valued
+    scalars (built here from TensorBoard's protos, as tf.summary.scalar writes them); before
+    common/analysis/tb_events.py the analysis found no metrics in them."""
+    import struct
+
+    from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    def record(event: event_pb2.Event) -> bytes:
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+
+    def value(tag: str, number: float, first: bool) -> summary_pb2.Summary.Value:
+        meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+        tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=struct.pack("<f", number))
+        return summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=meta if first else None)
+
+    logs = tmp_path / "logs"
+    for split, worse in (("train", 0.0), ("validation", 0.2)):
+        events = [event_pb2.Event(wall_time=1.0, file_version="brain.Event:2")]
+        for epoch in range(6):
+            events.append(event_pb2.Event(wall_time=2.0 + epoch, step=epoch, summary=summary_pb2.Summary(value=[
+                value("epoch_loss", 2.2 * 0.8 ** epoch + worse, epoch == 0),
+                value("epoch_accuracy", 0.2 + 0.1 * epoch - worse / 4, epoch == 0)])))
+        (logs / split).mkdir(parents=True)
+        data = b"".join(record(e) for e in events)
+        cut = 5 if split == "validation" else 0  # the validation file's last record cut off
+        (logs / split / "events.out.tfevents.1700000000.host.1.v2").write_bytes(data[:len(data) - cut])
+    teacher = REPO / ".venv" / "bin" / "teacher"
+    cmd = [str(teacher)] if teacher.exists() else [sys.executable, "-m", "common.apps.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")} | {"MPLBACKEND": "Agg"}
+    done = subprocess.run([*cmd, "analyze", str(logs), "--json", "--no-plots", "--num-classes", "10"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    (source,) = report["sources"]
+    assert source["kind"] == "tensorboard"
+    assert {"train.loss", "val.loss", "train.top1", "val.top1"} <= set(source["metrics"]), source
+    assert any("ends inside a record" in note for note in source["notes"]), source["notes"]
