@@ -159,8 +159,12 @@ def export_checkpoint(checkpoint_path: Path, out_dir: Path) -> ExportInfo:
     arch, num_classes = cfg.model.arch, len(class_names)
     weights = {k: v.detach().cpu().contiguous() for k, v in state["model"].items()}
     # The weights must load, strictly, into the architecture model.json names: a consumer
-    # rebuilds exactly that model.
-    build_model(arch, num_classes).load_state_dict(weights, strict=True)
+    # rebuilds exactly that model. Built on the meta device, so that checking every key and
+    # shape costs no allocation and no random initialisation of weights about to be replaced
+    # (~0.3-0.8 s for a resnet50 on 2 cores, per export).
+    with torch.device("meta"):
+        skeleton = build_model(arch, num_classes)
+    skeleton.load_state_dict(weights, strict=True, assign=True)
     blob = serialize(weights)
     digest = sha256_bytes(blob)
     image_size = cfg.data.image_size
