@@ -48,7 +48,7 @@ class EventFileError(ValueError):
     """A record that passed its checksums but is not an Event proto: not a TensorBoard file."""
 
 
-def masked_crc32c(data: bytes | memoryview) -> int:
+def masked_crc32c(data: bytes) -> int:
     """TFRecord's checksum: CRC32C, rotated right by 15 bits, plus a constant (mod 2**32)."""
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
@@ -65,8 +65,8 @@ class Scalars:
 
 def iter_records(path: Path, notes: list[str]) -> Iterator[bytes]:
     """The file's records, each checked against both its CRCs, read in chunks of ``CHUNK``
-    bytes. A partial last record ends the file silently (a writer may still be appending it); a
-    checksum mismatch ends it with a note. A length is trusted only once its own CRC matched, and
+    bytes. A partial last record (a writer may still be appending it) or a checksum mismatch
+    ends the file, with a note in ``notes``. A length is trusted only once its own CRC matched, and
     never read past the file's end, so a damaged header cannot make this allocate its length."""
     with open(path, "rb") as fh:
         buf, base, off = b"", 0, 0  # the bytes read and not yet consumed start at buf[off], file offset base + off

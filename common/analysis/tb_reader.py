@@ -40,8 +40,9 @@ def read_tensorboard(path: Path, accuracy_unit: str | None = None) -> Source:
     source = Source(name=path.name or str(path), kind="tensorboard", path=str(path))
     # The event files of one directory are one stream, in name order (as TensorBoard reads them).
     groups: dict[Path, list[Path]] = {}
+    directory = path.is_dir()
     for f in files:
-        groups.setdefault(f.parent if path.is_dir() else path, []).append(f)
+        groups.setdefault(f.parent if directory else path, []).append(f)
     raw: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for group in sorted(groups):
         try:

@@ -87,30 +87,19 @@ def test_a_keras_tensorboard_log_is_analysed_as_a_user_runs_it(tmp_path: Path) -
     """TF2's Keras callback writes ``train/`` and ``validation/`` event files of tensor-valued
     scalars (built here from TensorBoard's protos, as tf.summary.scalar writes them); before
     common/analysis/tb_events.py the analysis found no metrics in them."""
-    import struct
+    from tensorboard.compat.proto import event_pb2, summary_pb2
 
-    from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-
-    def record(event: event_pb2.Event) -> bytes:
-        data = event.SerializeToString()
-        header = struct.pack("<Q", len(data))
-        return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
-
-    def value(tag: str, number: float, first: bool) -> summary_pb2.Summary.Value:
-        meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-        tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=struct.pack("<f", number))
-        return summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=meta if first else None)
+    from tests.support.tensorboard import event_file, tf2_scalar
 
     logs = tmp_path / "logs"
     for split, worse in (("train", 0.0), ("validation", 0.2)):
         events = [event_pb2.Event(wall_time=1.0, file_version="brain.Event:2")]
         for epoch in range(6):
             events.append(event_pb2.Event(wall_time=2.0 + epoch, step=epoch, summary=summary_pb2.Summary(value=[
-                value("epoch_loss", 2.2 * 0.8 ** epoch + worse, epoch == 0),
-                value("epoch_accuracy", 0.2 + 0.1 * epoch - worse / 4, epoch == 0)])))
+                tf2_scalar("epoch_loss", 2.2 * 0.8 ** epoch + worse, metadata=epoch == 0, content=True),
+                tf2_scalar("epoch_accuracy", 0.2 + 0.1 * epoch - worse / 4, metadata=epoch == 0, content=True)])))
         (logs / split).mkdir(parents=True)
-        data = b"".join(record(e) for e in events)
+        data = event_file(events)
         cut = 5 if split == "validation" else 0  # the validation file's last record cut off
         (logs / split / "events.out.tfevents.1700000000.host.1.v2").write_bytes(data[:len(data) - cut])
     teacher = REPO / ".venv" / "bin" / "teacher"

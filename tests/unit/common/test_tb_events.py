@@ -2,8 +2,9 @@
 (step, value) pairs per tag, in the same order, for the streams real writers produce (PyTorch's
 SummaryWriter, several files in one directory, restarts that TensorBoard purges, files still being
 written or damaged) and for random event streams; plus what EventAccumulator does not read as
-scalars (TF2's tensor-valued scalars). The framing of the files written here uses TensorBoard's
-own (pure-Python) CRC32C, independent of the google-crc32c the reader uses."""
+scalars (TF2's tensor-valued scalars). The files are framed by TensorBoard's own record writer
+(tests/support/tensorboard.py: its pure-Python CRC32C, independent of the google-crc32c the reader
+uses)."""
 from __future__ import annotations
 
 import struct
@@ -14,17 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tensorboard.backend.event_processing import event_accumulator as ea
-from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2, types_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference_crc
 
 from common.analysis.series import AnalysisInputError
 from common.analysis.tb_events import CHUNK, masked_crc32c, read_scalars
 from common.analysis.tb_reader import read_tensorboard
-
-
-def frame(data: bytes) -> bytes:
-    header = struct.pack("<Q", len(data))
-    return header + struct.pack("<I", reference_crc(header)) + data + struct.pack("<I", reference_crc(data))
+from tests.support.tensorboard import event_file, frame, tf2_scalar
 
 
 def version_event(version: str = "brain.Event:2") -> event_pb2.Event:
@@ -43,7 +40,7 @@ def start_event(step: int) -> event_pb2.Event:
 
 def write(path: Path, events: list[event_pb2.Event]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join(frame(e.SerializeToString()) for e in events))
+    path.write_bytes(event_file(events))
     return path
 
 
@@ -156,22 +153,6 @@ def test_a_record_that_is_not_an_event_is_an_input_error(tmp_path: Path) -> None
         read_tensorboard(path)
 
 
-def _tensor_value(tag: str, number: float, dtype: int, *, metadata: bool, content: bool = False) -> summary_pb2.Summary.Value:
-    shape = tensor_shape_pb2.TensorShapeProto()
-    if content:  # what TF2's C++ summary writer stores (Tensor::AsProtoTensorContent)
-        fmt = "<d" if dtype == types_pb2.DT_DOUBLE else "<f"
-        tensor = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, tensor_content=struct.pack(fmt, number))
-    elif dtype == types_pb2.DT_DOUBLE:
-        tensor = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, double_val=[number])
-    elif dtype == types_pb2.DT_HALF:
-        bits = struct.unpack("<H", struct.pack("<e", number))[0]
-        tensor = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, half_val=[bits])
-    else:
-        tensor = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, float_val=[number])
-    meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-    return summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=meta if metadata else None)
-
-
 @pytest.mark.parametrize("dtype,content", [(types_pb2.DT_FLOAT, False), (types_pb2.DT_FLOAT, True),
                                            (types_pb2.DT_DOUBLE, False),
                                            (types_pb2.DT_DOUBLE, True), (types_pb2.DT_HALF, False)])
@@ -181,7 +162,7 @@ def test_tf2_tensor_scalars_are_read_with_the_values_tensorboard_decodes(tmp_pat
 
     # As tf.summary.scalar writes them: the scalars plugin's metadata on each tag's first value only.
     events = [version_event()] + [event_pb2.Event(step=s, summary=summary_pb2.Summary(value=[
-        _tensor_value("epoch_loss", 2.5 / (s + 1), dtype, metadata=s == 0, content=content)])) for s in range(6)]
+        tf2_scalar("epoch_loss", 2.5 / (s + 1), dtype, metadata=s == 0, content=content)])) for s in range(6)]
     write(tmp_path / "events.out.tfevents.1.a", events)
     series, _ = ours(tmp_path)
     acc = ea.EventAccumulator(str(tmp_path), size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
@@ -193,7 +174,7 @@ def test_tf2_tensor_scalars_are_read_with_the_values_tensorboard_decodes(tmp_pat
 
 
 def test_tensors_of_other_plugins_are_not_scalars(tmp_path: Path) -> None:
-    value = _tensor_value("text", 1.0, types_pb2.DT_FLOAT, metadata=True)
+    value = tf2_scalar("text", 1.0, types_pb2.DT_FLOAT, metadata=True)
     value.metadata.plugin_data.plugin_name = "text"
     write(tmp_path / "events.out.tfevents.1.a", [version_event(), event_pb2.Event(
         step=1, summary=summary_pb2.Summary(value=[value])), scalar_event(1, loss=1.0)])
@@ -204,8 +185,8 @@ def test_keras_style_train_and_validation_directories(tmp_path: Path) -> None:
     for split, offset in (("train", 0.0), ("validation", 0.5)):
         write(tmp_path / split / "events.out.tfevents.1.a", [version_event()] + [
             event_pb2.Event(step=e, summary=summary_pb2.Summary(value=[
-                _tensor_value("epoch_loss", 3.0 - e + offset, types_pb2.DT_FLOAT, metadata=e == 0, content=True),
-                _tensor_value("epoch_accuracy", 0.1 * e + offset / 10, types_pb2.DT_FLOAT, metadata=e == 0,
+                tf2_scalar("epoch_loss", 3.0 - e + offset, types_pb2.DT_FLOAT, metadata=e == 0, content=True),
+                tf2_scalar("epoch_accuracy", 0.1 * e + offset / 10, types_pb2.DT_FLOAT, metadata=e == 0,
                               content=True)]))
             for e in range(5)])
     source = read_tensorboard(tmp_path)
