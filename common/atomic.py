@@ -21,23 +21,64 @@ TMP_PREFIX = ".tmp-"
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Never leave a stray temp file behind on failure (disk full, signal, ...).
+    stage_bytes(path, data).commit()
+
+
+class StagedWrite:
+    """An atomic write cut in two, so the slow half can run elsewhere: :meth:`open` makes a temp
+    file beside ``path`` and :meth:`write` puts bytes in it (the page cache, no fsync);
+    :meth:`commit` fsyncs it, renames it over ``path`` and fsyncs the directory. Until the commit
+    a reader sees the old file, and a crash leaves only a temp file (removed by
+    :func:`remove_stale_temp_files`). The temp file's descriptor stays open between the halves:
+    an error in writing back its pages is reported to the fsync of a descriptor open while they
+    were written."""
+
+    def __init__(self, path: Path, tmp: Path, fd: int) -> None:
+        self.path, self.tmp, self._fd = path, tmp, fd
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "StagedWrite":
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+        return cls(path, Path(tmp), fd)
+
+    def write(self, data: "bytes | memoryview") -> int:
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        while view:  # os.write may write less than asked (a signal, a huge buffer)
+            view = view[os.write(self._fd, view):]
+        return size
+
+    def commit(self) -> None:
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abandon()
+            raise
+        fsync_dir(self.path.parent)
+
+    def abandon(self) -> None:
+        """Drop the temp file (a commit that will not happen)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.tmp.unlink(missing_ok=True)
+
+
+def stage_bytes(path: str | os.PathLike[str], data: bytes) -> StagedWrite:
+    """The first half of an atomic write (:class:`StagedWrite`). On failure (a full disk) no
+    temp file is left."""
+    staged = StagedWrite.open(path)
+    try:
+        staged.write(data)
+    except BaseException:
+        staged.abandon()
         raise
-    fsync_dir(path.parent)
+    return staged
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

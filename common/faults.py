@@ -27,6 +27,8 @@ KNOWN: dict[str, bool] = {
     "kill_after_epoch": True,        # SIGKILL after epoch N's checkpoint is complete
     "kill_in_checkpoint": True,      # write half of epoch N's file to its temp name, then SIGKILL
     "kill_after_manifest": True,     # SIGKILL after epoch N's manifest, before links and pruning
+    "hold_commit": True,             # epoch N's commit (off the training thread) waits before its manifest
+                                     # until the process is killed (at most HOLD_COMMIT_S): training goes on
     "hold_stop": False,              # keep a requested stop open until a second signal came
     "once": False,                   # each numbered fault fires once per working directory (a retry gets past it)
     "only_rank": True,               # faults fire only in the training process of rank N (several processes)
@@ -34,6 +36,9 @@ KNOWN: dict[str, bool] = {
     "worker_exit": False,            # the worker process exits after claiming a job
     "worker_exit_after_child": False,  # ... after its training child has started
 }
+
+
+HOLD_COMMIT_S = 120.0
 
 
 class FaultSpecError(ValueError):
@@ -103,17 +108,31 @@ class Faults:
         if self.fires("sigterm_at_batch", batch):
             os.kill(os.getpid(), signal.SIGTERM)  # a preemption inside an accumulation window
 
-    def after_epoch(self, epoch: int) -> None:
+    def after_epoch(self, epoch: int, settle: Callable[[], None] = lambda: None) -> None:
+        """``settle``: waits until epoch N's checkpoint is committed (the commit runs off the
+        training thread), so the kill lands after it, as the fault's name says."""
         if self.fires("kill_after_epoch", epoch):
+            settle()
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def in_commit(self, epoch: int) -> None:
+        """Called by epoch N's checkpoint commit with its file durable and renamed, before the
+        manifest names it: ``hold_commit`` keeps it there while training goes on, so that a
+        kill (``kill_at_step`` in the next epoch) lands in the window a background commit opens."""
+        if self.fires("hold_commit", epoch):
+            deadline = time.monotonic() + HOLD_COMMIT_S
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def after_manifest(self, epoch: int) -> None:
         if self.fires("kill_after_manifest", epoch):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def in_checkpoint_write(self, epoch: int, data: bytes, partial_path: "os.PathLike[str]") -> None:
-        """Write half the file's bytes to its temp name, then SIGKILL, as a power cut would."""
+    def in_checkpoint_write(self, epoch: int, serialized: Callable[[], bytes], partial_path: "os.PathLike[str]") -> None:
+        """Write half the file's bytes (``serialized()``) to its temp name, then SIGKILL, as a
+        power cut would."""
         if self.fires("kill_in_checkpoint", epoch):
+            data = serialized()
             with open(partial_path, "wb") as fh:
                 fh.write(data[: len(data) // 2])
                 fh.flush()

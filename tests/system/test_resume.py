@@ -124,6 +124,28 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(resume_setup,
     assert_same_run(resume_setup["reference"], run_dir)
 
 
+def test_sigkill_while_an_epoch_commits_in_the_background_resumes_from_the_one_before(resume_setup):
+    """An epoch checkpoint is committed off the training thread while the next epoch trains.
+    Test-only faults: epoch 2's commit is held with its file durable and renamed, before its
+    manifest (``hold_commit:2``), and the process is SIGKILLed at epoch 3's first step
+    (``kill_at_step:5``; 2 steps an epoch). Epoch 2 is in history.json but not in the
+    manifest, so the resume point is epoch 1; the resume replays epochs 2 and 3 exactly."""
+    run_dir = resume_setup["base"] / "commitkill"
+    env = {**resume_setup["env"], "TEACHER_FAULT": "hold_commit:2,kill_at_step:5"}
+    proc = run_teacher(["train", "--config", str(resume_setup["config"]), "--run-dir", str(run_dir)], env)
+    assert proc.returncode == -signal.SIGKILL
+    assert [e["epoch"] for e in history(run_dir)["epochs"]] == [1, 2]
+    assert [s["step"] for s in steps(run_dir) if s["epoch"] == 3] == [5], "the kill should land inside epoch 3"
+    ck = run_dir / "checkpoints"
+    manifest = json.loads((ck / "manifest.json").read_text())
+    assert {e["name"]: e["epoch"] for e in manifest["checkpoints"]} == {
+        "epoch_0001.pt": 1, "last.pt": 1, "best.pt": 1}, manifest
+    assert (ck / "epoch_0002.pt").exists(), "held after its rename: the file is there, unlisted"
+    run_teacher(["train", "--resume", str(run_dir)], resume_setup["env"], check=True)
+    assert "resumed from last.pt (epoch 1, step 2)" in (run_dir / "train.log").read_text()
+    assert_same_run(resume_setup["reference"], run_dir)
+
+
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_good_one(resume_setup, tmp_path, caplog):
     from worker.training.checkpoints import CheckpointManager
 

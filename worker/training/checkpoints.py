@@ -17,6 +17,13 @@ requested) is committed the same way; it replaces the previous step file and is 
 next epoch save, in the same manifest write. ``keep_last`` counts epoch files only. A resume
 starts from the newest file that verifies, a step file included.
 
+The training loop commits an epoch checkpoint off its thread (``save(background=True)``): it
+takes the snapshot and writes the bytes to the page cache, and one thread makes them durable and
+commits them while the next epoch trains, because on a slow disk the fsync of a large model
+takes as long as an epoch of a small run. The order on disk is the same, so the guarantees above
+hold; the previous checkpoint is simply the resume point for a little longer. Every other call
+(the next save, a step checkpoint, a load, the end of the run) waits for the commit first.
+
 A file whose bytes do not match the manifest (truncated, half-written, bit-rotted) is skipped
 with a warning in favour of the previous good one. Loading always uses ``weights_only=True``: a
 checkpoint from an untrusted source cannot execute code.
@@ -25,20 +32,22 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import io
 import logging
 import os
 import pickle
 import shutil
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from common import faults
-from common.atomic import TMP_PREFIX, atomic_write_bytes, fsync_dir, remove_stale_temp_files, sha256_file
+from common.atomic import TMP_PREFIX, StagedWrite, fsync_dir, remove_stale_temp_files, sha256_file
 from common.rundir import (ALIASES, BEST, LAST, MANIFEST, Best, CheckpointEntry, JsonObject,  # noqa: F401 (re-exported)
                            Manifest, epoch_file, epoch_of_file, is_epoch_file, is_step_file, manifest_entries, naming,
                            step_file)
@@ -63,6 +72,39 @@ def serialize(state: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
+
+
+class _HashingWriter(io.RawIOBase):
+    """What ``torch.save`` writes to: the bytes go to a staged write and through sha256 as they
+    come, so a checkpoint is never held in memory whole (a second copy of the model and its
+    optimizer state) and never read back to be hashed."""
+
+    def __init__(self, staged: StagedWrite) -> None:
+        self.staged, self.sha, self.size = staged, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = self.staged.write(data)
+        self.sha.update(data)
+        self.size += n
+        return n
+
+
+def stage_checkpoint(state: dict[str, Any], path: Path) -> tuple[StagedWrite, int, str]:
+    """``torch.save(state)`` into the temp file of an atomic write of ``path`` (not yet
+    durable: :meth:`StagedWrite.commit`); returns it with the bytes' size and sha256. On failure
+    (a full disk) it raises with ``path``'s name and leaves no temp file."""
+    with naming(path):
+        staged = StagedWrite.open(path)
+        try:
+            writer = _HashingWriter(staged)
+            torch.save(state, writer)
+        except BaseException:
+            staged.abandon()
+            raise
+    return staged, writer.size, writer.sha.hexdigest()
 
 
 def load_checkpoint_file(path: Path, *, expected_sha256: str | None = None) -> dict[str, Any]:
@@ -111,12 +153,17 @@ class CheckpointManager:
             log.warning("removed %d incomplete checkpoint temp file(s) left by an interrupted write", len(removed))
         self.entries: dict[str, CheckpointEntry] = {}
         self.best_record: Best | None = None
+        # A background commit (save(background=True)) owns the two above until wait() returns.
+        self._pending: threading.Thread | None = None
+        self._commit_error: BaseException | None = None
+        self.slowest_commit_s = 0.0  # what a commit took at most: a stop's step checkpoint may wait for one
         self._read_manifest()
 
     @property
     def best(self) -> JsonObject | None:
         """The manifest's ``best`` as JSON (``{"metric", "value", "epoch"}``), as progress.json
-        and the log print it."""
+        and the log print it (after any pending commit)."""
+        self.wait()
         return self.best_record.to_json() if self.best_record is not None else None
 
     # -- manifest ---------------------------------------------------------------------------
@@ -143,71 +190,124 @@ class CheckpointManager:
         best = self.best_record.value
         return value > best if self.best_mode == "max" else value < best
 
-    def save(self, state: dict[str, Any], *, epoch: int, step: int, metrics: dict[str, float | None]) -> list[str]:
+    def save(self, state: dict[str, Any], *, epoch: int, step: int, metrics: dict[str, float | None],
+             background: bool = False) -> list[str]:
         """Write this epoch's file, commit it in the manifest, then link ``last.pt`` (and
-        ``best.pt`` when it is better) to it and prune. If the epoch file's write fails (a full
-        disk), it raises with the file's name, leaves no temp file and changes nothing else. A
-        failure or crash after the manifest write leaves files that lag behind a correct
-        manifest; :meth:`complete_interrupted_save` finishes the job on the next start."""
-        try:
-            return self._save(state, epoch=epoch, step=step, metrics=metrics)
-        except BaseException:
-            try:
-                remove_stale_temp_files(self.dir)  # atomic writes clean up after themselves; belt and braces
-            except OSError:
-                pass
-            raise
+        ``best.pt`` when it is better) to it and prune; returns the names it writes. If the
+        epoch file's write fails (a full disk), it raises with the file's name, leaves no temp
+        file and changes nothing else. A failure or crash after the manifest write leaves files
+        that lag behind a correct manifest; :meth:`complete_interrupted_save` finishes the job
+        on the next start.
 
-    def _save(self, state: dict[str, Any], *, epoch: int, step: int, metrics: dict[str, float | None]) -> list[str]:
-        data = serialize(state)
-        epoch_name = epoch_file(epoch)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        faults.current().in_checkpoint_write(epoch, data, self.dir / f"{TMP_PREFIX}{epoch_name}.partial")
-        with naming(self.dir / epoch_name):
-            atomic_write_bytes(self.dir / epoch_name, data)  # the only write of these bytes, ever
-        entry = CheckpointEntry(epoch_name, epoch, step, len(data), sha256_bytes(data), metrics, time.time())
+        ``background``: only the snapshot (``torch.save`` to memory) and the write of its bytes
+        to the page cache happen here; the rest (the fsync, the rename, the manifest, the links,
+        the prune) runs on a thread while training goes on, in the same order, so the manifest
+        still never names bytes that are not durable. Until :meth:`wait` returns, the previous
+        checkpoint is the resume point: a crash in between costs the epoch, as a crash in the
+        middle of a synchronous write does. Every other use of this manager waits first."""
+        self.wait()
+        try:
+            epoch_name = epoch_file(epoch)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            faults.current().in_checkpoint_write(epoch, lambda: serialize(state),
+                                                 self.dir / f"{TMP_PREFIX}{epoch_name}.partial")
+            # The snapshot: once this returns, training may change the tensors. The only write
+            # of these bytes, ever.
+            staged, size, sha = stage_checkpoint(state, self.dir / epoch_name)
+        except BaseException:
+            self._tidy()
+            raise
+        better = self.is_better(metrics.get(self.best_metric))
+        entry = CheckpointEntry(epoch_name, epoch, step, size, sha, metrics, time.time())
+        commit = functools.partial(self._commit_epoch, staged, entry, better=better)
+        if background:
+            self._pending = threading.Thread(target=self._run_commit, args=(commit,), name="checkpoint-commit",
+                                             daemon=True)  # a crash that skips wait() is a crash before the commit
+            self._pending.start()
+        else:
+            self._run_commit(commit)
+            self._raise_commit_error()
+        return [epoch_name, LAST] + ([BEST] if better else [])
+
+    def _commit_epoch(self, staged: StagedWrite, entry: CheckpointEntry, *, better: bool) -> None:
+        epoch_name, epoch = entry.name, entry.epoch
+        with naming(staged.path):
+            staged.commit()
+        faults.current().in_commit(epoch)
         self.entries[epoch_name] = entry
         self.entries[LAST] = dataclasses.replace(entry, name=LAST)
-        written = [epoch_name, LAST]
-        value = metrics.get(self.best_metric)
-        if self.is_better(value):
+        aliases = [LAST]
+        if better:
             self.entries[BEST] = dataclasses.replace(entry, name=BEST)
-            self.best_record = Best(self.best_metric, value, epoch)
-            written.append(BEST)
+            self.best_record = Best(self.best_metric, entry.metrics[self.best_metric], epoch)
+            aliases.append(BEST)
         doomed = self._plan_prune(epoch)
         self._write_manifest()  # the commit point: the files below only catch up with it
         faults.current().after_manifest(epoch)
-        for alias in written[1:]:
+        for alias in aliases:
             self._link(epoch_name, alias)
         self._remove(doomed)
-        return written
+
+    def _run_commit(self, commit: Callable[[], None]) -> None:
+        t0 = time.perf_counter()
+        try:
+            commit()
+        except BaseException as exc:  # kept for wait(), which raises it where the run can act on it
+            self._commit_error = exc
+            self._tidy()
+        self.slowest_commit_s = max(self.slowest_commit_s, time.perf_counter() - t0)
+
+    def wait(self) -> None:
+        """Wait for a save's background commit; raise its error, if it failed (nothing it did
+        not finish is in the manifest)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.join()
+        self._raise_commit_error()
+
+    def settle(self) -> None:
+        """:meth:`wait`, logging a failed commit instead of raising it: for a run that is
+        already ending with another error, which is the one it reports."""
+        try:
+            self.wait()
+        except Exception as exc:
+            log.error("the last epoch checkpoint's commit failed (%s): the manifest names the newest durable one, "
+                      "the resume point", exc)
+
+    def _raise_commit_error(self) -> None:
+        error, self._commit_error = self._commit_error, None
+        if error is not None:
+            raise error
+
+    def _tidy(self) -> None:
+        try:
+            remove_stale_temp_files(self.dir)  # atomic writes clean up after themselves; belt and braces
+        except OSError:
+            pass
 
     def save_step(self, state: dict[str, Any], *, epoch: int, step: int, batch: int) -> str:
         """Write a mid-epoch checkpoint (``epoch`` completed, ``batch`` micro-batches into the
         next one) and commit it in the manifest in place of the previous step file, which is
         then removed. Atomic like an epoch save: a crash at any point leaves the previous
         resume point usable."""
+        self.wait()
         try:
-            data = serialize(state)
             name = step_file(step)
             if name in self.entries:  # same step, later batch: never rewrite the listed resume point
                 name = step_file(step, batch)
             self.dir.mkdir(parents=True, exist_ok=True)
+            staged, size, sha = stage_checkpoint(state, self.dir / name)
             with naming(self.dir / name):
-                atomic_write_bytes(self.dir / name, data)
+                staged.commit()
             older = [e.name for e in self.entries.values() if is_step_file(e.name) and e.name != name]
             for old in older:
                 del self.entries[old]
-            self.entries[name] = CheckpointEntry(name, epoch, step, len(data), sha256_bytes(data), {}, time.time(),
-                                                 batch=batch)
+            self.entries[name] = CheckpointEntry(name, epoch, step, size, sha, {}, time.time(), batch=batch)
             self._write_manifest()  # the commit point
             self._remove(older)
             return name
         except BaseException:
-            try:
-                remove_stale_temp_files(self.dir)
-            except OSError:
-                pass
+            self._tidy()
             raise
 
     # -- hard links -------------------------------------------------------------------------
@@ -306,6 +406,7 @@ class CheckpointManager:
         """Bring the files and the manifest to what the last committed save meant: ``last.pt``
         the newest epoch, ``best.pt`` the best recorded epoch, old epoch files pruned. Returns
         what it changed (empty when the directory was consistent, the usual case)."""
+        self.wait()
         epochs = [e for e in self.entries.values() if is_epoch_file(e.name) and (self.dir / e.name).exists()]
         if not epochs:  # a run stopped inside its first epoch: at most a step file to tidy
             stray = self._unlisted_step_files()
@@ -357,6 +458,7 @@ class CheckpointManager:
     def candidates(self) -> list[CheckpointEntry]:
         """Manifest entries, newest first: a step file (only kept while newer than every epoch
         file) before ``last.pt`` before an epoch file of the same step."""
+        self.wait()
         return sorted(self.entries.values(),
                       key=lambda e: (e.step, is_step_file(e.name), e.batch or 0, e.name == LAST, e.name != BEST),
                       reverse=True)

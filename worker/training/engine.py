@@ -552,8 +552,10 @@ def checkpoint_state(st: TrainState, history: History) -> dict[str, Any]:
 
 
 def save_checkpoint(st: TrainState, ckpts: CheckpointManager, history: History, metrics: dict[str, Any]) -> list[str]:
+    # Committed while the next epoch trains (checkpoints.py): the fsync of a large model's
+    # checkpoint would otherwise hold up training for as long as the disk takes.
     return ckpts.save({**checkpoint_state(st, history), "metrics": metrics}, epoch=st.epoch, step=st.step,
-                      metrics=metrics)
+                      metrics=metrics, background=True)
 
 
 class StepCheckpoints:
@@ -580,10 +582,13 @@ class StepCheckpoints:
         if self.write_s is None or stop.at is None:
             return True  # nothing to judge by: try (atomic, so the worst case is a wasted attempt)
         left = self.grace_s - (self.clock() - stop.at)
-        if self.write_s + self.MARGIN_S <= left:
+        # An epoch save's commit runs in the background (measured apart): the step checkpoint
+        # may have to wait for one, so it counts (which overestimates a step save's own time).
+        needs = self.write_s + (self.ckpts.slowest_commit_s if self.ckpts is not None else 0.0)
+        if needs + self.MARGIN_S <= left:
             return True
         log.warning("no step checkpoint on stop: a write takes ~%.1fs and %.1fs of the %.0fs grace period are left; "
-                    "the previous checkpoint stays the resume point", self.write_s, left, self.grace_s)
+                    "the previous checkpoint stays the resume point", needs, left, self.grace_s)
         return False
 
     def wrote(self, seconds: float) -> None:
@@ -670,7 +675,7 @@ def fit(st: TrainState, recorder: Recorder | None, ckpts: CheckpointManager, run
         else:
             steps.wrote(0.0)  # the period restarts here too (rank 0's clock decides, but keep in step)
         st.dist.barrier()  # no rank runs ahead of a checkpoint (or of a failed integrity check)
-        faults.current().after_epoch(epoch)  # test-only: a crash between epochs
+        faults.current().after_epoch(epoch, settle=ckpts.wait)  # test-only: a crash between epochs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -953,8 +958,12 @@ def _train(cfg: TrainConfig, files: RunFiles, *, resume: bool, data_root: Path, 
                         integrity=integrity if st.epoch else None, resumed_from=resumed_from)
     try:
         fit(st, recorder, ckpts, files.dir, stop, steps)
+    except BaseException:
+        ckpts.settle()  # the last epoch's commit finishes (a stop resumes from it); the run's error stands
+        raise
     finally:
         tb.close()
+    ckpts.wait()  # before the export reads best.pt and before "succeeded": the last commit is durable
     write_export(paths, ckpts)
     recorder.on_end(epoch=st.epoch, step=st.step, best=ckpts.best)
     log.info("done: %d epoch(s); best %s", st.epoch, ckpts.best)

@@ -28,11 +28,10 @@ from torchvision.transforms import v2 as T
 
 from common import rundir
 from common.config import ConfigError, TrainConfig, load_train_config
-from common.atomic import atomic_write_bytes
 from common.rundir import EXPORT_FORMAT, ExportMeta, ExportSource, JsonObject  # noqa: F401 (EXPORT_FORMAT re-exported)
 
 from . import data as data_mod
-from .checkpoints import load_checkpoint_file, manifest_sha256, serialize, sha256_bytes, sha256_file
+from .checkpoints import load_checkpoint_file, manifest_sha256, sha256_file, stage_checkpoint
 from .models import build_model
 
 CHECKPOINT_FORMAT = "teacher-checkpoint/1"
@@ -165,20 +164,24 @@ def export_checkpoint(checkpoint_path: Path, out_dir: Path) -> ExportInfo:
     with torch.device("meta"):
         skeleton = build_model(arch, num_classes)
     skeleton.load_state_dict(weights, strict=True, assign=True)
-    blob = serialize(weights)
-    digest = sha256_bytes(blob)
-    image_size = cfg.data.image_size
-    meta = ExportMeta(
-        sha256=digest, size=len(blob), arch=arch, num_classes=num_classes, class_names=class_names,
-        build=f"torchvision.models.get_model({arch!r}, weights=None, num_classes={num_classes})",
-        image_size=image_size, preprocessing=inference_preprocessing(image_size),
-        source=_source_description(source, cfg, source_sha, verified),
-        epoch=int(state["epoch"]), step=int(state["step"]), metrics=dict(state["metrics"]),
-        best_metric=cfg.checkpoint.best_metric,
-        torch_version=torch.__version__, torchvision_version=torchvision.__version__,
-        exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model_file=MODEL_FILE)
     out_dir = Path(out_dir)
+    staged, size, digest = stage_checkpoint(weights, out_dir / MODEL_FILE)  # streamed: no second copy in memory
+    try:
+        image_size = cfg.data.image_size
+        meta = ExportMeta(
+            sha256=digest, size=size, arch=arch, num_classes=num_classes, class_names=class_names,
+            build=f"torchvision.models.get_model({arch!r}, weights=None, num_classes={num_classes})",
+            image_size=image_size, preprocessing=inference_preprocessing(image_size),
+            source=_source_description(source, cfg, source_sha, verified),
+            epoch=int(state["epoch"]), step=int(state["step"]), metrics=dict(state["metrics"]),
+            best_metric=cfg.checkpoint.best_metric,
+            torch_version=torch.__version__, torchvision_version=torchvision.__version__,
+            exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model_file=MODEL_FILE)
+    except BaseException:
+        staged.abandon()
+        raise
     # model.pt first: a model.json on disk always describes a complete model.pt.
-    atomic_write_bytes(out_dir / MODEL_FILE, blob)
+    with rundir.naming(out_dir / MODEL_FILE):
+        staged.commit()
     meta.write(out_dir / META_FILE)
     return ExportInfo(out_dir, out_dir / MODEL_FILE, out_dir / META_FILE, digest, source, source_sha, meta)
