@@ -199,8 +199,8 @@ class CheckpointManager:
         that lag behind a correct manifest; :meth:`complete_interrupted_save` finishes the job
         on the next start.
 
-        ``background``: only the snapshot (``torch.save`` to memory) and the write of its bytes
-        to the page cache happen here; the rest (the fsync, the rename, the manifest, the links,
+        ``background``: only the snapshot (``torch.save``, streamed into the temp file's page
+        cache: :func:`stage_checkpoint`) happens here; the rest (the fsync, the rename, the manifest, the links,
         the prune) runs on a thread while training goes on, in the same order, so the manifest
         still never names bytes that are not durable. Until :meth:`wait` returns, the previous
         checkpoint is the resume point: a crash in between costs the epoch, as a crash in the
